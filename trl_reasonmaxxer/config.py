@@ -1,0 +1,192 @@
+"""``ReasonMaxxerConfig``: GRPOConfig's arguments, the paper's defaults, and ReasonMaxxer's own knobs."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from dataclasses import dataclass, field
+
+import torch
+from trl import GRPOConfig
+from trl.trainer.base_config import _BaseConfig
+
+logger = logging.getLogger(__name__)
+
+LOSS_TYPES = ("adv_ce", "adv_ratio", "fork_dpo")
+FORK_GATES = ("entropy", "random", "all")
+FORK_SCOPES = ("pool", "rollout")
+
+# GRPOConfig fields that mean something here; every other GRPO-only field is accepted and reported once.
+HONOURED_GRPO_FIELDS = frozenset(
+    {
+        "model_init_kwargs", "trust_remote_code", "disable_dropout", "num_generations", "max_completion_length",
+        "shuffle_dataset", "pad_to_multiple_of", "temperature", "top_p", "top_k", "min_p", "generation_kwargs",
+        "chat_template_kwargs", "repetition_penalty", "beta", "epsilon", "reward_weights", "loss_type",
+        "mask_truncated_completions",
+    }
+)  # fmt: skip
+
+
+@dataclass
+class ReasonMaxxerConfig(GRPOConfig):
+    r"""
+    Configuration for [`ReasonMaxxerTrainer`]. It accepts every [`~trl.GRPOConfig`] argument, so a GRPO script runs
+    unchanged; arguments with no ReasonMaxxer meaning (vLLM importance sampling, GRPO loss variants, ...) are
+    reported once as having no effect. Defaults follow the paper (Akgül et al., 2026, Table 6).
+
+    > Parameters that control the offline rollouts (sampled once from the frozen base model)
+
+    num_generations (`int`, *optional*, defaults to `20`):
+        Rollouts per prompt. At least 2: selection needs both successes and failures of the same prompt.
+    temperature (`float`, *optional*, defaults to `0.6`) and top_p (`float`, *optional*, defaults to `0.95`):
+        Sampling settings of the rollouts. `top_k`, `min_p`, `repetition_penalty` and `generation_kwargs` are
+        passed to `generate` too.
+    max_completion_length (`int`, *optional*, defaults to `512`):
+        Maximum new tokens per rollout; a rollout that hits it is flagged `truncated`.
+    rollout_batch_size (`int`, *optional*, defaults to `32`):
+        Sequences per `generate` call.
+    rollout_chunk_size (`int`, *optional*, defaults to `8`):
+        Prompts per cached chunk: an interrupted offline phase resumes at the first missing chunk.
+    scoring_batch_size (`int`, *optional*, defaults to `4`):
+        Sequences per teacher-forced scoring forward (entropy and log-probs of the base model).
+    rollout_cache (`bool`, *optional*, defaults to `True`):
+        Cache rollouts and scores under `output_dir/rollouts/<fingerprint>` and reuse them on the next run with the
+        same model, prompts and generation settings.
+
+    > Parameters that control problem selection
+
+    max_problems (`int`, *optional*, defaults to `50`):
+        Number of mixed-success prompts (0 < pass rate < 1) kept, those closest to a pass rate of 0.5.
+    advantage_clip (`float`, *optional*, defaults to `2.5`):
+        Advantages `(r - mean) / std` per prompt (population std) are clipped to `±advantage_clip`.
+
+    > Parameters that control the fork-token gate
+
+    fork_gate (`str`, *optional*, defaults to `"entropy"`):
+        `"entropy"` (the method), `"random"` (control: the same number of positions per rollout as the entropy gate,
+        chosen uniformly with `seed`) or `"all"` (control: every completion token).
+    fork_threshold (`float` or `None`, *optional*, defaults to `None`):
+        Absolute entropy threshold τ in nats (a position is a fork when `H > τ`). `None` calibrates τ on the
+        selected pool so that `fork_fraction` of its completion tokens are forks.
+    fork_fraction (`float`, *optional*, defaults to `0.03`):
+        Target share of completion tokens gated, about the top 3% by base entropy as in the paper.
+    fork_scope (`str`, *optional*, defaults to `"pool"`):
+        `"pool"`: one τ for the whole pool. `"rollout"`: the top `fork_fraction` (or `fork_topk`) positions of each
+        rollout by entropy.
+    fork_topk (`int` or `None`, *optional*, defaults to `None`):
+        With `fork_scope="rollout"`, gate exactly this many positions per rollout (fewer if it is shorter).
+
+    > Parameters that control the loss
+
+    loss_type (`str`, *optional*, defaults to `"adv_ce"`):
+        `"adv_ce"`: the paper's loss, mean over forks of `-A·log π(token)` plus `beta` × mean KL(π_base ‖ π) over
+        the other valid positions. `"adv_ratio"`: a bounded variant, PPO's clipped surrogate with the base model as
+        the old policy (`epsilon`). `"fork_dpo"`: a bounded pairwise loss, `-log σ(dpo_beta · margin)` where margin is
+        the chosen-minus-rejected mean fork-token log-ratio to the base. GRPO loss names fall back to `"adv_ce"`.
+    beta (`float`, *optional*, defaults to `0.2`):
+        Weight of the KL anchor to the base model (the reference is the same model with the adapter disabled).
+    epsilon (`float`, *optional*, defaults to `0.2`):
+        Clip range of `"adv_ratio"`.
+    neg_prob_floor (`float` or `None`, *optional*, defaults to `None`):
+        Bounds `"adv_ce"`: a negative-advantage fork token stops being pushed down once its probability is below
+        this floor. `None` is the paper's unbounded loss.
+    dpo_beta (`float`, *optional*, defaults to `1.0`):
+        Inverse temperature of `"fork_dpo"` (its margin is a per-token mean log-ratio, hence larger than DPO's 0.1).
+    kl_on_prompt (`bool`, *optional*, defaults to `True`):
+        Include prompt positions in the KL anchor, as the paper does.
+    """
+
+    # Paper defaults (Table 6) replacing GRPOConfig's
+    learning_rate: float = field(default=1e-4, metadata={"help": "AdamW learning rate (the authors' code: 1e-4)."})
+    per_device_train_batch_size: int = field(
+        default=1, metadata={"help": "Preference pairs per device per step (each pair is two rollouts)."}
+    )
+    gradient_accumulation_steps: int = field(
+        default=4, metadata={"help": "4 pairs = 8 rollouts per optimiser step, as in the paper."}
+    )
+    warmup_steps: float = field(default=50, metadata={"help": "Linear warm-up steps (a float < 1 is a ratio)."})
+    num_train_epochs: float = field(default=1.0, metadata={"help": "Epochs over the preference pairs."})
+    logging_steps: float = field(default=5, metadata={"help": "Log every N optimiser steps."})
+    bf16: bool | None = field(
+        default=None, metadata={"help": "bf16 mixed precision; None means on when the GPU supports it."}
+    )
+    num_generations: int | None = field(default=20, metadata={"help": "Rollouts per prompt (>= 2)."})
+    temperature: float = field(default=0.6, metadata={"help": "Rollout sampling temperature."})
+    top_p: float = field(default=0.95, metadata={"help": "Rollout nucleus sampling."})
+    max_completion_length: int | None = field(default=512, metadata={"help": "Maximum new tokens per rollout."})
+    beta: float = field(default=0.2, metadata={"help": "KL-anchor weight."})
+    loss_type: str = field(default="adv_ce", metadata={"help": "adv_ce, adv_ratio or fork_dpo."})
+    # Rollouts
+    rollout_batch_size: int = field(default=32, metadata={"help": "Sequences per generate call."})
+    rollout_chunk_size: int = field(default=8, metadata={"help": "Prompts per cached (resumable) chunk."})
+    scoring_batch_size: int = field(default=4, metadata={"help": "Sequences per scoring forward."})
+    rollout_cache: bool = field(default=True, metadata={"help": "Cache and reuse rollouts under output_dir."})
+    # Selection
+    max_problems: int = field(default=50, metadata={"help": "Mixed-success prompts kept (closest to p=0.5)."})
+    advantage_clip: float = field(default=2.5, metadata={"help": "Advantages are clipped to +-this."})
+    # Gate
+    fork_gate: str = field(default="entropy", metadata={"help": "entropy, random or all."})
+    fork_threshold: float | None = field(default=None, metadata={"help": "Absolute entropy threshold (nats)."})
+    fork_fraction: float = field(default=0.03, metadata={"help": "Target share of completion tokens gated."})
+    fork_scope: str = field(default="pool", metadata={"help": "pool (one threshold) or rollout (per rollout)."})
+    fork_topk: int | None = field(default=None, metadata={"help": "Forks per rollout with fork_scope=rollout."})
+    # Loss
+    neg_prob_floor: float | None = field(default=None, metadata={"help": "Probability floor bounding adv_ce."})
+    dpo_beta: float = field(default=1.0, metadata={"help": "Inverse temperature of fork_dpo."})
+    kl_on_prompt: bool = field(default=True, metadata={"help": "Include prompt positions in the KL anchor."})
+
+    def __post_init__(self):
+        if self.bf16 is None:
+            self.bf16 = not self.fp16 and not self.use_cpu and _bf16_supported()
+        if self.num_generations is None or self.num_generations < 2:
+            raise ValueError(
+                f"num_generations must be at least 2 (got {self.num_generations}): selection keeps prompts with "
+                "both correct and incorrect rollouts. The paper uses 20."
+            )
+        if self.loss_type not in LOSS_TYPES:
+            logger.warning(
+                "loss_type=%r is a GRPO loss; ReasonMaxxer trains offline and uses 'adv_ce' instead (choices: %s).",
+                self.loss_type, ", ".join(LOSS_TYPES),
+            )  # fmt: skip
+            self.loss_type = "adv_ce"
+        _check_choice("fork_gate", self.fork_gate, FORK_GATES)
+        _check_choice("fork_scope", self.fork_scope, FORK_SCOPES)
+        if not 0.0 < self.fork_fraction <= 1.0:
+            raise ValueError(f"fork_fraction must be in (0, 1], got {self.fork_fraction}.")
+        if self.max_problems < 1:
+            raise ValueError(f"max_problems must be >= 1, got {self.max_problems}.")
+        try:
+            # GRPOConfig.__post_init__ would size GRPO's generation batches (num_generations must divide them);
+            # the offline method has none, so only the base config's checks apply.
+            _BaseConfig.__post_init__(self)
+        except ValueError as err:
+            if "bf16" in str(err):
+                raise ValueError(
+                    "bf16=True needs a GPU that supports it. On CPU, pass use_cpu=True or bf16=False."
+                ) from err
+            raise
+        for name in ignored_grpo_arguments(self):
+            logger.warning("%s=%r has no effect in ReasonMaxxer (a GRPO-only argument).", name, getattr(self, name))
+
+
+def ignored_grpo_arguments(config: GRPOConfig) -> list[str]:
+    """GRPO-only arguments set to a non-default value that ReasonMaxxer does not use."""
+    base = {f.name for f in dataclasses.fields(_BaseConfig)}
+    defaults = {f.name: f for f in dataclasses.fields(GRPOConfig)}
+    ignored = []
+    for name, f in defaults.items():
+        if name in base or name in HONOURED_GRPO_FIELDS:
+            continue
+        default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+        if getattr(config, name) != default:
+            ignored.append(name)
+    return ignored
+
+
+def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {', '.join(choices)}; got {value!r}.")
+
+
+def _bf16_supported() -> bool:
+    return torch.cuda.is_available() and torch.cuda.is_bf16_supported()

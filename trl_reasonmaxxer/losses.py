@@ -1,0 +1,113 @@
+"""ReasonMaxxer losses: pure tensor functions, no model.
+
+Shapes use the *prediction* axis: index ``t`` of a ``[B, T-1]`` tensor is the distribution produced at input position
+``t``, which predicts (and scores) input token ``t + 1``. Masks are boolean on the same axis.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+
+def masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean of ``values`` over ``mask`` per sequence (``[B, T] → [B]``); 0 for a sequence with no position."""
+    mask = mask.to(values.dtype)
+    return (values * mask).sum(-1) / mask.sum(-1).clamp(min=1.0)
+
+
+def token_kl(policy_logits: torch.Tensor, ref_logits: torch.Tensor, chunk_size: int = 256) -> torch.Tensor:
+    """Per-position ``KL(π_ref ‖ π) = Σ_v p_ref(v)·(log p_ref(v) − log π(v))`` over the full vocabulary, in fp32.
+
+    Computed in chunks along the sequence so only one chunk's fp32 log-softmaxes exist at a time.
+    """
+    out = []
+    for start in range(0, policy_logits.shape[1], chunk_size):
+        logp = F.log_softmax(policy_logits[:, start : start + chunk_size].float(), dim=-1)
+        logq = F.log_softmax(ref_logits[:, start : start + chunk_size].float(), dim=-1)
+        out.append((logq.exp() * (logq - logp)).sum(-1))
+    return torch.cat(out, dim=1)
+
+
+def adv_ce_per_sequence(
+    logps: torch.Tensor, advantages: torch.Tensor, fork_mask: torch.Tensor, neg_prob_floor: float | None = None
+) -> torch.Tensor:
+    """The paper's decision term per sequence: mean over its fork tokens of ``−A·log π(token)``.
+
+    With ``neg_prob_floor``, a fork token of a negative-advantage sequence whose probability already fell below the
+    floor contributes nothing, which bounds the otherwise unbounded push-down. The mean still divides by the number
+    of fork tokens, so the floor never inflates the weight of the remaining ones.
+    """
+    active = fork_mask
+    if neg_prob_floor is not None:
+        below = (advantages[:, None] < 0) & (logps.detach() < math.log(neg_prob_floor))
+        active = fork_mask & ~below
+    per_token = -advantages[:, None] * logps * active.to(logps.dtype)
+    return per_token.sum(-1) / fork_mask.sum(-1).clamp(min=1).to(logps.dtype)
+
+
+def adv_ratio_per_sequence(
+    logps: torch.Tensor, base_logps: torch.Tensor, advantages: torch.Tensor, fork_mask: torch.Tensor, epsilon: float
+) -> torch.Tensor:
+    """Bounded decision term: PPO's clipped surrogate at fork tokens with the base model as the old policy.
+
+    Once ``π/π_base`` leaves ``[1 − ε, 1 + ε]`` in the direction the advantage favours, the token's gradient is zero.
+    """
+    ratio = torch.exp(logps - base_logps)
+    adv = advantages[:, None]
+    surrogate = torch.minimum(ratio * adv, ratio.clamp(1 - epsilon, 1 + epsilon) * adv)
+    return masked_mean(-surrogate, fork_mask)
+
+
+def fork_dpo_per_pair(
+    logps: torch.Tensor, base_logps: torch.Tensor, fork_mask: torch.Tensor, dpo_beta: float
+) -> torch.Tensor:
+    """Pairwise bounded loss ``−log σ(β · (Δ_chosen − Δ_rejected))`` per pair.
+
+    Rows ``[0, P)`` are the chosen rollouts and ``[P, 2P)`` their rejected partners; Δ is a rollout's mean fork-token
+    log-ratio ``log π − log π_base``, a mean so that a rollout with more forks does not dominate the margin.
+    """
+    delta = masked_mean(logps - base_logps, fork_mask)
+    chosen, rejected = delta.chunk(2)
+    return -F.logsigmoid(dpo_beta * (chosen - rejected))
+
+
+def reasonmaxxer_loss(
+    loss_type: str,
+    logps: torch.Tensor,
+    base_logps: torch.Tensor,
+    advantages: torch.Tensor,
+    fork_mask: torch.Tensor,
+    anchor_mask: torch.Tensor,
+    weights: torch.Tensor,
+    kl: torch.Tensor | None = None,
+    beta: float = 0.2,
+    epsilon: float = 0.2,
+    dpo_beta: float = 1.0,
+    neg_prob_floor: float | None = None,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Total loss and its parts for one batch of paired rollouts (chosen rows first, then rejected).
+
+    Each term is averaged over its own mask within a sequence, then sequences are averaged with ``weights``
+    (``1 / times the rollout appears in a pair``, so each rollout counts once per epoch). ``kl`` may be None when
+    ``beta == 0``.
+    """
+    if loss_type == "adv_ce":
+        decision = adv_ce_per_sequence(logps, advantages, fork_mask, neg_prob_floor)
+    elif loss_type == "adv_ratio":
+        decision = adv_ratio_per_sequence(logps, base_logps, advantages, fork_mask, epsilon)
+    elif loss_type == "fork_dpo":
+        # the pair loss is shared by both rows of a pair
+        decision = fork_dpo_per_pair(logps, base_logps, fork_mask, dpo_beta).repeat(2)
+    else:
+        raise ValueError(f"Unknown loss_type {loss_type!r}; choose adv_ce, adv_ratio or fork_dpo.")
+    if loss_type == "fork_dpo":
+        weights = torch.ones_like(weights)
+    anchor = masked_mean(kl, anchor_mask) if kl is not None else torch.zeros_like(decision)
+    norm = weights.sum().clamp(min=1e-8)
+    decision_loss = (weights * decision).sum() / norm
+    anchor_loss = (weights * anchor).sum() / norm
+    loss = decision_loss + beta * anchor_loss
+    return loss, {"decision_loss": decision_loss.detach(), "kl": anchor_loss.detach()}

