@@ -149,6 +149,9 @@ class ReasonMaxxerConfig(GRPOConfig):
                 self.loss_type, ", ".join(LOSS_TYPES),
             )  # fmt: skip
             self.loss_type = "adv_ce"
+        if isinstance(self.pad_to_multiple_of, str):  # GRPOConfig's "auto", or a CLI string
+            value = self.pad_to_multiple_of.lower()
+            self.pad_to_multiple_of = None if value in ("auto", "none", "null") else int(value)
         _check_choice("fork_gate", self.fork_gate, FORK_GATES)
         _check_choice("fork_scope", self.fork_scope, FORK_SCOPES)
         if not 0.0 < self.fork_fraction <= 1.0:

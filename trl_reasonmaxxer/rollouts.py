@@ -69,6 +69,7 @@ def generate_completions(
     seed: int | None = 0,
     desc: str = "Sampling",
     disable_progress: bool = False,
+    generation_kwargs: dict | None = None,
 ) -> list[list[dict]]:
     """Sample ``num_generations`` completions for every prompt (given as token ids).
 
@@ -76,7 +77,8 @@ def generate_completions(
     its EOS token, and ``truncated`` is True when it hit ``max_new_tokens`` without one. Prompts are
     left-padded in batches of up to ``batch_size`` sequences, and each batch is seeded with
     ``seed + index of its first prompt``: when ``num_generations > batch_size // 2`` every batch holds one
-    prompt, so a prompt's samples do not depend on which other prompts (or processes) exist.
+    prompt, so a prompt's samples do not depend on which other prompts (or processes) exist. ``generation_kwargs``
+    go to ``generate`` as they are (e.g. ``repetition_penalty``, ``min_p``).
     """
     if num_generations < 1:
         raise ValueError(f"num_generations must be >= 1, got {num_generations}.")
@@ -92,6 +94,7 @@ def generate_completions(
         do_sample=do_sample,
         pad_token_id=pad_id,
         eos_token_id=sorted(eos_ids) or None,
+        **(generation_kwargs or {}),
     )
     if do_sample:
         gen_kwargs.update(temperature=temperature, top_p=top_p, top_k=top_k or None)

@@ -1,0 +1,418 @@
+"""``ReasonMaxxerTrainer``: a drop-in for TRL's GRPOTrainer that replaces online RL with one offline pass."""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import os
+import textwrap
+from collections import defaultdict
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from datasets import Dataset
+from peft import LoraConfig, PeftConfig, get_peft_model
+from torch.utils.data import SequentialSampler
+from transformers import AutoTokenizer, PreTrainedTokenizerBase, ProcessorMixin
+from transformers.utils import is_peft_available
+from trl.data_utils import is_conversational
+from trl.models.utils import disable_gradient_checkpointing
+from trl.trainer.base_trainer import _BaseTrainer
+from trl.trainer.utils import create_model_from_path, disable_dropout_in_model, selective_log_softmax, use_adapter
+
+from . import gating, pool, selection
+from .collator import DataCollatorForForkPairs, build_pairs
+from .config import ReasonMaxxerConfig
+from .losses import reasonmaxxer_loss, token_kl
+from .rollouts import generate_completions, tokenize_prompt
+from .scoring import ensure_fused_head, score_rollouts
+
+logger = logging.getLogger(__name__)
+
+PAPER_LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj"]
+
+
+def default_lora_config(model) -> LoraConfig:
+    """The paper's adapter: rank 32, alpha 64, no dropout, on the attention q/k/v/o projections."""
+    names = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
+    missing = [t for t in PAPER_LORA_TARGETS if t not in names]
+    if missing:
+        raise ValueError(
+            f"The default LoRA targets {PAPER_LORA_TARGETS} but this model has no {missing} modules. Pass "
+            "peft_config=LoraConfig(target_modules=[...]) naming this architecture's attention projections."
+        )
+    return LoraConfig(r=32, lora_alpha=64, lora_dropout=0.0, target_modules=PAPER_LORA_TARGETS, task_type="CAUSAL_LM")
+
+
+def resolve_reward_func(func) -> Callable:
+    """A callable reward function, from a callable or a name: ``module.func``, or a function of
+    ``trl_reasonmaxxer.rewards`` / ``trl.rewards``."""
+    if callable(func):
+        return func
+    if isinstance(func, str):
+        if "." in func:
+            module, _, name = func.rpartition(".")
+            return getattr(importlib.import_module(module), name)
+        for module in ("trl_reasonmaxxer.rewards", "trl.rewards"):
+            found = getattr(importlib.import_module(module), func, None)
+            if callable(found):
+                return found
+    raise ValueError(
+        f"Reward function {func!r} is not supported: pass a callable, a dotted path 'package.module.function', or "
+        "the name of a function in trl_reasonmaxxer.rewards or trl.rewards. Reward models are not supported yet."
+    )
+
+
+class ReasonMaxxerTrainer(_BaseTrainer):
+    """Trainer for ReasonMaxxer (Akgül et al., 2026): RL for reasoning replaced by sparse, offline policy selection.
+
+    ``train()`` first runs the offline phase once (rollouts of the frozen base model, rewards, selection of
+    mixed-success prompts, entropy scoring, fork gating, preference pairs; cached under ``output_dir``), then trains
+    a LoRA adapter with an advantage-weighted loss at fork tokens plus a KL anchor to the base model (the same model
+    with its adapter disabled) elsewhere.
+
+    The constructor is GRPOTrainer's, so a GRPO script runs after renaming ``GRPOTrainer``/``GRPOConfig``.
+
+    Args:
+        model (`str` or `PreTrainedModel`): model id or path, or a loaded causal LM (not yet wrapped by PEFT).
+        reward_funcs (callable, name, or a list of them): GRPO-convention reward functions.
+        args ([`ReasonMaxxerConfig`]): configuration; defaults to the paper's settings.
+        train_dataset (`Dataset`): a `prompt` column (text or chat messages) plus the columns rewards read.
+        processing_class: tokenizer; loaded from the model when None.
+        peft_config (`LoraConfig`): the adapter; the paper's r=32/α=64 q/k/v/o LoRA when None.
+        rollout_dataset (`Dataset`, optional): a pool built earlier (see [`build_rollout_dataset`]); skips
+            generation and scoring where it has them.
+    """
+
+    _tag_names = ["trl", "reasonmaxxer"]
+    _name = "ReasonMaxxer"
+    _paper = {
+        "title": "Rethinking RL for LLM Reasoning: It's Sparse Policy Selection, Not Capability Learning",
+        "id": "2605.06241",
+        # docstyle-ignore
+        "citation": textwrap.dedent("""\
+            @article{akgul2026reasonmaxxer,
+                title   = {{Rethinking RL for LLM Reasoning: It's Sparse Policy Selection, Not Capability Learning}},
+                author  = {Akg{\\"u}l, Faruk and Kannan, Rajgopal and Neiswanger, Willie and Prasanna, Viktor},
+                year    = 2026,
+                eprint  = {arXiv:2605.06241},
+            }"""),
+    }
+    loss_is_scaled_for_ga = False
+
+    def __init__(
+        self,
+        model,
+        reward_funcs=None,
+        args: ReasonMaxxerConfig | None = None,
+        train_dataset: Dataset | None = None,
+        eval_dataset=None,
+        processing_class: PreTrainedTokenizerBase | ProcessorMixin | None = None,
+        reward_processing_classes=None,
+        callbacks=None,
+        optimizers=(None, None),
+        quantization_config=None,
+        peft_config: PeftConfig | None = None,
+        tools=None,
+        rollout_func=None,
+        environment_factory=None,
+        rollout_dataset: Dataset | None = None,
+    ):
+        if args is None:
+            name = model if isinstance(model, str) else model.config._name_or_path
+            args = ReasonMaxxerConfig(f"{Path(name or 'model').name}-ReasonMaxxer")
+        for argument, value in (("tools", tools), ("rollout_func", rollout_func), ("environment_factory", environment_factory)):  # fmt: skip
+            if value is not None:
+                raise ValueError(f"`{argument}` is a GRPO feature for agentic rollouts; ReasonMaxxer does not support it.")
+        if reward_processing_classes is not None:
+            logger.warning("reward_processing_classes has no effect: ReasonMaxxer supports reward functions only.")
+        if eval_dataset is not None:
+            logger.warning(
+                "eval_dataset is not used during training; evaluate the adapter with trl_reasonmaxxer.evaluation."
+            )
+        if rollout_dataset is None or "reward" not in rollout_dataset.column_names:
+            _check_prompt_dataset(train_dataset)
+        funcs = reward_funcs if isinstance(reward_funcs, (list, tuple)) else [reward_funcs] if reward_funcs else []
+        self.reward_funcs = [resolve_reward_func(f) for f in funcs]
+        needs_rewards = rollout_dataset is None or "reward" not in rollout_dataset.column_names
+        if needs_rewards and not self.reward_funcs:
+            raise ValueError("reward_funcs is required: pass at least one reward function (e.g. math_accuracy_reward).")
+
+        if isinstance(model, str):
+            init_kwargs = dict(args.model_init_kwargs or {})
+            if quantization_config is not None:
+                init_kwargs["quantization_config"] = quantization_config
+            init_kwargs.setdefault("trust_remote_code", args.trust_remote_code)
+            model = create_model_from_path(model, **init_kwargs)
+        elif quantization_config is not None:
+            raise ValueError("quantization_config needs `model` as an id or path: the model is already loaded.")
+        if processing_class is None:
+            processing_class = AutoTokenizer.from_pretrained(model.config._name_or_path)
+        tokenizer = getattr(processing_class, "tokenizer", processing_class)
+        if tokenizer.pad_token is None:
+            tokenizer.pad_token = tokenizer.eos_token
+        self._tokenizer = tokenizer
+
+        ensure_fused_head(model)  # before PEFT wraps it: scoring uses the base model's fused head
+        if is_peft_available() and hasattr(model, "peft_config"):
+            if peft_config is not None:
+                raise ValueError("The model is already a PeftModel; pass either it or peft_config, not both.")
+        else:
+            model = get_peft_model(model, peft_config or default_lora_config(model))
+        if args.gradient_checkpointing:
+            model.enable_input_require_grads()
+        if args.disable_dropout:
+            disable_dropout_in_model(model)
+
+        self.prompt_dataset = train_dataset
+        self.rollout_dataset = rollout_dataset
+        self.pool_stats: dict[str, float] = {}
+        self._metrics = {"train": defaultdict(list), "eval": defaultdict(list)}
+        super().__init__(
+            model=model,
+            args=args,
+            data_collator=DataCollatorForForkPairs(tokenizer.pad_token_id, args.pad_to_multiple_of),
+            train_dataset=None,
+            processing_class=processing_class,
+            callbacks=callbacks,
+            optimizers=optimizers,
+        )
+        self.model.base_model.model.add_model_tags(self._tag_names)
+
+    # ---------------------------------------------------------------- offline phase
+    @property
+    def rollout_cache_dir(self) -> str:
+        """Where this model/prompts/sampling combination caches its rollouts."""
+        a = self.args
+        # a pool passed in is identified by its own fingerprint: only its scores get cached
+        prompts = self._prompt_ids() if self.rollout_dataset is None else self.rollout_dataset._fingerprint
+        key = pool.fingerprint(
+            pool.model_fingerprint(self.model), prompts, a.num_generations, a.temperature, a.top_p, a.top_k,
+            a.min_p, a.repetition_penalty, a.max_completion_length, a.generation_kwargs, a.seed,
+        )  # fmt: skip
+        return os.path.join(a.output_dir, "rollouts", key)
+
+    def _prompt_ids(self) -> list[list[int]]:
+        if not hasattr(self, "_cached_prompt_ids"):
+            self._cached_prompt_ids = [
+                tokenize_prompt(self._tokenizer, p, self.args.chat_template_kwargs) for p in self.prompt_dataset["prompt"]
+            ]
+        return self._cached_prompt_ids
+
+    def _cache(self) -> pool.ChunkCache:
+        return pool.ChunkCache(self.rollout_cache_dir if self.args.rollout_cache else None)
+
+    def _generate(self, indices: list[int]) -> list[list[dict]]:
+        """Rollouts for a chunk of prompts, seeded by the chunk's first prompt index."""
+        a = self.args
+        all_ids = self._prompt_ids()
+        extra = dict(a.generation_kwargs or {})
+        if a.repetition_penalty != 1.0:
+            extra["repetition_penalty"] = a.repetition_penalty
+        if a.min_p is not None:
+            extra["min_p"] = a.min_p
+        with use_adapter(self.model, None):
+            return generate_completions(
+                self.model, self._tokenizer, [all_ids[i] for i in indices], num_generations=a.num_generations,
+                max_new_tokens=a.max_completion_length, temperature=a.temperature, top_p=a.top_p, top_k=a.top_k,
+                batch_size=a.rollout_batch_size, seed=a.seed + indices[0], desc="Rollouts", generation_kwargs=extra,
+            )  # fmt: skip
+
+    def build_rollout_dataset(self) -> Dataset:
+        """Run (or resume) rollouts and rewards for every prompt; returns the pool, one row per rollout.
+
+        Columns: ``prompt_index``, ``prompt_ids``, ``completion_ids``, ``completion``, ``truncated``, ``reward`` and
+        ``rewards/<function>``. Also saved under ``rollout_cache_dir/pool``.
+        """
+        cache = self._cache()
+        prompt_ids = self._prompt_ids()
+        chunk = self.args.rollout_chunk_size
+        rows = pool.generate_pool(self._generate, prompt_ids, cache, chunk)
+        self._add_rewards(rows, cache.root or "memory (rollout_cache=False)")
+        if cache.root is None:
+            return Dataset.from_list(rows)
+        return pool.save_pool(rows, os.path.join(cache.root, "pool"))
+
+    def _add_rewards(self, rows: list[dict], cache_hint: str) -> None:
+        data = self.prompt_dataset
+        conversational = is_conversational(data[0])
+        prompts = [data[r["prompt_index"]]["prompt"] for r in rows]
+        texts = self._tokenizer.batch_decode([r["completion_ids"] for r in rows], skip_special_tokens=True)
+        completions = [[{"role": "assistant", "content": t}] for t in texts] if conversational else texts
+        kwargs = {
+            col: [data[r["prompt_index"]][col] for r in rows]
+            for col in data.column_names
+            if col not in ("prompt", "completion", "completion_ids")
+        }
+        kwargs["trainer_state"] = self.state
+        kwargs["log_metric"] = lambda name, value: self._metrics["train"][name].append(value)
+        kwargs["log_extra"] = lambda column, values: None
+        totals, per_func = pool.compute_rewards(
+            self.reward_funcs, self.args.reward_weights, prompts, completions,
+            [r["completion_ids"] for r in rows], kwargs, cache_hint,
+        )  # fmt: skip
+        for i, row in enumerate(rows):
+            row["completion"] = texts[i]
+            row["reward"] = totals[i]
+            for name, values in per_func.items():
+                row[f"rewards/{name}"] = values[i]
+
+    def prepare_training_data(self) -> Dataset:
+        """Offline phase end to end: pool → selection → advantages → scoring → fork gates → preference pairs."""
+        a = self.args
+        if self.rollout_dataset is None:
+            rows = self.build_rollout_dataset().to_list()
+        else:
+            rows = self.rollout_dataset.to_list()
+            if "reward" not in self.rollout_dataset.column_names:
+                self._add_rewards(rows, "the rollout_dataset you passed")
+        if a.mask_truncated_completions:
+            rows = [r for r in rows if not r["truncated"]]
+        prompt_index = [r["prompt_index"] for r in rows]
+        rewards = [float("nan") if r["reward"] is None else r["reward"] for r in rows]
+        report = selection.select_problems(prompt_index, rewards, a.max_problems)
+        if not report.selected:
+            raise ValueError(
+                f"No prompt has mixed success, so there is no contrast to learn from. {report.summary()} Use more "
+                "generations (num_generations), problems the model sometimes solves, or a higher temperature. "
+                f"The rollouts are kept in {self.rollout_cache_dir}."
+            )
+        keep = set(report.selected)
+        row_ids = [i for i, r in enumerate(rows) if r["prompt_index"] in keep]
+        selected = [rows[i] for i in row_ids]
+        advantages = selection.group_advantages(
+            [r["prompt_index"] for r in selected], [r["reward"] for r in selected], a.advantage_clip
+        )
+        scores = self._scores(rows, row_ids)
+        entropies = [scores[i][0] for i in row_ids]
+        masks, tau = gating.build_fork_masks(
+            entropies, a.fork_gate, a.fork_threshold, a.fork_fraction, a.fork_scope, a.fork_topk, a.seed
+        )
+        for row, i, adv, mask in zip(selected, row_ids, advantages, masks, strict=True):
+            row.update(advantage=adv, fork_mask=mask, logps=scores[i][1])
+        pairs = build_pairs(selected, seed=a.seed)
+        self.pool_stats = _pool_stats(rows, selected, entropies, masks, tau, report, len(pairs))
+        logger.info("ReasonMaxxer pool: %s %d preference pairs.", report.summary(), len(pairs))
+        return Dataset.from_list(pairs)
+
+    def _scores(self, rows: list[dict], row_ids: list[int]) -> dict[int, tuple[list[float], list[float]]]:
+        """Entropy and base log-probs for ``row_ids``: from the given pool's columns, else scored (and cached)."""
+        if all(rows[i].get("entropy") is not None for i in row_ids):
+            return {i: (rows[i]["entropy"], rows[i]["logps"]) for i in row_ids}
+
+        def score(sequences):
+            with use_adapter(self.model, None):
+                return score_rollouts(self.model, sequences, self._tokenizer.pad_token_id, self.args.scoring_batch_size)
+
+        return pool.score_pool(score, rows, row_ids, self._cache(), self.args.rollout_chunk_size * self.args.num_generations)
+
+    def train(self, resume_from_checkpoint=None, trial=None, ignore_keys_for_eval=None, **kwargs):
+        if self.train_dataset is None:
+            self.train_dataset = self.prepare_training_data()
+            for key, value in self.pool_stats.items():
+                self._metrics["train"][key].append(value)
+        return super().train(resume_from_checkpoint, trial, ignore_keys_for_eval, **kwargs)
+
+    # ---------------------------------------------------------------- training
+    def _get_train_sampler(self, train_dataset=None):
+        if not self.args.shuffle_dataset:
+            return SequentialSampler(train_dataset if train_dataset is not None else self.train_dataset)
+        return super()._get_train_sampler(train_dataset)
+
+    def _set_signature_columns_if_needed(self):
+        if self._signature_columns is None:
+            self._signature_columns = ["prompt_ids", "prompt_index"] + [
+                f"{side}_{key}" for side in ("chosen", "rejected")
+                for key in ("completion_ids", "fork_mask", "logps", "advantage", "weight")
+            ]  # fmt: skip
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        if return_outputs:
+            raise ValueError("ReasonMaxxerTrainer does not return outputs from compute_loss.")
+        a = self.args
+        input_ids, attention_mask = inputs["input_ids"], inputs["attention_mask"]
+        logits = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits[:, :-1]
+        # position t of every shifted tensor is the distribution that predicts input token t + 1
+        targets = input_ids[:, 1:]
+        logps = selective_log_softmax(logits, targets)
+        valid = attention_mask[:, 1:].bool()
+        completion = inputs["completion_mask"][:, 1:].bool()
+        fork = inputs["fork_mask"][:, 1:] & completion
+        anchor = (valid if a.kl_on_prompt else completion) & ~fork
+        kl = None
+        if a.beta > 0:
+            unwrapped = self.accelerator.unwrap_model(model)
+            with torch.no_grad(), use_adapter(unwrapped, None), disable_gradient_checkpointing(unwrapped):
+                ref_logits = unwrapped(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
+            kl = token_kl(logits, ref_logits[:, :-1])
+        base_logps = inputs["base_logps"][:, 1:]
+        advantages = inputs["advantages"]
+        loss, parts = reasonmaxxer_loss(
+            a.loss_type, logps, base_logps, advantages, fork, anchor, inputs["weights"], kl=kl, beta=a.beta,
+            epsilon=a.epsilon, dpo_beta=a.dpo_beta, neg_prob_floor=a.neg_prob_floor,
+        )  # fmt: skip
+        self._log_batch_metrics(parts, logps.detach() - base_logps, advantages, fork, completion)
+        return loss
+
+    def _log_batch_metrics(self, parts, delta, advantages, fork, completion) -> None:
+        mode = "train" if self.model.training else "eval"
+        gather = self.accelerator.gather_for_metrics
+        m = self._metrics[mode]
+        for name, value in parts.items():
+            m[name].append(gather(value.reshape(1)).mean().item())
+        m["fork/fraction"].append(gather(fork.sum() / completion.sum().clamp(min=1)).mean().item())
+        for name, sign in (("dlogp_pos", advantages > 0), ("dlogp_neg", advantages < 0)):
+            sel = fork & sign[:, None]
+            if sel.any():
+                m[f"fork/{name}"].append(delta[sel].mean().item())
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        mode = "train" if self.model.training else "eval"
+        metrics = {key: sum(v) / len(v) for key, v in self._metrics[mode].items() if v}
+        if mode == "eval":
+            metrics = {f"eval_{key}": val for key, val in metrics.items()}
+        logs.update(metrics)
+        super().log(logs, start_time)
+        self._metrics[mode].clear()
+
+    def _save_checkpoint(self, model, trial):
+        name = self.args.hub_model_id.split("/")[-1] if self.args.hub_model_id else Path(self.args.output_dir).name
+        self.create_model_card(model_name=name)
+        super()._save_checkpoint(model, trial)
+
+
+def _check_prompt_dataset(dataset) -> None:
+    if dataset is None:
+        raise ValueError("train_dataset is required: a datasets.Dataset with a `prompt` column.")
+    if not isinstance(dataset, Dataset):
+        raise TypeError(f"train_dataset must be a datasets.Dataset, got {type(dataset).__name__}.")
+    if "prompt" not in dataset.column_names:
+        raise ValueError(
+            f"train_dataset has no `prompt` column (columns: {dataset.column_names}). Rename your question column "
+            "to `prompt` (a string, or a list of chat messages) as GRPOTrainer expects."
+        )
+    if len(dataset) == 0:
+        raise ValueError("train_dataset is empty: ReasonMaxxer needs prompts to sample rollouts from.")
+
+
+def _pool_stats(rows, selected, entropies, masks, tau, report, num_pairs) -> dict[str, float]:
+    """Statistics of the offline phase, logged once and written to the model card."""
+    n = len(rows)
+    forks = [h for row, mask in zip(entropies, masks) for h, g in zip(row, mask) if g]
+    stats = {
+        "pool/reward": sum(r["reward"] for r in rows if r["reward"] == r["reward"]) / max(n, 1),
+        "pool/pass_rate": report.mean_pass_rate,
+        "pool/prompts": report.num_prompts,
+        "pool/prompts_mixed": report.mixed,
+        "pool/prompts_selected": len(report.selected),
+        "pool/rollouts_selected": len(selected),
+        "pool/pairs": num_pairs,
+        "pool/completion_length": sum(len(r["completion_ids"]) for r in rows) / max(n, 1),
+        "pool/truncation_rate": sum(bool(r["truncated"]) for r in rows) / max(n, 1),
+        "fork/gated_fraction": gating.gated_fraction(masks),
+        "fork/mean_entropy": sum(forks) / len(forks) if forks else 0.0,
+    }
+    if tau is not None:
+        stats["fork/threshold"] = tau
+    return stats
