@@ -109,6 +109,7 @@ def test_force_rebuilds(fake_parts, conversions, tmp_path):
     assert models.default_model_path(cache_dir=cache, force=True) == first
     assert len(conversions) == 2
     assert not (Path(first) / "stale").exists()
+    assert sorted(p.name for p in Path(cache).iterdir()) == ["gguf", models.MODEL_DIRNAME]  # old copy removed
 
 
 def test_failed_conversion_leaves_no_model_folder(fake_parts, tmp_path, monkeypatch):

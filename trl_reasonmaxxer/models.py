@@ -114,9 +114,10 @@ def convert_gguf(gguf_path: Path, out_dir: Path) -> None:
 
 
 def _fix_special_tokens(model, tokenizer) -> None:
-    """Give the tokenizer a pad token and make generation stop at the end of a chat turn."""
+    """Give the tokenizer a pad token and a real length limit, and make generation stop at the end of a turn."""
     if tokenizer.pad_token is None:
         tokenizer.pad_token = PAD_TOKEN
+    tokenizer.model_max_length = model.config.max_position_embeddings  # the GGUF leaves a 1e30 placeholder
     eos_ids = [tokenizer.convert_tokens_to_ids(t) for t in EOS_TOKENS]
     model.generation_config.eos_token_id = eos_ids
     model.generation_config.pad_token_id = tokenizer.pad_token_id
@@ -132,9 +133,11 @@ def _convert_atomically(gguf_path: Path, dest: Path) -> None:
     tmp = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".tmp"))
     try:
         convert_gguf(gguf_path, tmp)
-        if dest.exists():
-            shutil.rmtree(dest)
+        old = tmp.with_suffix(".old")
+        if dest.exists():  # a rebuild: swap by two renames, so readers of ``dest`` never see it missing for long
+            os.rename(dest, old)
         os.rename(tmp, dest)
+        shutil.rmtree(old, ignore_errors=True)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
