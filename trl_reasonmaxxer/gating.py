@@ -30,7 +30,8 @@ def topk_gate(entropy: Sequence[float], k: int) -> Mask:
 def quantile_gate(entropy: Sequence[float], fraction: float) -> Mask:
     """The top ``ceil(fraction · n)`` positions of one rollout by entropy."""
     _check_fraction(fraction)
-    return topk_gate(entropy, math.ceil(fraction * len(entropy)))
+    # round first: 0.07 * 100 is 7.000000000000001 in floating point, which ceil would turn into 8
+    return topk_gate(entropy, math.ceil(round(fraction * len(entropy), 9)))
 
 
 def random_gate(length: int, count: int, rng: random.Random) -> Mask:
@@ -52,10 +53,10 @@ def calibrate_threshold(entropies: Sequence[Sequence[float]], fraction: float) -
     if not values:
         raise ValueError("Cannot calibrate a fork threshold on a pool with no completion tokens.")
     count = max(1, round(fraction * len(values)))
-    if count >= len(values):
-        return math.nextafter(values[-1], -math.inf)
-    # everything strictly above the first excluded value is gated
-    return values[count]
+    target = values[count - 1]
+    # the largest value strictly below the count-th highest: every token tied with it is gated too
+    below = next((v for v in values[count:] if v < target), None)
+    return below if below is not None else math.nextafter(values[-1], -math.inf)
 
 
 def gated_fraction(masks: Sequence[Mask]) -> float:

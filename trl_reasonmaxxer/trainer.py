@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import logging
+import math
 import os
 import textwrap
 from collections import defaultdict
@@ -189,7 +190,7 @@ class ReasonMaxxerTrainer(_BaseTrainer):
         prompts = self._prompt_ids() if self.rollout_dataset is None else self.rollout_dataset._fingerprint
         key = pool.fingerprint(
             pool.model_fingerprint(self.model), prompts, a.num_generations, a.temperature, a.top_p, a.top_k,
-            a.min_p, a.repetition_penalty, a.max_completion_length, a.generation_kwargs, a.seed,
+            a.min_p, a.repetition_penalty, a.max_completion_length, a.generation_kwargs, a.seed, a.rollout_chunk_size,
         )  # fmt: skip
         return os.path.join(a.output_dir, "rollouts", key)
 
@@ -217,6 +218,7 @@ class ReasonMaxxerTrainer(_BaseTrainer):
                 self.model, self._tokenizer, [all_ids[i] for i in indices], num_generations=a.num_generations,
                 max_new_tokens=a.max_completion_length, temperature=a.temperature, top_p=a.top_p, top_k=a.top_k,
                 batch_size=a.rollout_batch_size, seed=a.seed + indices[0], desc="Rollouts", generation_kwargs=extra,
+                disable_progress=a.disable_tqdm,
             )  # fmt: skip
 
     def build_rollout_dataset(self) -> Dataset:
@@ -267,10 +269,12 @@ class ReasonMaxxerTrainer(_BaseTrainer):
             rows = self.rollout_dataset.to_list()
             if "reward" not in self.rollout_dataset.column_names:
                 self._add_rewards(rows, "the rollout_dataset you passed")
-        if a.mask_truncated_completions:
-            rows = [r for r in rows if not r["truncated"]]
+        for r in rows:
+            # NaN rewards are ignored by selection; rows stay in place because cached scores are keyed by row id
+            if r["reward"] is None or (a.mask_truncated_completions and r["truncated"]):
+                r["reward"] = float("nan")
         prompt_index = [r["prompt_index"] for r in rows]
-        rewards = [float("nan") if r["reward"] is None else r["reward"] for r in rows]
+        rewards = [r["reward"] for r in rows]
         report = selection.select_problems(prompt_index, rewards, a.max_problems)
         if not report.selected:
             raise ValueError(
@@ -303,7 +307,10 @@ class ReasonMaxxerTrainer(_BaseTrainer):
 
         def score(sequences):
             with use_adapter(self.model, None):
-                return score_rollouts(self.model, sequences, self._tokenizer.pad_token_id, self.args.scoring_batch_size)
+                return score_rollouts(
+                    self.model, sequences, self._tokenizer.pad_token_id, self.args.scoring_batch_size,
+                    disable_progress=self.args.disable_tqdm,
+                )  # fmt: skip
 
         return pool.score_pool(score, rows, row_ids, self._cache(), self.args.rollout_chunk_size * self.args.num_generations)
 
@@ -399,9 +406,10 @@ def _check_prompt_dataset(dataset) -> None:
 def _pool_stats(rows, selected, entropies, masks, tau, report, num_pairs) -> dict[str, float]:
     """Statistics of the offline phase, logged once and written to the model card."""
     n = len(rows)
+    graded = [r for r in rows if not math.isnan(r["reward"])]
     forks = [h for row, mask in zip(entropies, masks) for h, g in zip(row, mask) if g]
     stats = {
-        "pool/reward": sum(r["reward"] for r in rows if r["reward"] == r["reward"]) / max(n, 1),
+        "pool/reward": sum(r["reward"] for r in graded) / max(len(graded), 1),
         "pool/pass_rate": report.mean_pass_rate,
         "pool/prompts": report.num_prompts,
         "pool/prompts_mixed": report.mixed,

@@ -1,0 +1,119 @@
+"""Shared helpers for the core test-suite: tiny configs, hand-made pools, reward functions, call counters."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from datasets import Dataset
+
+from trl_reasonmaxxer import ReasonMaxxerConfig
+
+# Settings that keep every CPU run to a fraction of a second.
+FAST = dict(
+    use_cpu=True,
+    report_to="none",
+    save_strategy="no",
+    warmup_steps=0,
+    logging_steps=1,
+    disable_tqdm=True,
+    seed=0,
+)
+
+
+def tiny_config(output_dir, **overrides) -> ReasonMaxxerConfig:
+    """A ReasonMaxxerConfig for the tiny model: 4 generations, 3 new tokens, 2 steps, nothing saved."""
+    kwargs = dict(
+        FAST,
+        output_dir=str(output_dir),
+        num_generations=4,
+        max_completion_length=3,
+        temperature=1.0,
+        max_steps=2,
+        learning_rate=1e-3,
+        per_device_train_batch_size=1,
+        gradient_accumulation_steps=1,
+        rollout_chunk_size=1,
+        rollout_batch_size=8,
+        scoring_batch_size=8,
+        fork_fraction=0.5,
+    )
+    kwargs.update(overrides)
+    return ReasonMaxxerConfig(**kwargs)
+
+
+def chat_prompts(n: int = 3) -> Dataset:
+    """``n`` conversational prompts written in the tiny tokenizer's vocabulary, with an ``answer`` column."""
+    return Dataset.from_dict(
+        {
+            "prompt": [[{"role": "user", "content": f"what is {i} plus {i} ?"}] for i in range(n)],
+            "answer": [str(2 * i) for i in range(n)],
+        }
+    )
+
+
+def alternating_reward(completions, **kwargs):
+    """1, 0, 1, 0 ... in call order: with an even ``num_generations`` every prompt is a 50% mixed group,
+    whatever the model samples."""
+    return [float(i % 2 == 0) for i in range(len(completions))]
+
+
+def make_pool(groups, prompt_len=3, vocab: int = 40, seed: int = 0, scored: bool = True) -> Dataset:
+    """A hand-made pool (the ``rollout_dataset`` format) from ``groups``.
+
+    ``groups`` maps a prompt index to a list of rollouts ``(reward, entropy_row)`` or ``(reward, entropy_row,
+    truncated)``; an int instead of an entropy row gives only the length (for ``scored=False``). Completion ids are
+    random tokens (ids 5.. avoid the special tokens); ``prompt_len`` is an int or ``{prompt index: length}``.
+    With ``scored=True`` the pool carries ``entropy`` and a fixed ``logps`` of ``-1.0`` per token, so the trainer
+    skips scoring; with ``scored=False`` the trainer scores it with the model.
+    """
+    gen = torch.Generator().manual_seed(seed)
+    rows = []
+    for prompt_index, rollouts in groups.items():
+        n_prompt = prompt_len[prompt_index] if isinstance(prompt_len, dict) else prompt_len
+        prompt_ids = torch.randint(5, vocab, (n_prompt,), generator=gen).tolist()
+        for reward, entropy, *truncated in rollouts:
+            length = entropy if isinstance(entropy, int) else len(entropy)
+            row = {
+                "prompt_index": prompt_index,
+                "prompt_ids": prompt_ids,
+                "completion_ids": torch.randint(5, vocab, (length,), generator=gen).tolist(),
+                "truncated": bool(truncated[0]) if truncated else False,
+                "reward": None if reward is None else float(reward),
+            }
+            if scored:
+                row["entropy"] = [float(h) for h in entropy]
+                row["logps"] = [-1.0] * length
+            rows.append(row)
+    return Dataset.from_list(rows)
+
+
+class SimulatedCrash(RuntimeError):
+    """Raised by CallCounter to simulate a killed run."""
+
+
+class CallCounter:
+    """Wraps a function, counts its calls, and optionally raises on the ``fail_on``-th call (1-based)."""
+
+    def __init__(self, func, fail_on: int | None = None):
+        self.func = func
+        self.fail_on = fail_on
+        self.calls = 0
+
+    def __call__(self, *args, **kwargs):
+        self.calls += 1
+        if self.fail_on is not None and self.calls == self.fail_on:
+            raise SimulatedCrash("simulated crash during generation")
+        return self.func(*args, **kwargs)
+
+
+def pool_key(dataset) -> list[tuple]:
+    """The generated content of a pool, row by row, for comparing two pools."""
+    return [
+        (r["prompt_index"], tuple(r["prompt_ids"]), tuple(r["completion_ids"]), bool(r["truncated"]))
+        for r in dataset
+    ]
+
+
+def is_close_list(a, b, tol=1e-5) -> bool:
+    return len(a) == len(b) and all(math.isclose(x, y, rel_tol=tol, abs_tol=tol) for x, y in zip(a, b))
