@@ -297,6 +297,8 @@ class ReasonMaxxerTrainer(_BaseTrainer):
             row.update(advantage=adv, fork_mask=mask, logps=scores[i][1])
         pairs = build_pairs(selected, seed=a.seed)
         self.pool_stats = _pool_stats(rows, selected, entropies, masks, tau, report, len(pairs))
+        for key, value in self.pool_stats.items():  # logged with the first training step
+            self._metrics["train"][key].append(value)
         logger.info("ReasonMaxxer pool: %s %d preference pairs.", report.summary(), len(pairs))
         return Dataset.from_list(pairs)
 
@@ -317,8 +319,6 @@ class ReasonMaxxerTrainer(_BaseTrainer):
     def train(self, resume_from_checkpoint=None, trial=None, ignore_keys_for_eval=None, **kwargs):
         if self.train_dataset is None:
             self.train_dataset = self.prepare_training_data()
-            for key, value in self.pool_stats.items():
-                self._metrics["train"][key].append(value)
         return super().train(resume_from_checkpoint, trial, ignore_keys_for_eval, **kwargs)
 
     # ---------------------------------------------------------------- training
