@@ -26,13 +26,18 @@ class SelectionReport:
         )
 
 
-def pass_rates(prompt_index: Sequence[int], rewards: Sequence[float]) -> dict[int, float]:
-    """Mean reward per prompt, ignoring NaN rewards (reward functions may return None)."""
+def group_rewards(prompt_index: Sequence[int], rewards: Sequence[float]) -> dict[int, list[float]]:
+    """Rewards per prompt, without NaN rewards (reward functions may return None)."""
     groups = defaultdict(list)
     for p, r in zip(prompt_index, rewards, strict=True):
         if not math.isnan(r):
             groups[p].append(r)
-    return {p: sum(rs) / len(rs) for p, rs in groups.items() if rs}
+    return groups
+
+
+def pass_rates(prompt_index: Sequence[int], rewards: Sequence[float]) -> dict[int, float]:
+    """Mean reward per prompt, ignoring NaN rewards."""
+    return {p: sum(rs) / len(rs) for p, rs in group_rewards(prompt_index, rewards).items()}
 
 
 def select_problems(
@@ -43,11 +48,8 @@ def select_problems(
     A rollout counts as a success when its reward is above ``success_threshold``; ties in distance to 0.5 keep
     the lower prompt index, so selection is deterministic.
     """
-    groups = defaultdict(list)
-    for p, r in zip(prompt_index, rewards, strict=True):
-        if not math.isnan(r):
-            groups[p].append(r > success_threshold)
-    rate = {p: sum(s) / len(s) for p, s in groups.items()}
+    groups = group_rewards(prompt_index, rewards)
+    rate = {p: sum(r > success_threshold for r in rs) / len(rs) for p, rs in groups.items()}
     mixed = [p for p, q in rate.items() if 0.0 < q < 1.0]
     mixed.sort(key=lambda p: (abs(rate[p] - 0.5), p))
     return SelectionReport(
@@ -65,12 +67,8 @@ def group_advantages(prompt_index: Sequence[int], rewards: Sequence[float], clip
 
     Uniform groups and NaN rewards get advantage 0 (such rows carry no contrast and are dropped downstream).
     """
-    groups = defaultdict(list)
-    for p, r in zip(prompt_index, rewards, strict=True):
-        if not math.isnan(r):
-            groups[p].append(r)
     stats = {}
-    for p, rs in groups.items():
+    for p, rs in group_rewards(prompt_index, rewards).items():
         mean = sum(rs) / len(rs)
         stats[p] = (mean, math.sqrt(sum((r - mean) ** 2 for r in rs) / len(rs)))
     out = []
