@@ -18,6 +18,15 @@ def test_cli_passes_quick_budget_and_overrides(monkeypatch):
     assert output_dir == "runs/demo-quick" and model == "default" and task == "gsm8k" and seed == 7
     assert budget.test_problems == 3 and budget.train_problems == demo.DemoBudget.quick().train_problems
     assert kw["label"] == "quick smoke run"
+    assert budget.prompt_style == "brief"
+    cli.main(["demo", "--prompt-style", "paper"])
+    assert calls[1][0][3].prompt_style == "paper" and calls[1][0][3].max_new_tokens == demo.DemoBudget().max_new_tokens
+
+
+def test_cli_prompt_styles_match_the_task_templates():
+    from trl_reasonmaxxer.tasks import PROMPT_TEMPLATES
+
+    assert set(cli.PROMPT_STYLES) == set(PROMPT_TEMPLATES)
 
 
 def test_format_table_shows_both_models_with_stderr():

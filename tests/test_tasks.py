@@ -39,6 +39,16 @@ def test_prompt_is_the_paper_template():
     )
 
 
+def test_brief_prompt_style_keeps_the_problem_and_answer_format():
+    paper = load_task("svamp", "train", num_problems=2, seed=3)
+    brief = load_task("svamp", "train", num_problems=2, seed=3, prompt_style="brief")
+    assert brief["id"] == paper["id"] and brief["problem"] == paper["problem"]
+    content = brief[0]["prompt"][0]["content"]
+    assert "Think briefly" in content and "\\boxed{}" in content and content.endswith(brief[0]["problem"])
+    with pytest.raises(ValueError, match="prompt_style 'short'.*paper, brief"):
+        load_task("svamp", "train", num_problems=2, prompt_style="short")
+
+
 def test_math_gold_is_the_last_boxed_and_never_empty():
     ds = load_task("math", "train")
     assert all(ds["solution"])

@@ -6,13 +6,15 @@ import argparse
 import os
 
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+PROMPT_STYLES = ("paper", "brief")  # tasks.PROMPT_TEMPLATES, without importing datasets for --help
 
 
 def _demo(ns: argparse.Namespace) -> None:
     from .demo import DemoBudget, run_demo
 
     budget = DemoBudget.quick() if ns.quick else DemoBudget()
-    for field in ("train_problems", "test_problems", "num_generations", "eval_samples", "max_new_tokens", "max_problems"):
+    for field in ("train_problems", "test_problems", "num_generations", "eval_samples", "max_new_tokens", "max_problems",
+                  "prompt_style"):  # fmt: skip
         if getattr(ns, field) is not None:
             setattr(budget, field, getattr(ns, field))
     output_dir = ns.output_dir or ("runs/demo-quick" if ns.quick else "runs/demo")
@@ -24,7 +26,7 @@ def _eval(ns: argparse.Namespace) -> None:
     from .models import resolve_model
     from .tasks import load_task
 
-    data = load_task(ns.task, ns.split, num_problems=ns.num_problems, seed=ns.seed)
+    data = load_task(ns.task, ns.split, num_problems=ns.num_problems, seed=ns.seed, prompt_style=ns.prompt_style)
     results = {}
     for adapter in [None, *ns.adapter]:
         model, tokenizer = load_model_for_eval(resolve_model(ns.model), adapter)
@@ -51,6 +53,7 @@ def main(argv: list[str] | None = None) -> None:
     demo.add_argument("--seed", type=int, default=42)
     for field in ("train_problems", "test_problems", "num_generations", "eval_samples", "max_new_tokens", "max_problems"):
         demo.add_argument(f"--{field.replace('_', '-')}", type=int, default=None)
+    demo.add_argument("--prompt-style", choices=PROMPT_STYLES, default=None, help="Default: brief (short reasoning).")
     demo.set_defaults(func=_demo)
 
     ev = sub.add_parser("eval", help="Evaluate a model (and adapters) on a packaged math benchmark.")
@@ -62,6 +65,7 @@ def main(argv: list[str] | None = None) -> None:
     ev.add_argument("--num-samples", type=int, default=4)
     ev.add_argument("--max-new-tokens", type=int, default=256)
     ev.add_argument("--no-greedy", action="store_true")
+    ev.add_argument("--prompt-style", choices=PROMPT_STYLES, default="paper")
     ev.add_argument("--seed", type=int, default=0)
     ev.add_argument("--output-dir", default="runs/eval")
     ev.set_defaults(func=_eval)

