@@ -96,6 +96,12 @@ class VLLMRollouts:
                 connection_timeout=args.vllm_server_timeout,
             )  # fmt: skip
             return
+        if accelerator.num_processes > 1 and args.vllm_tensor_parallel_size > 1:
+            raise ValueError(
+                f"vllm_tensor_parallel_size={args.vllm_tensor_parallel_size} with {accelerator.num_processes} "
+                "training processes is not supported in colocate mode. Serve the model with `trl vllm-serve "
+                "--model <model> --tensor-parallel-size N` and set vllm_mode='server', or launch one process."
+            )
         from vllm import LLM
 
         base = model.get_base_model() if hasattr(model, "get_base_model") else model
@@ -111,12 +117,6 @@ class VLLMRollouts:
             quantization="bitsandbytes" if getattr(base, "is_loaded_in_4bit", False) else None,
         )
         if accelerator.num_processes > 1:
-            if args.vllm_tensor_parallel_size > 1:
-                raise ValueError(
-                    f"vllm_tensor_parallel_size={args.vllm_tensor_parallel_size} with {accelerator.num_processes} "
-                    "training processes is not supported in colocate mode. Serve the model with `trl vllm-serve "
-                    "--model <model> --tensor-parallel-size N` and set vllm_mode='server', or launch one process."
-                )
             from trl.trainer.utils import ensure_master_addr_port
 
             # one engine per process on its own GPU, inside the launcher's process group, as GRPOTrainer colocates
