@@ -65,9 +65,9 @@ class ReasonMaxxerConfig(GRPOConfig):
     vllm_mode (`str`, *optional*, defaults to `"colocate"`):
         `"colocate"`: one engine per training process, alive during the offline phase only
         (`vllm_gpu_memory_utilization`, `vllm_max_model_length`, `vllm_model_impl`, `vllm_tensor_parallel_size`,
-        which must be 1 with several processes). `"server"`: a running `trl vllm-serve` or `vllm serve` of the base model (`vllm_server_base_url`
-        or `vllm_server_host`/`vllm_server_port`, `vllm_server_timeout`). No weights are synchronised: the adapter is
-        untrained while the rollouts are sampled.
+        which must be 1 with several processes). `"server"`: a running `trl vllm-serve` or `vllm serve` of the base
+        model (`vllm_server_base_url` or `vllm_server_host`/`vllm_server_port`, `vllm_server_timeout`). No weights
+        are synchronised: the adapter is untrained while the rollouts are sampled.
     vllm_enable_sleep_mode (`bool`, *optional*, defaults to `False`):
         Colocate: put the engine to sleep (level 2) after the offline phase, so training gets all its GPU memory back.
 
@@ -171,8 +171,8 @@ class ReasonMaxxerConfig(GRPOConfig):
             value = self.pad_to_multiple_of.lower()
             self.pad_to_multiple_of = None if value in ("auto", "none", "null") else int(value)
         _check_choice("fork_gate", self.fork_gate, FORK_GATES)
-        _check_choice("vllm_mode", self.vllm_mode, VLLM_MODES)
         _check_choice("fork_scope", self.fork_scope, FORK_SCOPES)
+        _check_choice("vllm_mode", self.vllm_mode, VLLM_MODES)
         if not 0.0 < self.fork_fraction <= 1.0:
             raise ValueError(f"fork_fraction must be in (0, 1], got {self.fork_fraction}.")
         if self.max_problems < 1:

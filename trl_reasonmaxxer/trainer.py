@@ -259,10 +259,10 @@ class ReasonMaxxerTrainer(_BaseTrainer):
         cache = self._cache()
         prompt_ids = self._prompt_ids()
         chunk = self.args.rollout_chunk_size
+        rank, world = acc.process_index, acc.num_processes
         engine = self._vllm_engine(cache, math.ceil(len(prompt_ids) / chunk))
         generate = partial(self._generate, engine=engine)
         try:
-            rank, world = acc.process_index, acc.num_processes
             rows = pool.generate_pool(generate, prompt_ids, cache, chunk, rank=rank, world=world)
         finally:
             if engine is not None:
