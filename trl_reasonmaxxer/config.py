@@ -22,17 +22,20 @@ HONOURED_GRPO_FIELDS = frozenset(
         "model_init_kwargs", "trust_remote_code", "disable_dropout", "num_generations", "max_completion_length",
         "shuffle_dataset", "pad_to_multiple_of", "temperature", "top_p", "top_k", "min_p", "generation_kwargs",
         "chat_template_kwargs", "repetition_penalty", "beta", "epsilon", "reward_weights", "loss_type",
-        "mask_truncated_completions",
+        "mask_truncated_completions", "use_vllm", "vllm_mode", "vllm_model_impl", "vllm_enable_sleep_mode",
+        "vllm_server_base_url", "vllm_server_host", "vllm_server_port", "vllm_server_timeout",
+        "vllm_gpu_memory_utilization", "vllm_max_model_length", "vllm_tensor_parallel_size",
     }
 )  # fmt: skip
+VLLM_MODES = ("colocate", "server")
 
 
 @dataclass
 class ReasonMaxxerConfig(GRPOConfig):
     r"""
     Configuration for [`ReasonMaxxerTrainer`]. It accepts every [`~trl.GRPOConfig`] argument, so a GRPO script runs
-    unchanged; arguments with no ReasonMaxxer meaning (vLLM importance sampling, GRPO loss variants, ...) are
-    reported once as having no effect. Defaults follow the paper (Akgül et al., 2026, Table 6).
+    unchanged; arguments with no ReasonMaxxer meaning (vLLM importance sampling and weight sync, GRPO loss variants,
+    ...) are reported once as having no effect. Defaults follow the paper (Akgül et al., 2026, Table 6).
 
     > Parameters that control the offline rollouts (sampled once from the frozen base model)
 
@@ -51,7 +54,22 @@ class ReasonMaxxerConfig(GRPOConfig):
         Sequences per teacher-forced scoring forward (entropy and log-probs of the base model).
     rollout_cache (`bool`, *optional*, defaults to `True`):
         Cache rollouts and scores under `output_dir/rollouts/<fingerprint>` and reuse them on the next run with the
-        same model, prompts and generation settings.
+        same model, prompts and generation settings. With several processes each one generates and scores its share
+        of the chunks, and the pool does not depend on the number of processes.
+
+    > Parameters that control vLLM rollouts (GRPOConfig's names)
+
+    use_vllm (`bool`, *optional*, defaults to `False`):
+        Sample the rollouts with vLLM instead of `generate`: the same rows, seeded per prompt. Without vLLM installed
+        it falls back to `generate` with one warning (`pip install trl-reasonmaxxer[vllm]`).
+    vllm_mode (`str`, *optional*, defaults to `"colocate"`):
+        `"colocate"`: one engine per training process, alive during the offline phase only
+        (`vllm_gpu_memory_utilization`, `vllm_max_model_length`, `vllm_model_impl`, `vllm_tensor_parallel_size`,
+        which must be 1 with several processes). `"server"`: a running `trl vllm-serve` or `vllm serve` of the base
+        model (`vllm_server_base_url` or `vllm_server_host`/`vllm_server_port`, `vllm_server_timeout`). No weights
+        are synchronised: the adapter is untrained while the rollouts are sampled.
+    vllm_enable_sleep_mode (`bool`, *optional*, defaults to `False`):
+        Colocate: put the engine to sleep (level 2) after the offline phase, so training gets all its GPU memory back.
 
     > Parameters that control problem selection
 
@@ -154,6 +172,7 @@ class ReasonMaxxerConfig(GRPOConfig):
             self.pad_to_multiple_of = None if value in ("auto", "none", "null") else int(value)
         _check_choice("fork_gate", self.fork_gate, FORK_GATES)
         _check_choice("fork_scope", self.fork_scope, FORK_SCOPES)
+        _check_choice("vllm_mode", self.vllm_mode, VLLM_MODES)
         if not 0.0 < self.fork_fraction <= 1.0:
             raise ValueError(f"fork_fraction must be in (0, 1], got {self.fork_fraction}.")
         if self.max_problems < 1:

@@ -4,6 +4,10 @@ The cache lives in ``<output_dir>/rollouts/<fingerprint>/``: ``generations/`` an
 chunks written atomically, and ``pool/`` the latest complete pool as a ``datasets.Dataset`` (one row per rollout).
 Generations and scores depend only on the model, the prompt ids and the sampling settings, which the
 fingerprint covers; rewards are cheap and are recomputed on every run, so reward functions can change freely.
+
+With several processes, each one generates the chunks of its :func:`shard` and scores its share of the rows; a
+chunk is written by the one process that owns it, so processes never write the same file, and since chunk
+boundaries do not depend on the number of processes, neither does the pool.
 """
 
 from __future__ import annotations
@@ -46,11 +50,25 @@ class ChunkCache:
     def _path(self, kind: str, index: int) -> str:
         return os.path.join(self.root, kind, f"chunk-{index:05d}.jsonl")
 
+    def has(self, kind: str, index: int) -> bool:
+        return self.root is not None and os.path.exists(self._path(kind, index))
+
     def load(self, kind: str, index: int) -> list[dict] | None:
-        if self.root is None or not os.path.exists(self._path(kind, index)):
+        if not self.has(kind, index):
             return None
         with open(self._path(kind, index)) as f:
             return [json.loads(line) for line in f]
+
+    def load_all(self, kind: str) -> list[dict]:
+        """The rows of every complete chunk of ``kind``, in file-name order."""
+        folder = os.path.join(self.root, kind) if self.root is not None else None
+        if folder is None or not os.path.isdir(folder):
+            return []
+        rows = []
+        for name in sorted(n for n in os.listdir(folder) if n.endswith(".jsonl")):
+            with open(os.path.join(folder, name)) as f:
+                rows.extend(json.loads(line) for line in f)
+        return rows
 
     def save(self, kind: str, index: int, rows: list[dict]) -> None:
         if self.root is None:
@@ -69,21 +87,35 @@ def chunked(indices: Sequence[int], size: int) -> list[list[int]]:
     return [list(indices[i : i + size]) for i in range(0, len(indices), size)]
 
 
+def shard(items: Sequence, rank: int, world: int) -> list:
+    """Process ``rank``'s contiguous share of ``items`` (sizes differ by at most one): concatenating the shares in
+    rank order gives ``items`` back, so a gathered result keeps the single-process order."""
+    if not 0 <= rank < world:
+        raise ValueError(f"rank must be in [0, {world}), got {rank}.")
+    n = len(items)
+    return list(items[rank * n // world : (rank + 1) * n // world])
+
+
 def generate_pool(
     generate: Callable[[list[int]], list[list[dict]]],
     prompt_ids: Sequence[Sequence[int]],
     cache: ChunkCache,
     chunk_size: int,
     progress: Callable[[int, int], None] | None = None,
+    rank: int = 0,
+    world: int = 1,
 ) -> list[dict]:
-    """Rollout rows for every prompt, generating only the chunks the cache lacks.
+    """Rollout rows for the prompts of process ``rank``'s chunks (all of them with one process), generating only
+    the chunks the cache lacks.
 
     ``generate(prompt indices) → per prompt a list of {completion_ids, truncated}``; it gets indices so it can
     seed by prompt.
     """
     rows: list[dict] = []
     chunks = chunked(range(len(prompt_ids)), chunk_size)
-    for c, indices in enumerate(chunks):
+    mine = shard(range(len(chunks)), rank, world)
+    for done, c in enumerate(mine, 1):
+        indices = chunks[c]
         chunk = cache.load("generations", c)
         if chunk is None:
             groups = generate(indices)
@@ -95,7 +127,7 @@ def generate_pool(
             cache.save("generations", c, chunk)
         rows.extend(chunk)
         if progress is not None:
-            progress(c + 1, len(chunks))
+            progress(done, len(mine))
     return rows
 
 
@@ -105,24 +137,23 @@ def score_pool(
     row_ids: Sequence[int],
     cache: ChunkCache,
     chunk_size: int,
+    rank: int = 0,
+    world: int = 1,
 ) -> dict[int, tuple[list[float], list[float]]]:
-    """``{row id: (entropy, logps)}`` for the requested rows, scoring only chunks not cached yet.
+    """``{row id: (entropy, logps)}`` for process ``rank``'s share of ``row_ids`` (all of them with one process),
+    scoring only rows not cached yet.
 
-    Chunks are keyed by the row ids they hold, so a different selection scores what is new and reuses the rest.
+    Cached rows are looked up by row id, so a different selection scores what is new and reuses the rest. A new
+    chunk is named after its first row id: rows are scored once, so names never collide across processes or runs.
     """
-    found: dict[int, tuple[list[float], list[float]]] = {}
-    index = 0
-    while (chunk := cache.load("scores", index)) is not None:
-        found.update({r["row"]: (r["entropy"], r["logps"]) for r in chunk})
-        index += 1
-    missing = [i for i in row_ids if i not in found]
-    for ids in chunked(missing, chunk_size):
+    mine = shard(row_ids, rank, world)
+    found = {r["row"]: (r["entropy"], r["logps"]) for r in cache.load_all("scores")}
+    for ids in chunked([i for i in mine if i not in found], chunk_size):
         scored = score([(rows[i]["prompt_ids"], rows[i]["completion_ids"]) for i in ids])
         chunk = [{"row": i, "entropy": e, "logps": lp} for i, (e, lp) in zip(ids, scored, strict=True)]
-        cache.save("scores", index, chunk)
-        index += 1
+        cache.save("scores", ids[0], chunk)
         found.update({r["row"]: (r["entropy"], r["logps"]) for r in chunk})
-    return {i: found[i] for i in row_ids}
+    return {i: found[i] for i in mine}
 
 
 def reward_function_name(func) -> str:

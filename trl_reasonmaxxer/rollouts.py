@@ -42,16 +42,20 @@ def eos_token_ids(tokenizer, model) -> set[int]:
     return ids
 
 
-def _trim_completion(ids: list[int], eos_ids: set[int], pad_id: int | None) -> tuple[list[int], bool]:
-    """Cut a generated row after its first EOS (kept); returns (ids, truncated)."""
+def completion_row(ids: list[int], eos_ids: set[int], pad_id: int | None = None) -> dict:
+    """One rollout row from generated ids: cut after the first EOS (kept), ``truncated`` when there is none.
+
+    This is the row format of every rollout backend (HF ``generate`` here, vLLM in ``vllm_backend``).
+    """
     for i, t in enumerate(ids):
         if t in eos_ids:
-            return ids[: i + 1], False
+            return {"completion_ids": list(ids[: i + 1]), "truncated": False}
+    ids = list(ids)
     if pad_id is not None and pad_id not in eos_ids:
         # generate pads finished rows; an unfinished row never contains pad unless the model sampled it
         while ids and ids[-1] == pad_id:
             ids = ids[:-1]
-    return ids, True
+    return {"completion_ids": ids, "truncated": True}
 
 
 @torch.no_grad()
@@ -109,9 +113,7 @@ def generate_completions(
             generated = _generate_batch(model, batch, num_generations, pad_id, device, gen_kwargs)
             for i in range(len(batch)):
                 group = generated[i * num_generations : (i + 1) * num_generations]
-                results.append(
-                    [dict(zip(("completion_ids", "truncated"), _trim_completion(c, eos_ids, pad_id))) for c in group]
-                )
+                results.append([completion_row(c, eos_ids, pad_id) for c in group])
             bar.update(len(generated))
     finally:
         bar.close()

@@ -9,9 +9,11 @@ import os
 import textwrap
 from collections import defaultdict
 from collections.abc import Callable
+from functools import cached_property, partial
 from pathlib import Path
 
 import torch
+from accelerate.utils import gather_object
 from datasets import Dataset
 from peft import LoraConfig, PeftConfig, get_peft_model
 from torch.utils.data import SequentialSampler
@@ -28,6 +30,7 @@ from .config import ReasonMaxxerConfig
 from .losses import reasonmaxxer_loss, token_kl
 from .rollouts import generate_completions, tokenize_prompt
 from .scoring import ensure_fused_head, score_rollouts
+from .vllm_backend import VLLMRollouts, resolve_use_vllm
 
 logger = logging.getLogger(__name__)
 
@@ -168,6 +171,7 @@ class ReasonMaxxerTrainer(_BaseTrainer):
 
         self.prompt_dataset = train_dataset
         self.rollout_dataset = rollout_dataset
+        self._use_vllm = resolve_use_vllm(args.use_vllm)
         self.pool_stats: dict[str, float] = {}
         self._metrics = {"train": defaultdict(list), "eval": defaultdict(list)}
         super().__init__(
@@ -188,11 +192,17 @@ class ReasonMaxxerTrainer(_BaseTrainer):
         a = self.args
         # a pool passed in is identified by its own fingerprint: only its scores get cached
         prompts = self._prompt_ids() if self.rollout_dataset is None else self.rollout_dataset._fingerprint
+        backend = ["vllm"] if self._use_vllm else []  # HF-generated caches predate the vLLM backend: same keys
         key = pool.fingerprint(
-            pool.model_fingerprint(self.model), prompts, a.num_generations, a.temperature, a.top_p, a.top_k,
-            a.min_p, a.repetition_penalty, a.max_completion_length, a.generation_kwargs, a.seed, a.rollout_chunk_size,
+            self._model_fingerprint, prompts, a.num_generations, a.temperature, a.top_p, a.top_k, a.min_p,
+            a.repetition_penalty, a.max_completion_length, a.generation_kwargs, a.seed, a.rollout_chunk_size, *backend,
         )  # fmt: skip
         return os.path.join(a.output_dir, "rollouts", key)
+
+    @cached_property
+    def _model_fingerprint(self) -> str:
+        # only the adapter trains and the checksum skips it, so the base weights' checksum is computed once
+        return pool.model_fingerprint(self.model)
 
     def _prompt_ids(self) -> list[list[int]]:
         if not hasattr(self, "_cached_prompt_ids"):
@@ -204,10 +214,13 @@ class ReasonMaxxerTrainer(_BaseTrainer):
     def _cache(self) -> pool.ChunkCache:
         return pool.ChunkCache(self.rollout_cache_dir if self.args.rollout_cache else None)
 
-    def _generate(self, indices: list[int]) -> list[list[dict]]:
-        """Rollouts for a chunk of prompts, seeded by the chunk's first prompt index."""
+    def _generate(self, indices: list[int], engine: VLLMRollouts | None = None) -> list[list[dict]]:
+        """Rollouts for a chunk of prompts: with vLLM when an engine is given (seeded per prompt), else with HF
+        ``generate`` seeded by the chunk's first prompt index."""
         a = self.args
         all_ids = self._prompt_ids()
+        if engine is not None:
+            return engine.generate([all_ids[i] for i in indices], indices)
         extra = dict(a.generation_kwargs or {})
         if a.repetition_penalty != 1.0:
             extra["repetition_penalty"] = a.repetition_penalty
@@ -221,20 +234,48 @@ class ReasonMaxxerTrainer(_BaseTrainer):
                 disable_progress=a.disable_tqdm,
             )  # fmt: skip
 
+    def _vllm_engine(self, cache: pool.ChunkCache, num_chunks: int) -> VLLMRollouts | None:
+        """A vLLM engine when ``use_vllm`` and some process has chunks to generate; every process builds one then,
+        because a colocated engine joins the launcher's process group."""
+        if not self._use_vllm:
+            return None
+        acc = self.accelerator
+        mine = pool.shard(range(num_chunks), acc.process_index, acc.num_processes)
+        if not any(gather_object([any(not cache.has("generations", c) for c in mine)])):
+            return None
+        return VLLMRollouts(self.model, self._tokenizer, self.args, acc)
+
     def build_rollout_dataset(self) -> Dataset:
         """Run (or resume) rollouts and rewards for every prompt; returns the pool, one row per rollout.
 
         Columns: ``prompt_index``, ``prompt_ids``, ``completion_ids``, ``completion``, ``truncated``, ``reward`` and
         ``rewards/<function>``. Also saved under ``rollout_cache_dir/pool``.
+
+        With several processes (``accelerate launch``, ``torchrun``) each one generates and rewards its shard of the
+        chunks; the pool is gathered in prompt order, so it is the one-process pool, and the main process writes it
+        while the others wait.
         """
+        acc = self.accelerator
         cache = self._cache()
         prompt_ids = self._prompt_ids()
         chunk = self.args.rollout_chunk_size
-        rows = pool.generate_pool(self._generate, prompt_ids, cache, chunk)
-        self._add_rewards(rows, cache.root or "memory (rollout_cache=False)")
-        if cache.root is None:
-            return Dataset.from_list(rows)
-        return pool.save_pool(rows, os.path.join(cache.root, "pool"))
+        rank, world = acc.process_index, acc.num_processes
+        engine = self._vllm_engine(cache, math.ceil(len(prompt_ids) / chunk))
+        generate = partial(self._generate, engine=engine)
+        try:
+            rows = pool.generate_pool(generate, prompt_ids, cache, chunk, rank=rank, world=world)
+        finally:
+            if engine is not None:
+                engine.close()
+        if rows:  # a process with no chunk (more processes than chunks) has nothing to reward
+            self._add_rewards(rows, cache.root or "memory (rollout_cache=False)")
+        rows = gather_object(rows)
+        if cache.root is not None and acc.is_main_process:
+            dataset = pool.save_pool(rows, os.path.join(cache.root, "pool"))
+        else:
+            dataset = Dataset.from_list(rows)
+        acc.wait_for_everyone()
+        return dataset
 
     def _add_rewards(self, rows: list[dict], cache_hint: str) -> None:
         data = self.prompt_dataset
@@ -314,7 +355,12 @@ class ReasonMaxxerTrainer(_BaseTrainer):
                     disable_progress=self.args.disable_tqdm,
                 )  # fmt: skip
 
-        return pool.score_pool(score, rows, row_ids, self._cache(), self.args.rollout_chunk_size * self.args.num_generations)
+        acc = self.accelerator
+        mine = pool.score_pool(
+            score, rows, row_ids, self._cache(), self.args.rollout_chunk_size * self.args.num_generations,
+            rank=acc.process_index, world=acc.num_processes,
+        )  # fmt: skip
+        return {i: scores for part in gather_object([mine]) for i, scores in part.items()}
 
     def train(self, resume_from_checkpoint=None, trial=None, ignore_keys_for_eval=None, **kwargs):
         if self.train_dataset is None:
