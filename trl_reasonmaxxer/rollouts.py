@@ -6,6 +6,7 @@ from collections.abc import Sequence
 
 import torch
 from tqdm.auto import tqdm
+from transformers import StoppingCriteria, StoppingCriteriaList
 from trl.data_utils import is_conversational
 
 
@@ -58,6 +59,18 @@ def completion_row(ids: list[int], eos_ids: set[int], pad_id: int | None = None)
     return {"completion_ids": ids, "truncated": True}
 
 
+class StepProgress(StoppingCriteria):
+    """Advances a progress bar once per decoding step and never stops generation: a CPU batch of 32 long
+    completions takes minutes, and a bar that moves only between batches gives no ETA."""
+
+    def __init__(self, bar):
+        self.bar = bar
+
+    def __call__(self, input_ids, scores, **kwargs):
+        self.bar.update(1)
+        return torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+
+
 @torch.no_grad()
 def generate_completions(
     model,
@@ -104,9 +117,12 @@ def generate_completions(
         gen_kwargs.update(temperature=temperature, top_p=top_p, top_k=top_k or None)
     else:
         gen_kwargs.update(temperature=None, top_p=None, top_k=None)
-    bar = tqdm(total=len(prompt_ids) * num_generations, desc=desc, unit="seq", disable=disable_progress)
+    # the bar counts decoding steps (max_new_tokens per batch, so its ETA is an upper bound)
+    num_batches = -(-len(prompt_ids) // prompts_per_batch)
+    bar = tqdm(total=num_batches * max_new_tokens, desc=desc, unit="step", disable=disable_progress)
+    gen_kwargs["stopping_criteria"] = StoppingCriteriaList([*gen_kwargs.get("stopping_criteria", []), StepProgress(bar)])
     try:
-        for start in range(0, len(prompt_ids), prompts_per_batch):
+        for b, start in enumerate(range(0, len(prompt_ids), prompts_per_batch), 1):
             batch = [list(p) for p in prompt_ids[start : start + prompts_per_batch]]
             if seed is not None:
                 torch.manual_seed(seed + start)
@@ -114,7 +130,8 @@ def generate_completions(
             for i in range(len(batch)):
                 group = generated[i * num_generations : (i + 1) * num_generations]
                 results.append([completion_row(c, eos_ids, pad_id) for c in group])
-            bar.update(len(generated))
+            bar.update(b * max_new_tokens - bar.n)  # a batch whose rows all ended early skips its remaining steps
+            bar.set_postfix(seqs=f"{len(results) * num_generations}/{len(prompt_ids) * num_generations}")
     finally:
         bar.close()
         model.train(was_training)
