@@ -84,7 +84,8 @@ def test_summarize_divergence_without_disagreement_and_bad_input():
 
 
 def test_rank_histogram_tail_bucket():
-    assert rank_histogram([1, 3, 21, 100], max_rank=20) == {**{str(r): int(r in (1, 3)) for r in range(1, 21)}, ">20": 2}
+    expected = {**{str(r): int(r in (1, 3)) for r in range(1, 21)}, ">20": 2}
+    assert rank_histogram([1, 3, 21, 100], max_rank=20) == expected
 
 
 def test_tau_curve_is_monotone_and_calibration_hits_the_target():
@@ -133,7 +134,8 @@ class TableLM(torch.nn.Module):
 
     def forward(self, input_ids, attention_mask, position_ids, past_key_values=None, use_cache=True):
         self.calls.append(input_ids.shape[1])
-        return SimpleNamespace(logits=self.table_logits(input_ids, position_ids), past_key_values=(past_key_values or 0) + 1)
+        logits = self.table_logits(input_ids, position_ids)
+        return SimpleNamespace(logits=logits, past_key_values=(past_key_values or 0) + 1)  # a stand-in cache
 
 
 class Teacher(TableLM):
@@ -184,7 +186,8 @@ def test_divergence_counts_are_exact_at_the_teachers_known_positions():
         assert row["teacher_rank"] == expected
         assert not any(row["gated"]) and not any(row["changed"])
         assert row["completion_ids"] == simulate(base, base, prompt, BASE_GREEDY, 12)["completion_ids"]
-    s = summarize_divergence([r for row in out for r in row["teacher_rank"]], [h for row in out for h in row["entropy"]])
+    ranks, entropies = [r for row in out for r in row["teacher_rank"]], [h for row in out for h in row["entropy"]]
+    s = summarize_divergence(ranks, entropies)
     # row 1 (prompt length 4) sees positions 3..14: all four shifts; row 2 (length 6) 5..16: all four; row 3 (1) 0..11:
     # positions 5, 8, 11 only
     assert (s["reranked"]["count"], s["shifted"]["count"], s["unshifted"]["count"]) == (9, 2, 36 - 11)
@@ -359,8 +362,15 @@ def test_cli_analyze_with_an_adapter_and_with_a_teacher_model(tiny_pair, tiny_mo
     adapter = str(tmp_path / "adapter")
     model.save_pretrained(adapter)
     common = ["--model", tiny_model_dir, "--num-problems", "2", "--max-new-tokens", "3", "--batch-size", "2"]
-    cli.main(["analyze", *common, "--adapter", adapter, "--output-dir", str(tmp_path / "a")])
+    # a rollout pool as the trainer saves it: the τ curve is then computed on its completions, scored by the base
+    pool = Dataset.from_dict({"prompt_ids": [[5, 6, 7], [8, 9]], "completion_ids": [[10, 11, 12, 13], [14, 15]]})
+    pool.save_to_disk(str(tmp_path / "pool"))
+    cli.main(["analyze", *common, "--adapter", adapter, "--pool", str(tmp_path / "pool"),
+              "--output-dir", str(tmp_path / "a")])  # fmt: skip
     assert "intervention" in capsys.readouterr().out
+    with open(tmp_path / "a" / "analysis.json") as f:
+        calibration = json.load(f)["calibration"]
+    assert calibration["source"] == "rollout pool" and calibration["tokens"] == 6
     assert sorted(os.listdir(tmp_path / "a")) == sorted(
         ["analysis.json", "analysis.txt", "entropy.png", "rank.png", "interventions.png", "tau.png"]
     )

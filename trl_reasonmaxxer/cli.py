@@ -39,7 +39,7 @@ def _eval(ns: argparse.Namespace) -> None:
         plot_comparison(results, os.path.join(ns.output_dir, "eval.png"))
 
 
-# --quick: a smoke run of every step on the real model in minutes; the default: a small measurement (see docs/analysis.md)
+# --quick: a smoke run of every step on the real model in minutes; the default: a small measurement (docs/analysis.md)
 ANALYZE_BUDGETS = {"quick": dict(num_problems=4, max_new_tokens=160, batch_size=4),
                    "default": dict(num_problems=32, max_new_tokens=256, batch_size=8)}  # fmt: skip
 
@@ -71,9 +71,10 @@ def _analyze(ns: argparse.Namespace) -> None:
         from .scoring import score_rollouts
 
         pool = load_from_disk(ns.pool)
-        with use_adapter(teacher, None) if ns.adapter else nullcontext():
-            scored = score_rollouts(teacher if ns.adapter else base, list(zip(pool["prompt_ids"], pool["completion_ids"])),
-                                    tokenizer.pad_token_id, desc="Scoring pool")  # fmt: skip
+        sequences = list(zip(pool["prompt_ids"], pool["completion_ids"]))
+        scorer = teacher if ns.adapter else base
+        with use_adapter(teacher, None) if ns.adapter else nullcontext():  # entropy of the base model
+            scored = score_rollouts(scorer, sequences, tokenizer.pad_token_id, desc="Scoring pool")
         pool_entropies = [entropy for entropy, _ in scored]
     config = AnalysisConfig(max_new_tokens=ns.max_new_tokens, batch_size=ns.batch_size, top_k=ns.top_k, tau=ns.tau,
                             random_top=ns.random_top, seed=ns.seed, target_fraction=ns.target_fraction)  # fmt: skip
@@ -122,12 +123,12 @@ def main(argv: list[str] | None = None) -> None:
     an.add_argument("--split", default="test")
     an.add_argument("--num-problems", type=int, default=None, help="Default 32 (4 with --quick); 0: the whole split.")
     an.add_argument("--max-new-tokens", type=int, default=None, help="Default 256 (160 with --quick).")
-    an.add_argument("--batch-size", type=int, default=None, help="Prompts decoded together; default 8 (4 with --quick).")
+    an.add_argument("--batch-size", type=int, default=None, help="Prompts per batch; default 8 (4 with --quick).")
     an.add_argument("--tau", type=float, default=1.2, help="Entropy gate (nats) of the entropy-gated intervention.")
     an.add_argument("--top-k", type=int, default=5, help="Reranked means in the base top-k (but not top-1).")
     an.add_argument("--random-top", type=int, default=20, help="The random control draws from base ranks 2..this.")
     an.add_argument("--target-fraction", type=float, default=0.03, help="Gated share the calibrated tau aims at.")
-    an.add_argument("--pool", default=None, help="A saved rollout pool (output_dir/rollouts/<key>/pool) for the tau curve.")
+    an.add_argument("--pool", default=None, help="Saved rollout pool (.../rollouts/<key>/pool) for the tau curve.")
     an.add_argument("--seed", type=int, default=0)
     an.add_argument("--output-dir", default="runs/analysis")
     an.set_defaults(func=_analyze)

@@ -137,7 +137,9 @@ def run_analysis(
                 batch_size=config.batch_size, seed=None, desc=TEACHER,
             )
         ]  # fmt: skip
-    graded = {name: [g[0] for g in _grade(rows, [[d] for d in runs], tokenizer, reward_fn)] for name, runs in decoded.items()}
+    graded = {
+        name: [g[0] for g in _grade(rows, [[d] for d in runs], tokenizer, reward_fn)] for name, runs in decoded.items()
+    }
 
     base_runs = decoded[BASE]
     divergence = summarize_divergence(
@@ -204,7 +206,8 @@ def format_table(report: dict) -> str:
             f"{s['mean_completion_tokens']:>9.1f}{s['truncation_rate']:>11.2f}"
         )
     if "oracle_matches_teacher" in report:
-        lines.append(f"oracle output identical to the teacher's on {100 * report['oracle_matches_teacher']:.0f}% of problems")
+        share = 100 * report["oracle_matches_teacher"]
+        lines.append(f"oracle output identical to the teacher's on {share:.0f}% of problems")
     lines += [
         "",
         f"τ calibration ({c['source']}, {c['tokens']} tokens): τ = {c['tau_for_target']:.3f} nats gates "
@@ -292,7 +295,8 @@ def plot_tau_curve(calibration: dict, path: str, tau: float | None = None) -> st
     t = calibration["tau_for_target"]
     ax.axvline(t, color="#C44E52", linestyle="--", label=f"τ = {t:.2f}: {100 * calibration['achieved_fraction']:.2f}%")
     if tau is not None and f"{tau:g}" in calibration["fraction_at"]:
-        ax.axvline(tau, color="gray", linestyle=":", label=f"τ = {tau:g}: {100 * calibration['fraction_at'][f'{tau:g}']:.2f}%")
+        share = 100 * calibration["fraction_at"][f"{tau:g}"]
+        ax.axvline(tau, color="gray", linestyle=":", label=f"τ = {tau:g}: {share:.2f}%")
     ax.set_yscale("symlog", linthresh=1.0)  # the interesting range is a few percent: linear below 1%, log above
     ax.set_ylim(0, 100)
     ax.set_xlabel("τ (nats)")
