@@ -1,4 +1,4 @@
-"""``trl-reasonmaxxer {demo, eval}``."""
+"""``trl-reasonmaxxer {demo, eval, analyze}``."""
 
 from __future__ import annotations
 
@@ -41,6 +41,53 @@ def _eval(ns: argparse.Namespace) -> None:
         plot_comparison(results, os.path.join(ns.output_dir, "eval.png"))
 
 
+# --quick: a smoke run of every step on the real model in minutes; the default: a small measurement (docs/analysis.md)
+ANALYZE_BUDGETS = {"quick": dict(num_problems=4, max_new_tokens=160, batch_size=4),
+                   "default": dict(num_problems=32, max_new_tokens=256, batch_size=8)}  # fmt: skip
+
+
+def _analyze(ns: argparse.Namespace) -> None:
+    from contextlib import nullcontext
+
+    from trl.trainer.utils import use_adapter
+
+    from .analysis import AdapterDisabled, AnalysisConfig, format_table, run_analysis, save_report
+    from .evaluation import load_model_for_eval
+    from .models import resolve_model
+    from .tasks import load_task
+
+    for key, value in ANALYZE_BUDGETS["quick" if ns.quick else "default"].items():
+        if getattr(ns, key) is None:
+            setattr(ns, key, value)
+    data = load_task(ns.task, ns.split, num_problems=ns.num_problems or None, seed=ns.seed)
+    if ns.adapter:  # one PeftModel: the teacher with its adapter on, the base with it off
+        teacher, tokenizer = load_model_for_eval(resolve_model(ns.model), ns.adapter)
+        base = AdapterDisabled(teacher)
+    else:
+        base, tokenizer = load_model_for_eval(resolve_model(ns.model))
+        teacher, _ = load_model_for_eval(resolve_model(ns.teacher))
+    pool_entropies = None
+    if ns.pool:
+        from datasets import load_from_disk
+
+        from .scoring import score_rollouts
+
+        pool = load_from_disk(ns.pool)
+        sequences = list(zip(pool["prompt_ids"], pool["completion_ids"]))
+        scorer = teacher if ns.adapter else base
+        with use_adapter(teacher, None) if ns.adapter else nullcontext():  # entropy of the base model
+            scored = score_rollouts(scorer, sequences, tokenizer.pad_token_id, desc="Scoring pool")
+        pool_entropies = [entropy for entropy, _ in scored]
+    config = AnalysisConfig(max_new_tokens=ns.max_new_tokens, batch_size=ns.batch_size, top_k=ns.top_k, tau=ns.tau,
+                            random_top=ns.random_top, seed=ns.seed, target_fraction=ns.target_fraction)  # fmt: skip
+    report = run_analysis(base, teacher, tokenizer, data, config, pool_entropies)
+    report = {"model": ns.model, "teacher": ns.adapter or ns.teacher, "task": ns.task, "split": ns.split,
+              "label": "quick smoke run" if ns.quick else "default", "pool": ns.pool} | report  # fmt: skip
+    paths = save_report(report, ns.output_dir)
+    print(format_table(report))
+    print(f"wrote {', '.join(paths.values())}")
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="trl-reasonmaxxer", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -69,6 +116,26 @@ def main(argv: list[str] | None = None) -> None:
     ev.add_argument("--seed", type=int, default=0)
     ev.add_argument("--output-dir", default="runs/eval")
     ev.set_defaults(func=_eval)
+
+    an = sub.add_parser("analyze", help="Token-level divergence and interventions of a teacher against the base model.")
+    teacher = an.add_mutually_exclusive_group(required=True)
+    teacher.add_argument("--adapter", help="PEFT adapter folder: the teacher is the base model with this adapter.")
+    teacher.add_argument("--teacher", help="A teacher model folder sharing the base model's tokenizer.")
+    an.add_argument("--model", default="default", help="Base model: 'default' (embedded 0.5B) or a local folder.")
+    an.add_argument("--quick", action="store_true", help="A smoke run in minutes (4 problems, 160 tokens).")
+    an.add_argument("--task", default="svamp")
+    an.add_argument("--split", default="test")
+    an.add_argument("--num-problems", type=int, default=None, help="Default 32 (4 with --quick); 0: the whole split.")
+    an.add_argument("--max-new-tokens", type=int, default=None, help="Default 256 (160 with --quick).")
+    an.add_argument("--batch-size", type=int, default=None, help="Prompts per batch; default 8 (4 with --quick).")
+    an.add_argument("--tau", type=float, default=1.2, help="Entropy gate (nats) of the entropy-gated intervention.")
+    an.add_argument("--top-k", type=int, default=5, help="Reranked means in the base top-k (but not top-1).")
+    an.add_argument("--random-top", type=int, default=20, help="The random control draws from base ranks 2..this.")
+    an.add_argument("--target-fraction", type=float, default=0.03, help="Gated share the calibrated tau aims at.")
+    an.add_argument("--pool", default=None, help="Saved rollout pool (.../rollouts/<key>/pool) for the tau curve.")
+    an.add_argument("--seed", type=int, default=0)
+    an.add_argument("--output-dir", default="runs/analysis")
+    an.set_defaults(func=_analyze)
 
     ns = parser.parse_args(argv)
     ns.func(ns)
