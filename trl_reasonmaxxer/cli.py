@@ -1,9 +1,10 @@
-"""``trl-reasonmaxxer {demo, eval, analyze}``."""
+"""``trl-reasonmaxxer {demo, eval, analyze, compare}``."""
 
 from __future__ import annotations
 
 import argparse
 import os
+from dataclasses import fields
 
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 PROMPT_STYLES = ("paper", "brief")  # tasks.PROMPT_TEMPLATES, without importing datasets for --help
@@ -88,6 +89,19 @@ def _analyze(ns: argparse.Namespace) -> None:
     print(f"wrote {', '.join(paths.values())}")
 
 
+def _compare(ns: argparse.Namespace) -> None:
+    from .compare import CompareBudget, run_comparison
+    from .trainer import resolve_reward_func
+
+    budget = CompareBudget.quick() if ns.quick else CompareBudget()
+    for field in fields(CompareBudget):
+        if getattr(ns, field.name) is not None:
+            setattr(budget, field.name, getattr(ns, field.name))
+    output_dir = ns.output_dir or ("runs/compare-quick" if ns.quick else "runs/compare")
+    run_comparison(output_dir, ns.model, ns.task, ns.dataset, budget, ns.seeds, ns.gate_ablation,
+                   resolve_reward_func(ns.reward), ns.split_seed, "quick smoke run" if ns.quick else "default")  # fmt: skip
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="trl-reasonmaxxer", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -136,6 +150,22 @@ def main(argv: list[str] | None = None) -> None:
     an.add_argument("--seed", type=int, default=0)
     an.add_argument("--output-dir", default="runs/analysis")
     an.set_defaults(func=_analyze)
+
+    cmp = sub.add_parser("compare", help="GRPO (TRL) vs ReasonMaxxer: same model, data, LoRA, reward and evaluation.")
+    cmp.add_argument("--quick", action="store_true", help="A smoke run in minutes (tiny budget, not a measurement).")
+    cmp.add_argument("--model", default="default", help="'default' (embedded 0.5B) or a local model folder.")
+    cmp.add_argument("--task", default="svamp", help="Packaged task: pool/validation from train, test from test.")
+    cmp.add_argument("--dataset", default=None, help="Local JSON/JSONL with prompt and solution (replaces --task).")
+    cmp.add_argument("--reward", default="math_accuracy_reward", help="Reward function name or dotted path.")
+    cmp.add_argument("--seeds", type=int, nargs="+", default=[0], help="Training seeds (the table reports how many).")
+    cmp.add_argument("--split-seed", type=int, default=0, help="Seed of the pool/validation/test split.")
+    cmp.add_argument("--gate-ablation", action="store_true", help="Also train ReasonMaxxer with random and all gates.")
+    cmp.add_argument("--output-dir", default=None)
+    from .compare import CompareBudget
+
+    for field in fields(CompareBudget):
+        cmp.add_argument(f"--{field.name.replace('_', '-')}", type=type(field.default), default=None)
+    cmp.set_defaults(func=_compare)
 
     ns = parser.parse_args(argv)
     ns.func(ns)
