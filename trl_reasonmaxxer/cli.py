@@ -60,7 +60,9 @@ def _analyze(ns: argparse.Namespace) -> None:
     for key, value in ANALYZE_BUDGETS["quick" if ns.quick else "default"].items():
         if getattr(ns, key) is None:
             setattr(ns, key, value)
-    data = load_task(ns.task, ns.split, num_problems=ns.num_problems or None, seed=ns.seed)
+    data = load_task(
+        ns.task, ns.split, num_problems=ns.num_problems or None, seed=ns.seed, prompt_style=ns.prompt_style
+    )
     if ns.adapter:  # one PeftModel: the teacher with its adapter on, the base with it off
         teacher, tokenizer = load_model_for_eval(resolve_model(ns.model), ns.adapter)
         base = AdapterDisabled(teacher)
@@ -139,6 +141,8 @@ def main(argv: list[str] | None = None) -> None:
     an.add_argument("--quick", action="store_true", help="A smoke run in minutes (4 problems, 160 tokens).")
     an.add_argument("--task", default="svamp")
     an.add_argument("--split", default="test")
+    an.add_argument("--prompt-style", choices=PROMPT_STYLES, default="brief",
+                    help="Use the prompts the teacher was trained on (demo and compare use brief).")  # fmt: skip
     an.add_argument("--num-problems", type=int, default=None, help="Default 32 (4 with --quick); 0: the whole split.")
     an.add_argument("--max-new-tokens", type=int, default=None, help="Default 256 (160 with --quick).")
     an.add_argument("--batch-size", type=int, default=None, help="Prompts per batch; default 8 (4 with --quick).")
@@ -164,7 +168,8 @@ def main(argv: list[str] | None = None) -> None:
     from .compare import CompareBudget
 
     for field in fields(CompareBudget):
-        cmp.add_argument(f"--{field.name.replace('_', '-')}", type=type(field.default), default=None)
+        choices = PROMPT_STYLES if field.name == "prompt_style" else None
+        cmp.add_argument(f"--{field.name.replace('_', '-')}", type=type(field.default), default=None, choices=choices)
     cmp.set_defaults(func=_compare)
 
     ns = parser.parse_args(argv)

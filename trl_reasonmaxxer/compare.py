@@ -226,6 +226,7 @@ class CompareBudget:
     > Shared by both methods
     num_generations: rollouts per prompt (GRPO's group size, ReasonMaxxer's offline samples).
     max_new_tokens: completion budget for rollouts and evaluation. learning_rate: AdamW, for both LoRAs.
+    prompt_style: "brief" (short reasoning; what a CPU can afford with the 0.5B default) or "paper" (tasks.py).
 
     > Evaluation (same protocol for every model; T=0.6, top-p 0.95)
     eval_samples: samples per test problem (pass@1 is unbiased from them), plus one greedy completion.
@@ -251,6 +252,7 @@ class CompareBudget:
     grpo_eval_every: int = 2
     grpo_prompts_per_step: int = 1
     max_problems: int = 8
+    prompt_style: str = "brief"
 
     @classmethod
     def quick(cls) -> CompareBudget:
@@ -277,12 +279,13 @@ def load_splits(task: str, dataset: str | None, budget: CompareBudget, split_see
             data = data.add_column("id", [f"{os.path.basename(dataset)}/{i}" for i in range(len(data))])
         sizes = {"pool": budget.pool_problems, "validation": budget.val_problems, "test": budget.test_problems}
         return {name: data.select(idx) for name, idx in split_indices(len(data), sizes, split_seed).items()}
-    train = load_task(task, "train")
+    train = load_task(task, "train", prompt_style=budget.prompt_style)
     parts = split_indices(len(train), {"pool": budget.pool_problems, "validation": budget.val_problems}, split_seed)
     return {
         "pool": train.select(parts["pool"]),
         "validation": train.select(parts["validation"]),
-        "test": load_task(task, "test", num_problems=budget.test_problems, seed=split_seed),
+        "test": load_task(task, "test", num_problems=budget.test_problems, seed=split_seed,
+                          prompt_style=budget.prompt_style),  # fmt: skip
     }
 
 
