@@ -16,6 +16,7 @@ from datasets import Dataset
 from peft import LoraConfig, PeftConfig, get_peft_model
 from torch.utils.data import SequentialSampler
 from transformers import AutoTokenizer, PreTrainedTokenizerBase, ProcessorMixin
+from transformers.trainer_utils import enable_full_determinism, set_seed
 from transformers.utils import is_peft_available
 from trl.data_utils import is_conversational
 from trl.models.utils import disable_gradient_checkpointing
@@ -123,6 +124,9 @@ class ReasonMaxxerTrainer(_BaseTrainer):
         if args is None:
             name = model if isinstance(model, str) else model.config._name_or_path
             args = ReasonMaxxerConfig(f"{Path(name or 'model').name}-ReasonMaxxer")
+        # Seed before the adapter is created (Trainer seeds only later): its random init must not depend on what
+        # ran before in the process, or a resumed run and an uninterrupted one would start from different adapters.
+        _seed_everything(args)
         for argument, value in (("tools", tools), ("rollout_func", rollout_func), ("environment_factory", environment_factory)):  # fmt: skip
             if value is not None:
                 raise ValueError(f"`{argument}` is a GRPO feature for agentic rollouts; ReasonMaxxer does not support it.")
@@ -319,6 +323,10 @@ class ReasonMaxxerTrainer(_BaseTrainer):
     def train(self, resume_from_checkpoint=None, trial=None, ignore_keys_for_eval=None, **kwargs):
         if self.train_dataset is None:
             self.train_dataset = self.prepare_training_data()
+        # Generation reseeds the global RNG per chunk and a cached pool does not: reseed, so that the data order
+        # (accelerate's sampler seeds from the global RNG) is the same whether the pool was generated or loaded,
+        # which is what lets resume_from_checkpoint skip exactly the batches already trained.
+        _seed_everything(self.args)
         return super().train(resume_from_checkpoint, trial, ignore_keys_for_eval, **kwargs)
 
     # ---------------------------------------------------------------- training
@@ -387,6 +395,10 @@ class ReasonMaxxerTrainer(_BaseTrainer):
         name = self.args.hub_model_id.split("/")[-1] if self.args.hub_model_id else Path(self.args.output_dir).name
         self.create_model_card(model_name=name)
         super()._save_checkpoint(model, trial)
+
+
+def _seed_everything(args) -> None:
+    enable_full_determinism(args.seed) if args.full_determinism else set_seed(args.seed)
 
 
 def _check_prompt_dataset(dataset) -> None:
