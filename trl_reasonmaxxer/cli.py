@@ -1,4 +1,4 @@
-"""``trl-reasonmaxxer {demo, eval}``."""
+"""``trl-reasonmaxxer {demo, eval, train}``."""
 
 from __future__ import annotations
 
@@ -39,6 +39,12 @@ def _eval(ns: argparse.Namespace) -> None:
         plot_comparison(results, os.path.join(ns.output_dir, "eval.png"))
 
 
+def _train(argv: list[str]) -> None:
+    from .train import run
+
+    run(argv, prog="trl-reasonmaxxer train")
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="trl-reasonmaxxer", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -66,7 +72,14 @@ def main(argv: list[str] | None = None) -> None:
     ev.add_argument("--output-dir", default="runs/eval")
     ev.set_defaults(func=_eval)
 
-    ns = parser.parse_args(argv)
+    # `train` hands everything after it to TrlParser (its own --help, --config and dataclass flags)
+    sub.add_parser("train", add_help=False, help="TRL-style training script (see `trl-reasonmaxxer train --help`).")
+
+    ns, rest = parser.parse_known_args(argv)
+    if ns.command == "train":
+        return _train(rest)
+    if rest:
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
     ns.func(ns)
 
 
