@@ -66,9 +66,11 @@ def trained(model_dir, output_dir, **config):
 
 def test_push_uploads_a_loadable_adapter_tokenizer_and_card_but_not_the_cache(tiny_model_dir, tmp_path, local_hub):
     out = tmp_path / "out"
-    trainer = trained(tiny_model_dir, out, save_strategy="steps", save_steps=1)
+    trainer = trained(tiny_model_dir, out, save_strategy="steps", save_steps=1, push_to_hub=True)
     assert (out / "checkpoint-1").is_dir() and (out / "rollouts").is_dir()
+    assert local_hub.uploads == 0  # hub_strategy="end": checkpoints (and the cache beside them) are not pushed
     trainer.push_to_hub(dataset_name="svamp")
+    assert local_hub.uploads == 1
 
     repo = local_hub.root / REPO
     uploaded = {str(p.relative_to(repo)) for p in repo.rglob("*") if p.is_file()}
