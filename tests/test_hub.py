@@ -120,7 +120,8 @@ def test_precision_sentence_names_the_quantization():
         load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True, bnb_4bit_compute_dtype="bfloat16"
     ).to_dict()
     text = describe_precision(qlora, "bfloat16", "float32", "bf16")
-    assert "4-bit NF4 weights (bitsandbytes QLoRA, double quantization; compute dtype bfloat16), float32 LM head" in text
+    expected = "4-bit NF4 weights (bitsandbytes QLoRA, double quantization; compute dtype bfloat16), float32 LM head"
+    assert expected in text
     assert "8-bit LLM.int8" in describe_precision(BitsAndBytesConfig(load_in_8bit=True).to_dict(), "f", "f", "none")
 
 
@@ -131,7 +132,8 @@ def test_card_settings_list_only_the_knobs_the_chosen_gate_and_loss_use(tmp_path
     assert settings["Loss"]["dpo_beta"] == 2.0 and "epsilon" not in settings["Loss"]
     assert "LoRA" not in settings
     args = tiny_config(tmp_path, fork_scope="rollout", fork_topk=3, loss_type="adv_ratio")
-    settings = card_settings(args, {"r": 8, "lora_alpha": 16, "lora_dropout": 0.0, "target_modules": {"v_proj", "q_proj"}})
+    lora = {"r": 8, "lora_alpha": 16, "lora_dropout": 0.0, "target_modules": {"v_proj", "q_proj"}}
+    settings = card_settings(args, lora)
     assert settings["Fork gate"]["fork_topk"] == 3 and "fork_fraction" not in settings["Fork gate"]
     assert settings["Loss"]["epsilon"] == 0.2
     assert settings["LoRA"]["target_modules"] == "q_proj, v_proj"

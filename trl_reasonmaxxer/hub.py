@@ -48,7 +48,10 @@ def card_settings(args, lora: dict | None) -> dict[str, dict[str, object]]:
         else:
             gate["fork_fraction"] = args.fork_fraction
     loss = {"loss_type": args.loss_type, "beta": args.beta, "kl_on_prompt": args.kl_on_prompt}
-    loss.update({"adv_ratio": {"epsilon": args.epsilon}, "fork_dpo": {"dpo_beta": args.dpo_beta}}.get(args.loss_type, {}))
+    if args.loss_type == "adv_ratio":
+        loss["epsilon"] = args.epsilon
+    if args.loss_type == "fork_dpo":
+        loss["dpo_beta"] = args.dpo_beta
     if args.loss_type == "adv_ce" and args.neg_prob_floor is not None:
         loss["neg_prob_floor"] = args.neg_prob_floor
     settings = {

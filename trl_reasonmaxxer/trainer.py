@@ -51,13 +51,14 @@ def default_lora_config(model) -> LoraConfig:
 
 def check_quantization_supported(has_bitsandbytes: bool, has_cuda: bool) -> None:
     """One clear error when a quantized (QLoRA) base cannot be loaded here."""
-    missing = [what for what, ok in (("the bitsandbytes package", has_bitsandbytes), ("a CUDA GPU", has_cuda)) if not ok]
+    needs = (("the bitsandbytes package", has_bitsandbytes), ("a CUDA GPU", has_cuda))
+    missing = [what for what, ok in needs if not ok]
     if missing:
         raise ValueError(
             f"Loading the base model in 4/8 bits (QLoRA: load_in_4bit / quantization_config) needs bitsandbytes and a "
-            f"CUDA GPU, and {' and '.join(missing)} {'are' if len(missing) > 1 else 'is'} missing here. Install with `pip install "
-            "'trl-reasonmaxxer[quantization]'` on a GPU machine, or drop --load_in_4bit / quantization_config to "
-            "train the LoRA on the unquantized base (bf16 on GPU, float32 on CPU)."
+            f"CUDA GPU, and {' and '.join(missing)} {'are' if len(missing) > 1 else 'is'} missing here. Install with "
+            "`pip install 'trl-reasonmaxxer[quantization]'` on a GPU machine, or drop --load_in_4bit / "
+            "quantization_config to train the LoRA on the unquantized base (bf16 on GPU, float32 on CPU)."
         )
 
 
@@ -169,7 +170,8 @@ class ReasonMaxxerTrainer(_BaseTrainer):
             if quantization_config is not None:
                 init_kwargs["quantization_config"] = quantization_config
             if init_kwargs.get("quantization_config") is not None:
-                check_quantization_supported(importlib.util.find_spec("bitsandbytes") is not None, torch.cuda.is_available())
+                has_bnb = importlib.util.find_spec("bitsandbytes") is not None
+                check_quantization_supported(has_bnb, torch.cuda.is_available())
                 init_kwargs.setdefault("device_map", quantized_device_map())
             elif args.world_size > 1:
                 init_kwargs.setdefault("device_map", None)  # "auto" would spread each rank's copy over every GPU
@@ -451,6 +453,7 @@ class ReasonMaxxerTrainer(_BaseTrainer):
         """Upload the adapter, tokenizer files and model card in ``output_dir`` to ``hub_model_id`` (not the rollout
         cache or checkpoints). Everything is saved locally first: a failed upload raises
         [`~trl_reasonmaxxer.hub.HubPushError`] naming the folder and the command to retry, and loses nothing."""
+        self.callback_handler.on_push_begin(self.args, self.state, self.control)
         # Trainer.push_to_hub creates the repo before saving anything; save first (every rank, as
         # FSDP/DeepSpeed gathers need) so that a network failure cannot cost the trained adapter.
         self.save_model(_internal_call=True)
@@ -479,7 +482,11 @@ class ReasonMaxxerTrainer(_BaseTrainer):
 
 
 def _seed_everything(args) -> None:
-    enable_full_determinism(args.seed) if args.full_determinism else set_seed(args.seed)
+    """Seed as Trainer does (python, numpy, torch; deterministic kernels with ``full_determinism``)."""
+    if args.full_determinism:
+        enable_full_determinism(args.seed)
+    else:
+        set_seed(args.seed)
 
 
 def _check_prompt_dataset(dataset) -> None:
