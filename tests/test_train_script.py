@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 from datasets import Dataset, DatasetDict
+from helpers import LocalHub
 
 from trl_reasonmaxxer import cli
 from trl_reasonmaxxer.train import (
@@ -74,6 +75,19 @@ def test_script_uses_peft_flags_a_saved_dataset_dict_and_num_problems(tiny_model
     assert lora.r == 4 and set(lora.target_modules) == {"q_proj", "v_proj"}
     assert trainer.pool_stats["pool/prompts"] == 2
     assert trainer.prompt_dataset["prompt"] == PROMPTS[:2]
+
+
+def test_push_to_hub_flag_uploads_the_adapter_and_card(tiny_model_dir, tmp_path, monkeypatch):
+    hub = LocalHub(tmp_path / "hub").install(monkeypatch)
+    data = tmp_path / "prompts.parquet"
+    Dataset.from_dict({"prompt": PROMPTS}).to_parquet(str(data))
+    recipe = write_recipe(tmp_path / "recipe.yaml", tiny_model_dir, data, tmp_path / "out", max_steps=1)
+    run(["--config", str(recipe), "--push_to_hub", "--hub_model_id", "someone/tiny"])
+    repo = hub.root / "someone" / "tiny"
+    assert hub.uploads == 1 and (repo / "adapter_model.safetensors").is_file()
+    card = (repo / "README.md").read_text()
+    assert "## ReasonMaxxer training" in card
+    assert "huggingface.co/datasets" not in card  # a local file is not linked as a Hub dataset
 
 
 def test_load_in_4bit_on_this_cpu_machine_gives_one_clear_error(tiny_model_dir, tmp_path):

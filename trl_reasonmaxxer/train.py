@@ -161,12 +161,13 @@ def main(script_args, training_args, model_args) -> ReasonMaxxerTrainer:
     )
     trainer.train(resume_from_checkpoint=checkpoint_to_resume(training_args.resume_from_checkpoint))
     if training_args.push_to_hub:
-        trainer.push_to_hub(dataset_name=script_args.dataset_name)  # saves to output_dir first
+        # no dataset_name: the card would link it as a Hub dataset id, which packaged tasks and local paths are not
+        trainer.push_to_hub()  # saves to output_dir first
         trainer.accelerator.print(f"Adapter saved to {training_args.output_dir} and pushed to {trainer.hub_model_id}.")
     else:
         trainer.save_model(training_args.output_dir)
         # PEFT's save_pretrained leaves its generic README: replace it with the ReasonMaxxer card
-        trainer.create_model_card(model_name=Path(training_args.output_dir).name, dataset_name=script_args.dataset_name)
+        trainer.create_model_card(model_name=Path(training_args.output_dir).name)
         trainer.accelerator.print(f"Adapter and model card saved to {training_args.output_dir}.")
     trainer.end()  # finish trackers and the process group
     return trainer
