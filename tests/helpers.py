@@ -1,11 +1,16 @@
-"""Shared helpers for the core test-suite: tiny configs, hand-made pools, reward functions, call counters."""
+"""Shared helpers for the core test-suite: tiny configs, hand-made pools, reward functions, call counters, and a
+local stand-in for the Hub API."""
 
 from __future__ import annotations
 
 import math
+import shutil
+from pathlib import Path
 
 import torch
 from datasets import Dataset
+from huggingface_hub import HfApi, RepoUrl
+from huggingface_hub.utils import filter_repo_objects
 
 from trl_reasonmaxxer import ReasonMaxxerConfig
 
@@ -117,3 +122,34 @@ def pool_key(dataset) -> list[tuple]:
 
 def is_close_list(a, b, tol=1e-5) -> bool:
     return len(a) == len(b) and all(math.isclose(x, y, rel_tol=tol, abs_tol=tol) for x, y in zip(a, b))
+
+
+class LocalHub:
+    """Stands in for the two ``HfApi`` calls Trainer makes (``create_repo``, ``upload_folder``): repos are folders
+    under ``root``; ``fail`` makes the next calls raise as an unreachable Hub would."""
+
+    def __init__(self, root: Path):
+        self.root = root
+        self.fail = False
+        self.uploads = 0
+
+    def create_repo(self, api, repo_id, token=None, private=None, exist_ok=False, **kwargs):
+        if self.fail:
+            raise ConnectionError("Hub unreachable (stand-in)")
+        (self.root / repo_id).mkdir(parents=True, exist_ok=True)
+        return RepoUrl(f"https://huggingface.co/{repo_id}")
+
+    def upload_folder(self, api, *, repo_id, folder_path, ignore_patterns=None, **kwargs):
+        if self.fail:
+            raise ConnectionError("Hub unreachable (stand-in)")
+        files = [str(p.relative_to(folder_path)) for p in Path(folder_path).rglob("*") if p.is_file()]
+        for name in filter_repo_objects(files, ignore_patterns=ignore_patterns):
+            (self.root / repo_id / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy(Path(folder_path) / name, self.root / repo_id / name)
+        self.uploads += 1
+        return f"https://huggingface.co/{repo_id}/commit/local"
+
+    def install(self, monkeypatch):
+        monkeypatch.setattr(HfApi, "create_repo", lambda api, *a, **k: self.create_repo(api, *a, **k))
+        monkeypatch.setattr(HfApi, "upload_folder", lambda api, *a, **k: self.upload_folder(api, *a, **k))
+        return self

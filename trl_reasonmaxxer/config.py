@@ -112,6 +112,13 @@ class ReasonMaxxerConfig(GRPOConfig):
         Inverse temperature of `"fork_dpo"` (its margin is a per-token mean log-ratio, hence larger than DPO's 0.1).
     kl_on_prompt (`bool`, *optional*, defaults to `True`):
         Include prompt positions in the KL anchor, as the paper does.
+
+    > Parameters that control the Hub upload
+
+    hub_strategy (`str`, *optional*, defaults to `"end"`):
+        With `push_to_hub=True`, upload once, at the end, through [`ReasonMaxxerTrainer.push_to_hub`], which leaves
+        the rollout cache and checkpoints out. Trainer's `"every_save"`/`"checkpoint"` strategies upload the whole
+        `output_dir` at each save, the rollout cache included.
     """
 
     # Paper defaults (Table 6) replacing GRPOConfig's
@@ -152,6 +159,10 @@ class ReasonMaxxerConfig(GRPOConfig):
     neg_prob_floor: float | None = field(default=None, metadata={"help": "Probability floor bounding adv_ce."})
     dpo_beta: float = field(default=1.0, metadata={"help": "Inverse temperature of fork_dpo."})
     kl_on_prompt: bool = field(default=True, metadata={"help": "Include prompt positions in the KL anchor."})
+    # Hub
+    hub_strategy: str = field(
+        default="end", metadata={"help": "When to push with push_to_hub: end (adapter and card only) or Trainer's."}
+    )
 
     def __post_init__(self):
         if self.bf16 is None:

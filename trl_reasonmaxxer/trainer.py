@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import logging
 import math
 import os
@@ -15,16 +16,18 @@ from pathlib import Path
 import torch
 from accelerate.utils import gather_object
 from datasets import Dataset
-from peft import LoraConfig, PeftConfig, get_peft_model
+from accelerate import PartialState
+from peft import LoraConfig, PeftConfig, get_peft_model, prepare_model_for_kbit_training
 from torch.utils.data import SequentialSampler
 from transformers import AutoTokenizer, PreTrainedTokenizerBase, ProcessorMixin
-from transformers.utils import is_peft_available
+from transformers.trainer_utils import enable_full_determinism, set_seed
+from transformers.utils import hf_api, is_peft_available
 from trl.data_utils import is_conversational
 from trl.models.utils import disable_gradient_checkpointing
 from trl.trainer.base_trainer import _BaseTrainer
 from trl.trainer.utils import create_model_from_path, disable_dropout_in_model, selective_log_softmax, use_adapter
 
-from . import gating, pool, selection
+from . import gating, hub, pool, selection
 from .collator import DataCollatorForForkPairs, build_pairs
 from .config import ReasonMaxxerConfig
 from .losses import reasonmaxxer_loss, token_kl
@@ -47,6 +50,25 @@ def default_lora_config(model) -> LoraConfig:
             "peft_config=LoraConfig(target_modules=[...]) naming this architecture's attention projections."
         )
     return LoraConfig(r=32, lora_alpha=64, lora_dropout=0.0, target_modules=PAPER_LORA_TARGETS, task_type="CAUSAL_LM")
+
+
+def check_quantization_supported(has_bitsandbytes: bool, has_cuda: bool) -> None:
+    """One clear error when a quantized (QLoRA) base cannot be loaded here."""
+    needs = (("the bitsandbytes package", has_bitsandbytes), ("a CUDA GPU", has_cuda))
+    missing = [what for what, ok in needs if not ok]
+    if missing:
+        raise ValueError(
+            f"Loading the base model in 4/8 bits (QLoRA: load_in_4bit / quantization_config) needs bitsandbytes and a "
+            f"CUDA GPU, and {' and '.join(missing)} {'are' if len(missing) > 1 else 'is'} missing here. Install with "
+            "`pip install 'trl-reasonmaxxer[quantization]'` on a GPU machine, or drop --load_in_4bit / "
+            "quantization_config to train the LoRA on the unquantized base (bf16 on GPU, float32 on CPU)."
+        )
+
+
+def quantized_device_map() -> dict[str, int]:
+    """Each process loads its whole quantized copy on its own GPU: bitsandbytes weights cannot be moved after
+    loading, and ``device_map="auto"`` would spread every rank's copy over all GPUs."""
+    return {"": PartialState().local_process_index}
 
 
 def resolve_reward_func(func) -> Callable:
@@ -126,6 +148,9 @@ class ReasonMaxxerTrainer(_BaseTrainer):
         if args is None:
             name = model if isinstance(model, str) else model.config._name_or_path
             args = ReasonMaxxerConfig(f"{Path(name or 'model').name}-ReasonMaxxer")
+        # Seed before the adapter is created (Trainer seeds only later): its random init must not depend on what
+        # ran before in the process, or a resumed run and an uninterrupted one would start from different adapters.
+        _seed_everything(args)
         for argument, value in (("tools", tools), ("rollout_func", rollout_func), ("environment_factory", environment_factory)):  # fmt: skip
             if value is not None:
                 raise ValueError(f"`{argument}` is a GRPO feature for agentic rollouts; ReasonMaxxer does not support it.")
@@ -147,6 +172,12 @@ class ReasonMaxxerTrainer(_BaseTrainer):
             init_kwargs = dict(args.model_init_kwargs or {})
             if quantization_config is not None:
                 init_kwargs["quantization_config"] = quantization_config
+            if init_kwargs.get("quantization_config") is not None:
+                has_bnb = importlib.util.find_spec("bitsandbytes") is not None
+                check_quantization_supported(has_bnb, torch.cuda.is_available())
+                init_kwargs.setdefault("device_map", quantized_device_map())
+            elif args.world_size > 1:
+                init_kwargs.setdefault("device_map", None)  # "auto" would spread each rank's copy over every GPU
             init_kwargs.setdefault("trust_remote_code", args.trust_remote_code)
             model = create_model_from_path(model, **init_kwargs)
         elif quantization_config is not None:
@@ -158,6 +189,10 @@ class ReasonMaxxerTrainer(_BaseTrainer):
             tokenizer.pad_token = tokenizer.eos_token
         self._tokenizer = tokenizer
 
+        if getattr(model, "is_loaded_in_4bit", False) or getattr(model, "is_loaded_in_8bit", False):
+            # QLoRA recipe: freeze the base and keep its unquantized parts (norms, embeddings, LM head) in float32,
+            # so entropies and log-probs of the quantized base are computed in full precision
+            model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=args.gradient_checkpointing)
         ensure_fused_head(model)  # before PEFT wraps it: scoring uses the base model's fused head
         if is_peft_available() and hasattr(model, "peft_config"):
             if peft_config is not None:
@@ -365,6 +400,10 @@ class ReasonMaxxerTrainer(_BaseTrainer):
     def train(self, resume_from_checkpoint=None, trial=None, ignore_keys_for_eval=None, **kwargs):
         if self.train_dataset is None:
             self.train_dataset = self.prepare_training_data()
+        # Generation reseeds the global RNG per chunk and a cached pool does not: reseed, so that the data order
+        # (accelerate's sampler seeds from the global RNG) is the same whether the pool was generated or loaded,
+        # which is what lets resume_from_checkpoint skip exactly the batches already trained.
+        _seed_everything(self.args)
         return super().train(resume_from_checkpoint, trial, ignore_keys_for_eval, **kwargs)
 
     # ---------------------------------------------------------------- training
@@ -429,10 +468,71 @@ class ReasonMaxxerTrainer(_BaseTrainer):
         super().log(logs, start_time)
         self._metrics[mode].clear()
 
+    # ---------------------------------------------------------------- model card and Hub
+    def create_model_card(self, model_name=None, dataset_name=None, tags=None):
+        """TRL's card plus the ReasonMaxxer section: rollout/selection/gate/loss settings, base precision, pool."""
+        super().create_model_card(model_name=model_name, dataset_name=dataset_name, tags=tags)
+        if not self.is_world_process_zero():
+            return
+        model = self.accelerator.unwrap_model(self.model)
+        base = model.get_base_model()
+        quantization = getattr(base.config, "quantization_config", None)
+        if quantization is not None and not isinstance(quantization, dict):
+            quantization = quantization.to_dict()
+        a = self.args
+        precision = hub.describe_precision(
+            quantization,
+            str(next(p.dtype for n, p in base.named_parameters() if "lora_" not in n)).removeprefix("torch."),
+            str(base.get_output_embeddings().weight.dtype).removeprefix("torch."),
+            "bf16" if a.bf16 else "fp16" if a.fp16 else "none",
+        )
+        lora = model.peft_config.get(model.active_adapter)
+        section = hub.card_section(hub.card_settings(a, lora.to_dict() if lora else None), self.pool_stats, precision)
+        path = os.path.join(a.output_dir, "README.md")
+        with open(path, encoding="utf-8") as f:
+            card = f.read()
+        with open(path, "w", encoding="utf-8") as f:
+            f.write(hub.insert_section(card, section))
+
+    def push_to_hub(self, commit_message="End of training", blocking=True, token=None, revision=None, private=None,
+                    **kwargs):  # fmt: skip
+        """Upload the adapter, tokenizer files and model card in ``output_dir`` to ``hub_model_id`` (not the rollout
+        cache or checkpoints). Everything is saved locally first: a failed upload raises
+        [`~trl_reasonmaxxer.hub.HubPushError`] naming the folder and the command to retry, and loses nothing."""
+        self.callback_handler.on_push_begin(self.args, self.state, self.control)
+        # Trainer.push_to_hub creates the repo before saving anything; save first (every rank, as
+        # FSDP/DeepSpeed gathers need) so that a network failure cannot cost the trained adapter.
+        self.save_model(_internal_call=True)
+        if not self.is_world_process_zero():
+            return None
+        a = self.args
+        model_name = kwargs.pop("model_name", None) or Path(a.hub_model_id or a.output_dir).name
+        self.create_model_card(model_name=model_name, **kwargs)
+        try:
+            if self.hub_model_id is None:
+                self.init_hf_repo(token=token, private=private)
+            self._finish_current_push()
+            return hf_api().upload_folder(
+                repo_id=self.hub_model_id, folder_path=a.output_dir, commit_message=commit_message,
+                token=token if token is not None else a.hub_token, run_as_future=not blocking,
+                ignore_patterns=hub.HUB_IGNORE_PATTERNS, revision=revision if revision is not None else a.hub_revision,
+            )  # fmt: skip
+        except Exception as err:
+            repo_id = self.hub_model_id or a.hub_model_id or Path(a.output_dir).absolute().name
+            raise hub.HubPushError(hub.push_failed_message(err, repo_id, a.output_dir)) from err
+
     def _save_checkpoint(self, model, trial):
         name = self.args.hub_model_id.split("/")[-1] if self.args.hub_model_id else Path(self.args.output_dir).name
         self.create_model_card(model_name=name)
         super()._save_checkpoint(model, trial)
+
+
+def _seed_everything(args) -> None:
+    """Seed as Trainer does (python, numpy, torch; deterministic kernels with ``full_determinism``)."""
+    if args.full_determinism:
+        enable_full_determinism(args.seed)
+    else:
+        set_seed(args.seed)
 
 
 def _check_prompt_dataset(dataset) -> None:
