@@ -1,8 +1,4 @@
-<<<<<<< HEAD
-"""``trl-reasonmaxxer {demo, eval, analyze, compare}``."""
-=======
-"""``trl-reasonmaxxer {demo, eval, train}``."""
->>>>>>> scaleout
+"""``trl-reasonmaxxer {demo, eval, train, analyze, compare}``."""
 
 from __future__ import annotations
 
@@ -46,7 +42,6 @@ def _eval(ns: argparse.Namespace) -> None:
         plot_comparison(results, os.path.join(ns.output_dir, "eval.png"))
 
 
-<<<<<<< HEAD
 # --quick: a smoke run of every step on the real model in minutes; the default: a small measurement (docs/analysis.md)
 ANALYZE_BUDGETS = {"quick": dict(num_problems=4, max_new_tokens=160, batch_size=4),
                    "default": dict(num_problems=32, max_new_tokens=256, batch_size=8)}  # fmt: skip
@@ -107,12 +102,12 @@ def _compare(ns: argparse.Namespace) -> None:
     output_dir = ns.output_dir or ("runs/compare-quick" if ns.quick else "runs/compare")
     run_comparison(output_dir, ns.model, ns.task, ns.dataset, budget, ns.seeds, ns.gate_ablation,
                    resolve_reward_func(ns.reward), ns.split_seed, "quick smoke run" if ns.quick else "default")  # fmt: skip
-=======
+
+
 def _train(argv: list[str]) -> None:
     from .train import run
 
     run(argv, prog="trl-reasonmaxxer train")
->>>>>>> scaleout
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -144,7 +139,6 @@ def main(argv: list[str] | None = None) -> None:
     ev.add_argument("--output-dir", default="runs/eval")
     ev.set_defaults(func=_eval)
 
-<<<<<<< HEAD
     an = sub.add_parser("analyze", help="Token-level divergence and interventions of a teacher against the base model.")
     teacher = an.add_mutually_exclusive_group(required=True)
     teacher.add_argument("--adapter", help="PEFT adapter folder: the teacher is the base model with this adapter.")
@@ -184,8 +178,6 @@ def main(argv: list[str] | None = None) -> None:
         cmp.add_argument(f"--{field.name.replace('_', '-')}", type=type(field.default), default=None, choices=choices)
     cmp.set_defaults(func=_compare)
 
-    ns = parser.parse_args(argv)
-=======
     # `train` hands everything after it to TrlParser (its own --help, --config and dataclass flags)
     sub.add_parser("train", add_help=False, help="TRL-style training script (see `trl-reasonmaxxer train --help`).")
 
@@ -194,7 +186,6 @@ def main(argv: list[str] | None = None) -> None:
         return _train(rest)
     if rest:
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
->>>>>>> scaleout
     ns.func(ns)
 
 
