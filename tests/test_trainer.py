@@ -35,11 +35,13 @@ from trl_reasonmaxxer.testing import make_tiny_tokenizer
 
 @contextlib.contextmanager
 def policy_logits(trainer):
-    """Captures the logits of every forward that builds a graph (the policy's, not the no-grad reference's)."""
+    """Captures the policy logits the loss is computed from: the LM head's first graph-building output over more
+    than one position. Not the no-grad reference's, not the model's own last-position logits (``logits_to_keep=1``),
+    not the copy backward recomputes (checkpointed chunks); these tiny batches fit in one loss chunk."""
     captured = []
 
     def hook(module, inputs, output):
-        if output.requires_grad:
+        if output.requires_grad and output.shape[1] > 1 and not captured:
             output.retain_grad()
             captured.append(output)
 
