@@ -214,6 +214,7 @@ def full_logits_loss(trainer, batch):
     )  # fmt: skip
 
 
+@pytest.mark.filterwarnings("ignore:Model has `tie_word_embeddings=True`")  # the tiny model ties lm_head
 @pytest.mark.parametrize(
     "targets", [["q_proj", "v_proj"], ["lm_head"], ["q_proj", "lm_head"]], ids=["attention", "head", "both"]
 )
