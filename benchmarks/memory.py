@@ -13,7 +13,7 @@ peak) leaks into it. On CPU the peak is the kernel's RSS high-water mark (VmHWM,
 would need polling. On a GPU it is ``torch.cuda.max_memory_allocated``. Reported: the peak above the memory
 held before the step (``delta``, what the step itself needs) and the absolute peak.
 
-    python benchmarks/memory.py --quick                      # tiny model, ~3 minutes (8 fresh processes)
+    python benchmarks/memory.py --quick                      # tiny model, ~2 minutes (8 fresh processes)
     python benchmarks/memory.py --model qwen2-mid --out runs/memory-qwen2-mid
 """
 
