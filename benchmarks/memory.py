@@ -3,8 +3,9 @@
 1. One training step: ``ReasonMaxxerTrainer.compute_loss`` (LoRA policy forward + adapter-disabled reference
    forward, fork loss + KL anchor) + backward + AdamW step, vs a plain LoRA SFT step (``model(labels=...).loss``)
    on the same batch (one pair = 2 sequences). Target: ≤ 1.15×.
-2. Entropy scoring of one long sequence: ``scoring.score_rollouts`` (TRL's fused, tiled LM head) vs a naive pass
-   (full fp32 logits → ``log_softmax`` → entropy), over several sequence lengths. Target: flat in length.
+2. Entropy scoring of one long sequence: ``scoring.score_rollouts`` (final hidden states, LM head in chunks of
+   tokens) vs a naive pass (full fp32 logits → ``log_softmax`` → entropy), over several sequence lengths. Target:
+   flat in length.
 
 Each measurement runs in a fresh subprocess, so nothing from an earlier one (allocator caches, a larger earlier
 peak) leaks into it. On CPU the peak is the kernel's RSS high-water mark (VmHWM, reset through
@@ -12,7 +13,7 @@ peak) leaks into it. On CPU the peak is the kernel's RSS high-water mark (VmHWM,
 would need polling. On a GPU it is ``torch.cuda.max_memory_allocated``. Reported: the peak above the memory
 held before the step (``delta``, what the step itself needs) and the absolute peak.
 
-    python benchmarks/memory.py --quick                      # tiny model, ~3 minutes (8 fresh processes)
+    python benchmarks/memory.py --quick                      # tiny model, ~2 minutes (8 fresh processes)
     python benchmarks/memory.py --model qwen2-mid --out runs/memory-qwen2-mid
 """
 
@@ -117,15 +118,14 @@ def _training_step(kind: str, model, pad_id: int, length: int, device: str):
 
 
 def _scoring(kind: str, model, pad_id: int, length: int, device: str):
-    """Returns a closure scoring one sequence of ``length`` tokens (16 prompt tokens): fused or naive."""
+    """Returns a closure scoring one sequence of ``length`` tokens (16 prompt tokens): chunked or naive."""
     import torch
 
-    from trl_reasonmaxxer.scoring import ensure_fused_head, score_rollouts
+    from trl_reasonmaxxer.scoring import score_rollouts
 
     model.to(device).eval()
     ids = _random_ids(model, length, 0)
-    if kind == "fused":
-        ensure_fused_head(model)
+    if kind == "chunked":
         return lambda: score_rollouts(model, [(ids[:16], ids[16:])], pad_id, batch_size=1, disable_progress=True)
 
     @torch.no_grad()
@@ -187,7 +187,7 @@ def plot(results: list[dict], path: str) -> None:
     fig = Figure(figsize=(6.0, 4.0))
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()
-    for kind, label in (("fused", "score_rollouts (fused head)"), ("naive", "naive fp32 log_softmax")):
+    for kind, label in (("chunked", "score_rollouts (chunked LM head)"), ("naive", "naive fp32 log_softmax")):
         rows = sorted((r["length"], r["delta_bytes"] / 2**20) for r in results if r["kind"] == kind)
         ax.plot([x for x, _ in rows], [y for _, y in rows], marker="o", label=label)
     ax.set_xlabel("sequence length (tokens)")
@@ -216,7 +216,7 @@ def main() -> None:
         ns.model, ns.train_length, ns.lengths = "tiny", 64, [64, 128, 256]
     common = {"model": ns.model, "threads": ns.threads, "cpu": ns.cpu}
     specs = [common | {"bench": "train_step", "kind": k, "length": ns.train_length} for k in ("sft", "reasonmaxxer")]
-    specs += [common | {"bench": "scoring", "kind": k, "length": n} for n in ns.lengths for k in ("naive", "fused")]
+    specs += [common | {"bench": "scoring", "kind": k, "length": n} for n in ns.lengths for k in ("naive", "chunked")]
     from tqdm.auto import tqdm
 
     results = [measure(s) for s in tqdm(specs, desc="Measurements", unit="run")]

@@ -93,6 +93,19 @@ def make_pool(groups, prompt_len=3, vocab: int = 40, seed: int = 0, scored: bool
     return Dataset.from_list(rows)
 
 
+def softcapped_model(tokenizer, softcap: float = 0.5):
+    """A tiny random Gemma-2, whose forward soft-caps the LM head's logits (``softcap · tanh(logits / softcap)``)."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    torch.manual_seed(0)
+    config = AutoConfig.for_model(
+        "gemma2", vocab_size=len(tokenizer), hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+        num_attention_heads=2, num_key_value_heads=1, head_dim=8, final_logit_softcapping=softcap,
+        pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id, bos_token_id=None,
+    )  # fmt: skip
+    return AutoModelForCausalLM.from_config(config)
+
+
 class SimulatedCrash(RuntimeError):
     """Raised by CallCounter to simulate a killed run."""
 

@@ -288,6 +288,80 @@ def test_token_kl_is_fp32_and_differentiable_for_half_inputs():
     assert policy.grad is not None and torch.any(policy.grad != 0)
 
 
+# ----------------------------------------------------------------------------------------------- chunked_logps_and_kl
+
+
+def _heads_and_states(seed=4, rows=2, positions=7, hidden=5, vocab=11):
+    """A trainable policy head with a bias, a different reference head, and policy/reference hidden states."""
+    torch.manual_seed(seed)
+    head, ref_head = torch.nn.Linear(hidden, vocab), torch.nn.Linear(hidden, vocab, bias=False)
+    states = torch.randn(rows, positions, hidden, requires_grad=True)
+    ref_states = torch.randn(rows, positions, hidden)
+    targets = torch.randint(vocab, (rows, positions))
+    return head, ref_head, states, ref_states, targets
+
+
+def _grads(head, states, loss):
+    head.zero_grad()
+    states.grad = None
+    loss.backward()
+    return states.grad.clone(), head.weight.grad.clone(), head.bias.grad.clone()
+
+
+# chunk sizes in tokens (2 rows): 1 position, 3 positions (does not divide 7), all positions, and more
+@pytest.mark.parametrize("chunk_size", [1, 2, 6, 14, 1000])
+def test_chunked_logps_and_kl_equal_full_logits_path_values_and_gradients(chunk_size):
+    """Same log-probs, KL and gradients (w.r.t. hidden states and head) as full logits → selective_log_softmax
+    + token_kl; the weights of the two terms differ, so a swapped or misaligned term would not cancel out."""
+    from trl.trainer.utils import selective_log_softmax
+
+    head, ref_head, states, ref_states, targets = _heads_and_states()
+    w_logp, w_kl = torch.randn(2, 7), torch.randn(2, 7)
+    full_logits = head(states)
+    expected_logps = selective_log_softmax(full_logits, targets)
+    expected_kl = losses.token_kl(full_logits, ref_head(ref_states).detach())
+    expected_grads = _grads(head, states, (w_logp * expected_logps).sum() + (w_kl * expected_kl).sum())
+
+    logps, kl = losses.chunked_logps_and_kl(states, head, targets, ref_states, ref_head, chunk_size=chunk_size)
+    assert logps.shape == kl.shape == (2, 7)
+    assert torch.allclose(logps, expected_logps, atol=1e-5)
+    assert torch.allclose(kl, expected_kl, atol=1e-5) and torch.all(kl > 0)
+    grads = _grads(head, states, (w_logp * logps).sum() + (w_kl * kl).sum())
+    for got, want in zip(grads, expected_grads, strict=True):
+        assert torch.allclose(got, want, atol=1e-5)
+    assert ref_head.weight.grad is None  # the reference gets no gradient
+
+
+def test_chunked_logps_without_reference_and_kl_zero_for_the_same_head():
+    head, _, states, _, targets = _heads_and_states(seed=5)
+    logps, kl = losses.chunked_logps_and_kl(states, head, targets, chunk_size=4)
+    assert kl is None
+    assert torch.allclose(logps, head(states).log_softmax(-1).gather(-1, targets[..., None])[..., 0], atol=1e-6)
+    _, kl = losses.chunked_logps_and_kl(states, head, targets, states.detach(), chunk_size=4)  # ref_head = head
+    assert torch.all(kl == 0)
+
+
+def test_chunked_logps_and_kl_hold_one_chunk_of_logits_and_recompute_them_in_backward():
+    """The head only ever sees chunk_size tokens, and backward calls it again per chunk: its logits are
+    recomputed rather than kept alive from the forward pass (activation checkpointing)."""
+    head, ref_head, states, ref_states, targets = _heads_and_states(seed=6, positions=10)
+    calls = []
+    head.register_forward_hook(lambda module, inputs, output: calls.append(inputs[0].shape[:2]))
+    logps, kl = losses.chunked_logps_and_kl(states, head, targets, ref_states, ref_head, chunk_size=8)
+    assert calls == [(2, 4), (2, 4), (2, 2)]  # 8 tokens = 2 rows x 4 positions
+    (logps.sum() + kl.sum()).backward()
+    assert sorted(calls[3:]) == sorted(calls[:3])
+
+
+def test_chunked_kl_is_fp32_for_half_hidden_states():
+    head, ref_head, states, ref_states, targets = _heads_and_states(seed=7)
+    head, ref_head = head.bfloat16(), ref_head.bfloat16()
+    logps, kl = losses.chunked_logps_and_kl(states.bfloat16(), head, targets, ref_states.bfloat16(), ref_head)
+    assert logps.dtype == kl.dtype == torch.float32
+    expected = losses.token_kl(head(states.bfloat16()), ref_head(ref_states.bfloat16()))
+    assert torch.allclose(kl, expected, atol=1e-5)
+
+
 def test_masked_mean():
     values = torch.tensor([[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]])
     out = losses.masked_mean(values, mask([True, False, True], [False, False, False]))

@@ -5,6 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
+from helpers import softcapped_model
+
 from trl_reasonmaxxer.scoring import score_rollouts
 from trl_reasonmaxxer.testing import make_tiny_model, make_tiny_tokenizer
 
@@ -74,3 +76,33 @@ def test_score_rollouts_restores_training_mode(tiny):
     model.eval()
     score_rollouts(model, sequences(len(tokenizer))[:2], tokenizer.pad_token_id, disable_progress=True)
     assert not model.training
+
+
+def test_score_rollouts_feeds_the_head_chunk_size_tokens_at_a_time(tiny):
+    """Memory does not grow with the vocabulary per token: the LM head projects at most chunk_size completion
+    tokens at once (plus the model's own last position), and chunk boundaries (2 does not divide the lengths)
+    change nothing."""
+    model, tokenizer = tiny
+    seqs = sequences(len(tokenizer))
+    rows = []
+    handle = model.get_output_embeddings().register_forward_hook(lambda m, i, o: rows.append(i[0].shape[:-1].numel()))
+    try:
+        chunked = score_rollouts(model, seqs, tokenizer.pad_token_id, batch_size=16, disable_progress=True, chunk_size=2)
+    finally:
+        handle.remove()
+    tokens = sum(len(c) for _, c in seqs)  # 30
+    # the forward's own logits_to_keep=1 projection and the head check (one position per sequence), then chunks
+    assert rows == [len(seqs)] * 2 + [2] * (tokens // 2)
+    whole = score_rollouts(model, seqs, tokenizer.pad_token_id, batch_size=16, disable_progress=True)
+    for (h1, l1), (h2, l2) in zip(chunked, whole, strict=True):
+        assert h1 == pytest.approx(h2, abs=1e-6) and l1 == pytest.approx(l2, abs=1e-6)
+
+
+def test_score_rollouts_refuses_a_model_that_transforms_its_logits(tiny):
+    """Gemma-2 soft-caps its logits after the head: projecting hidden states through the head would give other
+    entropies, so scoring stops with an error naming the cause."""
+    _, tokenizer = tiny
+    model = softcapped_model(tokenizer)
+    with pytest.raises(ValueError, match="soft-capping or scaling"):
+        score_rollouts(model, sequences(len(tokenizer))[:2], tokenizer.pad_token_id, disable_progress=True)
+    assert score_rollouts(softcapped_model(tokenizer, softcap=None), sequences(len(tokenizer))[:1], 0, disable_progress=True)

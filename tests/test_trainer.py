@@ -19,14 +19,16 @@ from helpers import (
     chat_prompts,
     make_pool,
     pool_key,
+    softcapped_model,
     tiny_config,
 )
+from peft import LoraConfig
 from transformers import AutoModelForCausalLM
 from trl.trainer.utils import selective_log_softmax, use_adapter
 
 import trl_reasonmaxxer.trainer as trainer_module
 from trl_reasonmaxxer import ReasonMaxxerConfig, ReasonMaxxerTrainer
-from trl_reasonmaxxer.losses import reasonmaxxer_loss
+from trl_reasonmaxxer.losses import reasonmaxxer_loss, token_kl
 from trl_reasonmaxxer.scoring import score_rollouts
 from trl_reasonmaxxer.testing import make_tiny_tokenizer
 
@@ -35,11 +37,13 @@ from trl_reasonmaxxer.testing import make_tiny_tokenizer
 
 @contextlib.contextmanager
 def policy_logits(trainer):
-    """Captures the logits of every forward that builds a graph (the policy's, not the no-grad reference's)."""
+    """Captures the policy logits the loss is computed from: the LM head's first graph-building output over more
+    than one position. Not the no-grad reference's, not the model's own last-position logits (``logits_to_keep=1``),
+    not the copy backward recomputes (checkpointed chunks); these tiny batches fit in one loss chunk."""
     captured = []
 
     def hook(module, inputs, output):
-        if output.requires_grad:
+        if output.requires_grad and output.shape[1] > 1 and not captured:
             output.retain_grad()
             captured.append(output)
 
@@ -188,6 +192,77 @@ def test_fresh_adapter_has_zero_kl_and_scores_match_training_logprobs(tiny_model
     assert metrics["decision_loss"][-1] == pytest.approx(expected.item(), abs=1e-5)
     assert loss.item() == pytest.approx(expected.item(), abs=1e-5)
     assert abs(metrics["fork/dlogp_pos"][-1]) < 1e-5 and abs(metrics["fork/dlogp_neg"][-1]) < 1e-5
+
+
+# ------------------------------------------------------------------------------------------------ chunked loss
+
+
+def full_logits_loss(trainer, batch):
+    """The loss and KL anchor from full [B, T, V] logits of the policy and of the adapter-disabled model (the
+    pre-chunking computation): log_softmax + gather, token_kl, reasonmaxxer_loss."""
+    a, model = trainer.args, trainer.model
+    ids, attention = batch["input_ids"], batch["attention_mask"]
+    logits = model(input_ids=ids, attention_mask=attention).logits[:, :-1]
+    with torch.no_grad(), use_adapter(model, None):
+        ref_logits = model(input_ids=ids, attention_mask=attention).logits[:, :-1]
+    completion = batch["completion_mask"][:, 1:].bool()
+    fork = batch["fork_mask"][:, 1:] & completion
+    anchor = (attention[:, 1:].bool() if a.kl_on_prompt else completion) & ~fork
+    return reasonmaxxer_loss(
+        a.loss_type, selective_log_softmax(logits, ids[:, 1:]), batch["base_logps"][:, 1:], batch["advantages"],
+        fork, anchor, batch["weights"], kl=token_kl(logits, ref_logits), beta=a.beta,
+    )  # fmt: skip
+
+
+@pytest.mark.filterwarnings("ignore:Model has `tie_word_embeddings=True`")  # the tiny model ties lm_head
+@pytest.mark.parametrize(
+    "targets", [["q_proj", "v_proj"], ["lm_head"], ["q_proj", "lm_head"]], ids=["attention", "head", "both"]
+)
+def test_chunked_loss_equals_full_logits_loss_and_reference_is_the_base_head(tiny_model_dir, tmp_path, monkeypatch,
+                                                                              targets):  # fmt: skip
+    """Loss, KL anchor and LoRA gradients of compute_loss, with one position per chunk, equal the full-logits
+    computation. With a LoRA on lm_head the reference must still be the base head: the KL is then positive even
+    when the head is the only adapted module (the adapted head as reference would give exactly 0)."""
+    monkeypatch.setattr(trainer_module, "LOSS_CHUNK_TOKENS", 4)  # 4 rows: one position per chunk
+    args = tiny_config(tmp_path, fork_threshold=1.0, beta=0.5)
+    trainer = ReasonMaxxerTrainer(
+        model=tiny_model_dir, args=args, rollout_dataset=alignment_pool(),
+        peft_config=LoraConfig(r=4, lora_alpha=8, target_modules=targets),
+    )  # fmt: skip
+    pairs = {p["prompt_index"]: p for p in trainer.prepare_training_data()}
+    batch = trainer.data_collator([pairs[0], pairs[1]])
+    set_random_adapter(trainer.model)
+    trainer.model.train()
+    lora = {n: p for n, p in trainer.model.named_parameters() if p.requires_grad}
+    assert any("lm_head" in n for n in lora) == ("lm_head" in targets)
+
+    loss = trainer.compute_loss(trainer.model, batch)
+    loss.backward()
+    grads = {n: p.grad.clone() for n, p in lora.items()}
+    trainer.model.zero_grad()
+    expected, parts = full_logits_loss(trainer, batch)
+    expected.backward()
+
+    kl = trainer._metrics["train"]["kl"][-1]
+    assert kl > 1e-4
+    assert kl == pytest.approx(parts["kl"].item(), rel=1e-4)
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
+    for name, param in lora.items():
+        assert torch.allclose(grads[name], param.grad, atol=1e-6), name
+
+
+def test_model_that_transforms_its_logits_is_refused_at_the_first_step(tmp_path):
+    """The loss projects hidden states through the LM head itself; a model that soft-caps its logits after the head
+    would train against the wrong distribution, so the first compute_loss stops with an error naming the cause."""
+    tokenizer = make_tiny_tokenizer()
+    pool = make_pool({0: [(1.0, [0.1, 5.0]), (0.0, [5.0, 0.1])]})
+    trainer = ReasonMaxxerTrainer(
+        model=softcapped_model(tokenizer), args=tiny_config(tmp_path, fork_threshold=1.0), rollout_dataset=pool,
+        processing_class=tokenizer, peft_config=LoraConfig(r=2, target_modules=["q_proj"]),
+    )  # fmt: skip
+    batch = trainer.data_collator(trainer.prepare_training_data().to_list())
+    with pytest.raises(ValueError, match="soft-capping or scaling"):
+        trainer.compute_loss(trainer.model, batch)
 
 
 # ------------------------------------------------------------------------------------------------ training

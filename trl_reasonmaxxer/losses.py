@@ -7,9 +7,11 @@ Shapes use the *prediction* axis: index ``t`` of a ``[B, T-1]`` tensor is the di
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
 
 
 def masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -29,6 +31,49 @@ def token_kl(policy_logits: torch.Tensor, ref_logits: torch.Tensor, chunk_size: 
         logq = F.log_softmax(ref_logits[:, start : start + chunk_size].float(), dim=-1)
         out.append((logq.exp() * (logq - logp)).sum(-1))
     return torch.cat(out, dim=1)
+
+
+def chunked_logps_and_kl(
+    hidden: torch.Tensor,
+    head: Callable[[torch.Tensor], torch.Tensor],
+    targets: torch.Tensor,
+    ref_hidden: torch.Tensor | None = None,
+    ref_head: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    chunk_size: int = 128,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Policy log-prob of each target and, given reference hidden states, the per-position full-vocabulary
+    ``KL(π_ref ‖ π)`` of :func:`token_kl`, without ever holding ``[B, T, V]`` logits.
+
+    ``hidden``/``ref_hidden`` ``[B, T, H]`` are final (normed) hidden states at prediction positions, ``targets``
+    ``[B, T]`` the tokens they predict; ``head``/``ref_head`` (default: ``head``) map them to logits. Positions go
+    in chunks of about ``chunk_size`` tokens (batch rows × positions), each under non-reentrant activation
+    checkpointing: backward recomputes a chunk's logits instead of keeping them, so one chunk's full-vocabulary
+    tensors exist at a time, forward or backward. Log-softmaxes are fp32. Returns ``(logps, kl)``, ``kl`` None
+    without ``ref_hidden``.
+    """
+    positions = max(1, chunk_size // max(hidden.shape[0], 1))
+    ref_head = head if ref_head is None else ref_head
+    logps, kls = [], []
+    for start in range(0, hidden.shape[1], positions):
+        part = slice(start, start + positions)
+        ref = None if ref_hidden is None else ref_hidden[:, part]
+        logp, kl = checkpoint(
+            _logps_and_kl, hidden[:, part], head, targets[:, part], ref, ref_head, use_reentrant=False
+        )
+        logps.append(logp)
+        kls.append(kl)
+    return torch.cat(logps, dim=1), None if ref_hidden is None else torch.cat(kls, dim=1)
+
+
+def _logps_and_kl(hidden, head, targets, ref_hidden, ref_head):
+    logp = F.log_softmax(head(hidden).float(), dim=-1)
+    logps = logp.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+    if ref_hidden is None:
+        return logps, None
+    with torch.no_grad():
+        logq = F.log_softmax(ref_head(ref_hidden).float(), dim=-1)
+    # token_kl's formula; einsum contracts the vocabulary without keeping the [.., V] product for backward
+    return logps, torch.einsum("...v,...v->...", logq.exp(), logq - logp)
 
 
 def adv_ce_per_sequence(

@@ -25,19 +25,21 @@ from transformers.utils import hf_api, is_peft_available
 from trl.data_utils import is_conversational
 from trl.models.utils import disable_gradient_checkpointing
 from trl.trainer.base_trainer import _BaseTrainer
-from trl.trainer.utils import create_model_from_path, disable_dropout_in_model, selective_log_softmax, use_adapter
+from trl.trainer.utils import create_model_from_path, disable_dropout_in_model, use_adapter
 
 from . import gating, hub, pool, selection
 from .collator import DataCollatorForForkPairs, build_pairs
 from .config import ReasonMaxxerConfig
-from .losses import reasonmaxxer_loss, token_kl
+from .losses import chunked_logps_and_kl, reasonmaxxer_loss
 from .rollouts import generate_completions, tokenize_prompt
-from .scoring import ensure_fused_head, score_rollouts
+from .scoring import base_lm_head, check_lm_head, final_hidden_states, score_rollouts
 from .vllm_backend import VLLMRollouts, resolve_use_vllm
 
 logger = logging.getLogger(__name__)
 
 PAPER_LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj"]
+# Tokens whose full-vocabulary fp32 logits the loss holds at once (≈ 78 MiB each with a 151,936-token vocabulary)
+LOSS_CHUNK_TOKENS = 128
 
 
 def default_lora_config(model) -> LoraConfig:
@@ -193,7 +195,6 @@ class ReasonMaxxerTrainer(_BaseTrainer):
             # QLoRA recipe: freeze the base and keep its unquantized parts (norms, embeddings, LM head) in float32,
             # so entropies and log-probs of the quantized base are computed in full precision
             model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=args.gradient_checkpointing)
-        ensure_fused_head(model)  # before PEFT wraps it: scoring uses the base model's fused head
         if is_peft_available() and hasattr(model, "peft_config"):
             if peft_config is not None:
                 raise ValueError("The model is already a PeftModel; pass either it or peft_config, not both.")
@@ -209,6 +210,7 @@ class ReasonMaxxerTrainer(_BaseTrainer):
         self._use_vllm = resolve_use_vllm(args.use_vllm)
         self.pool_stats: dict[str, float] = {}
         self._metrics = {"train": defaultdict(list), "eval": defaultdict(list)}
+        self._lm_head_checked = False
         super().__init__(
             model=model,
             args=args,
@@ -424,20 +426,28 @@ class ReasonMaxxerTrainer(_BaseTrainer):
             raise ValueError("ReasonMaxxerTrainer does not return outputs from compute_loss.")
         a = self.args
         input_ids, attention_mask = inputs["input_ids"], inputs["attention_mask"]
-        logits = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits[:, :-1]
+        # No [B, T, V] logits for either model: final hidden states here, the LM head in chunks in the loss
+        hidden, last_logits = final_hidden_states(model, input_ids, attention_mask)
+        unwrapped = self.accelerator.unwrap_model(model)
+        head = unwrapped.get_output_embeddings()
+        if not self._lm_head_checked:
+            check_lm_head(head, hidden[:, -1:], last_logits)
+            self._lm_head_checked = True
+        ref_hidden = None
+        if a.beta > 0:
+            with torch.no_grad(), use_adapter(unwrapped, None), disable_gradient_checkpointing(unwrapped):
+                ref_hidden = final_hidden_states(unwrapped, input_ids, attention_mask)[0][:, :-1]
         # position t of every shifted tensor is the distribution that predicts input token t + 1
         targets = input_ids[:, 1:]
-        logps = selective_log_softmax(logits, targets)
+        # the reference's head is the base head even when the LoRA adapts lm_head (chunks run outside the
+        # adapter-disabled block above, and again in backward)
+        logps, kl = chunked_logps_and_kl(
+            hidden[:, :-1], head, targets, ref_hidden, base_lm_head(head), chunk_size=LOSS_CHUNK_TOKENS
+        )
         valid = attention_mask[:, 1:].bool()
         completion = inputs["completion_mask"][:, 1:].bool()
         fork = inputs["fork_mask"][:, 1:] & completion
         anchor = (valid if a.kl_on_prompt else completion) & ~fork
-        kl = None
-        if a.beta > 0:
-            unwrapped = self.accelerator.unwrap_model(model)
-            with torch.no_grad(), use_adapter(unwrapped, None), disable_gradient_checkpointing(unwrapped):
-                ref_logits = unwrapped(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
-            kl = token_kl(logits, ref_logits[:, :-1])
         base_logps = inputs["base_logps"][:, 1:]
         advantages = inputs["advantages"]
         loss, parts = reasonmaxxer_loss(
