@@ -83,7 +83,9 @@ def _pass_ks(n: int) -> list[int]:
 # Evaluation loop
 
 
-def _grade(rows: list[dict], groups: list[list[dict]], tokenizer, reward_fn: Callable) -> list[list[dict]]:
+def grade_completions(
+    rows: list[dict], groups: list[list[dict]], tokenizer, reward_fn: Callable
+) -> list[list[dict]]:
     """Decode, extract and reward every completion in one ``reward_fn`` call, as GRPOTrainer calls it.
 
     Completions are conversational when the prompts are (as GRPOTrainer passes them); every dataset column
@@ -190,7 +192,7 @@ def evaluate(
             seed=seed if do_sample else None,
             desc=f"{desc} ({label})",
         )
-        return _grade(rows, groups, tokenizer, reward_fn)
+        return grade_completions(rows, groups, tokenizer, reward_fn)
 
     sampled = generate(num_samples, True, f"{num_samples} samples") if num_samples else None
     greedy_out = [g[0] for g in generate(1, False, "greedy")] if greedy else None

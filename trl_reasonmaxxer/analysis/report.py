@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 
-from ..evaluation import _grade, mean_and_stderr, plot_comparison
+from ..evaluation import grade_completions, mean_and_stderr, plot_comparison
 from ..rewards import math_accuracy_reward
 from ..rollouts import eos_token_ids, generate_completions, tokenize_prompt
 from .calibration import calibration_report
@@ -138,7 +138,8 @@ def run_analysis(
             )
         ]  # fmt: skip
     graded = {
-        name: [g[0] for g in _grade(rows, [[d] for d in runs], tokenizer, reward_fn)] for name, runs in decoded.items()
+        name: [g[0] for g in grade_completions(rows, [[d] for d in runs], tokenizer, reward_fn)]
+        for name, runs in decoded.items()
     }
 
     base_runs = decoded[BASE]
