@@ -458,15 +458,23 @@ def run_comparison(
 
     runs = []
     for seed in seeds:
-        run = {"seed": seed, "grpo": runner.run_grpo(seed, base_val)}
+        # raw results are written after every method, so an interrupted comparison keeps what it measured
+        run = {"seed": seed}
+        _save_json({"base": base, "runs": runs + [run]}, output_dir, PARTIAL_JSON)
+        run["grpo"] = runner.run_grpo(seed, base_val)
+        _save_json({"base": base, "runs": runs + [run]}, output_dir, PARTIAL_JSON)
         run["reasonmaxxer"] = runner.run_reasonmaxxer(seed, "entropy", with_validation=True)
         if gate_ablation:
-            run["gate_ablation"] = {g: runner.run_reasonmaxxer(seed, g, with_validation=False) for g in ("random", "all")}
+            run["gate_ablation"] = {}
+            for gate in ("random", "all"):
+                _save_json({"base": base, "runs": runs + [run]}, output_dir, PARTIAL_JSON)
+                run["gate_ablation"][gate] = runner.run_reasonmaxxer(seed, gate, with_validation=False)
         runs.append(run)
         _save_json(_report(budget, model, task, dataset, seeds, splits, base, runs, gate_ablation, label), output_dir)
 
     report = _report(budget, model, task, dataset, seeds, splits, base, runs, gate_ablation, label)
     _save_json(report, output_dir)
+    os.remove(os.path.join(output_dir, PARTIAL_JSON))
     methods = report["summary"]["methods"]
     plot_comparison({name: {"pass@1": m["pass@1"][0], "pass@1_stderr": m["pass@1"][1]} for name, m in methods.items()},
                     os.path.join(output_dir, "compare_pass1.png"))  # fmt: skip
@@ -479,6 +487,9 @@ def run_comparison(
     report["config"]["model"] = DEFAULT_MODEL if model == "default" else model
     print(format_table(report), flush=True)
     return report
+
+
+PARTIAL_JSON = "compare.partial.json"  # raw results so far, written after every method; removed when the report is
 
 
 def _method_paths(gate_ablation: bool) -> list[tuple[str, tuple[str, ...]]]:
@@ -531,8 +542,8 @@ def _report(budget, model, task, dataset, seeds, splits, base, runs, gate_ablati
     }
 
 
-def _save_json(report: dict, output_dir: str) -> str:
-    path = os.path.join(output_dir, "compare.json")
+def _save_json(report: dict, output_dir: str, name: str = "compare.json") -> str:
+    path = os.path.join(output_dir, name)
     tmp = path + ".tmp"
     with open(tmp, "w") as f:
         json.dump(report, f, indent=2, default=str)
