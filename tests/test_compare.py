@@ -205,3 +205,24 @@ def test_quick_comparison_runs_end_to_end_on_the_tiny_model(tiny_model_dir, tmp_
     # the ablation reuses the seed's cached rollouts and scores: nothing generated or scored again
     assert run["gate_ablation"]["random"]["ledger"]["token_totals"]["generated"] == 0
     assert set(report["summary"]["headline"]) == {"wall_s", "tokens"}
+    assert not (out / "compare.partial.json").exists()  # superseded by the report
+
+
+def test_interrupted_comparison_keeps_the_methods_already_measured(tmp_path, monkeypatch):
+    from trl_reasonmaxxer import compare
+
+    fake_eval = {"summary": {"pass@1": 0.25}}
+    monkeypatch.setattr(compare, "load_splits", lambda *a: {"pool": [], "validation": [], "test": []})
+    monkeypatch.setattr(compare._Runner, "load", lambda self: (None, None))
+    monkeypatch.setattr(compare._Runner, "evaluate", lambda self, *a, **k: fake_eval)
+    monkeypatch.setattr(compare._Runner, "run_grpo", lambda self, seed, base_val: {"seed_seen": seed})
+
+    def crash(self, seed, gate, with_validation):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(compare._Runner, "run_reasonmaxxer", crash)
+    with pytest.raises(KeyboardInterrupt):
+        compare.run_comparison(output_dir=str(tmp_path), model=str(tmp_path), seeds=[3])
+    partial = json.loads((tmp_path / "compare.partial.json").read_text())
+    assert partial["base"]["test"] == fake_eval and partial["runs"] == [{"seed": 3, "grpo": {"seed_seen": 3}}]
+    assert not (tmp_path / "compare.json").exists()
