@@ -553,6 +553,20 @@ def test_cache_reuse_with_another_chunk_size_keeps_every_prompt(tiny_model_dir, 
         assert row["prompt_ids"] == trainer._prompt_ids()[row["prompt_index"]]
 
 
+@pytest.mark.parametrize("per_call, expected", [(1, 8), (5, 10), (3, 9), (8, 8), (32, 32)])
+def test_default_chunk_size_ends_on_a_generate_call_boundary(per_call, expected):
+    from trl_reasonmaxxer.pool import default_chunk_size
+
+    assert default_chunk_size(per_call) == expected
+
+
+def test_default_chunk_size_follows_the_generate_batch_and_an_explicit_one_is_kept(tiny_model_dir, tmp_path):
+    # 12 sequences per call / 4 generations = 3 prompts per call → chunks of 9 prompts, i.e. exactly 3 calls each
+    trainer = make_trainer(tiny_model_dir, tmp_path, rollout_chunk_size=None, rollout_batch_size=12)
+    assert trainer._rollout_chunk_size == 9
+    assert make_trainer(tiny_model_dir, tmp_path, rollout_chunk_size=2, rollout_batch_size=12)._rollout_chunk_size == 2
+
+
 def test_cached_scores_follow_their_rollouts_when_truncated_ones_are_masked(tiny_model_dir, tmp_path):
     """Scores cached by one run must not be attached to other rollouts in a run that drops truncated rollouts."""
     pool = make_pool(

@@ -48,8 +48,10 @@ class ReasonMaxxerConfig(GRPOConfig):
         Maximum new tokens per rollout; a rollout that hits it is flagged `truncated`.
     rollout_batch_size (`int`, *optional*, defaults to `32`):
         Sequences per `generate` call.
-    rollout_chunk_size (`int`, *optional*, defaults to `8`):
-        Prompts per cached chunk: an interrupted offline phase resumes at the first missing chunk.
+    rollout_chunk_size (`int` or `None`, *optional*, defaults to `None`):
+        Prompts per cached chunk: an interrupted offline phase resumes at the first missing chunk. `None`: the
+        smallest multiple of the prompts per `generate` call (`rollout_batch_size // num_generations`) that is at
+        least 8, so no chunk ends in a short extra `generate` call.
     scoring_batch_size (`int`, *optional*, defaults to `4`):
         Sequences per teacher-forced scoring forward (entropy and log-probs of the base model).
     rollout_cache (`bool`, *optional*, defaults to `True`):
@@ -143,7 +145,10 @@ class ReasonMaxxerConfig(GRPOConfig):
     loss_type: str = field(default="adv_ce", metadata={"help": "adv_ce, adv_ratio or fork_dpo."})
     # Rollouts
     rollout_batch_size: int = field(default=32, metadata={"help": "Sequences per generate call."})
-    rollout_chunk_size: int = field(default=8, metadata={"help": "Prompts per cached (resumable) chunk."})
+    rollout_chunk_size: int | None = field(
+        default=None,
+        metadata={"help": "Prompts per cached (resumable) chunk; default: a multiple of the prompts per generate call."},
+    )
     scoring_batch_size: int = field(default=4, metadata={"help": "Sequences per scoring forward."})
     rollout_cache: bool = field(default=True, metadata={"help": "Cache and reuse rollouts under output_dir."})
     # Selection

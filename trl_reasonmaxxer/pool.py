@@ -83,6 +83,14 @@ class ChunkCache:
         os.replace(tmp, path)
 
 
+def default_chunk_size(prompts_per_call: int, minimum: int = 8) -> int:
+    """The smallest multiple of ``prompts_per_call`` that is at least ``minimum`` prompts: chunks that end on a
+    ``generate`` call boundary (a chunk of 8 with 5 prompts per call costs 2 calls; one of 10 costs 2 as well)."""
+    if prompts_per_call < 1:
+        raise ValueError(f"prompts_per_call must be >= 1, got {prompts_per_call}.")
+    return -(-minimum // prompts_per_call) * prompts_per_call
+
+
 def chunked(indices: Sequence[int], size: int) -> list[list[int]]:
     return [list(indices[i : i + size]) for i in range(0, len(indices), size)]
 

@@ -232,9 +232,17 @@ class ReasonMaxxerTrainer(_BaseTrainer):
         backend = ["vllm"] if self._use_vllm else []  # HF-generated caches predate the vLLM backend: same keys
         key = pool.fingerprint(
             self._model_fingerprint, prompts, a.num_generations, a.temperature, a.top_p, a.top_k, a.min_p,
-            a.repetition_penalty, a.max_completion_length, a.generation_kwargs, a.seed, a.rollout_chunk_size, *backend,
+            a.repetition_penalty, a.max_completion_length, a.generation_kwargs, a.seed, self._rollout_chunk_size, *backend,
         )  # fmt: skip
         return os.path.join(a.output_dir, "rollouts", key)
+
+    @property
+    def _rollout_chunk_size(self) -> int:
+        a = self.args
+        if a.rollout_chunk_size is not None:
+            return a.rollout_chunk_size
+        # vLLM takes a whole chunk at once; HF generate takes it in calls of rollout_batch_size sequences
+        return pool.default_chunk_size(1 if self._use_vllm else max(1, a.rollout_batch_size // a.num_generations))
 
     @cached_property
     def _model_fingerprint(self) -> str:
@@ -295,7 +303,7 @@ class ReasonMaxxerTrainer(_BaseTrainer):
         acc = self.accelerator
         cache = self._cache()
         prompt_ids = self._prompt_ids()
-        chunk = self.args.rollout_chunk_size
+        chunk = self._rollout_chunk_size
         rank, world = acc.process_index, acc.num_processes
         engine = self._vllm_engine(cache, math.ceil(len(prompt_ids) / chunk))
         generate = partial(self._generate, engine=engine)
@@ -394,7 +402,7 @@ class ReasonMaxxerTrainer(_BaseTrainer):
 
         acc = self.accelerator
         mine = pool.score_pool(
-            score, rows, row_ids, self._cache(), self.args.rollout_chunk_size * self.args.num_generations,
+            score, rows, row_ids, self._cache(), self._rollout_chunk_size * self.args.num_generations,
             rank=acc.process_index, world=acc.num_processes,
         )  # fmt: skip
         return {i: scores for part in gather_object([mine]) for i, scores in part.items()}
