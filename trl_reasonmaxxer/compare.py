@@ -330,9 +330,10 @@ class _Runner:
 
     def common_args(self, seed: int) -> dict:
         b = self.budget
+        # no warm-up: with a handful of optimiser steps a linear warm-up spends the first one at lr 0
         return dict(
             max_completion_length=b.max_new_tokens, temperature=0.6, top_p=0.95, learning_rate=b.learning_rate,
-            warmup_steps=0.1, logging_steps=1, gradient_checkpointing=False, save_strategy="no", report_to="none",
+            warmup_steps=0, logging_steps=1, gradient_checkpointing=False, save_strategy="no", report_to="none",
             use_cpu=self.use_cpu, bf16=not self.use_cpu, seed=seed,
         )  # fmt: skip
 

@@ -34,7 +34,7 @@ class DemoBudget:
     num_train_epochs: float = 1.0
     max_steps: int = -1  # > 0 caps the optimiser steps (--quick: one step shows training runs, nothing more)
     gradient_accumulation_steps: int = 4  # pairs per step: the paper's 8 rollouts
-    warmup_steps: float = 0.1  # a ratio below 1; 0 for --quick, whose single step would otherwise run at lr 0
+    warmup_steps: float = 0  # a few steps only: a linear warm-up would run the first of them at lr 0
     # "brief" asks for short reasoning: the paper's wording makes the 0.5B write >128 tokens 90% of the time,
     # which a 2-core CPU cannot afford (tasks.BRIEF_PROMPT_TEMPLATE)
     prompt_style: str = "brief"
@@ -43,7 +43,7 @@ class DemoBudget:
     def quick(cls) -> DemoBudget:
         # one generate call per phase (24 and 8 sequences) and one small optimiser step: ~10 minutes on 2 cores
         return cls(train_problems=6, test_problems=4, num_generations=4, eval_samples=2, max_new_tokens=192,
-                   max_problems=2, max_steps=1, gradient_accumulation_steps=2, warmup_steps=0)  # fmt: skip
+                   max_problems=2, max_steps=1, gradient_accumulation_steps=2)  # fmt: skip
 
 
 def run_demo(
