@@ -216,9 +216,9 @@ def plot_curve(curves: dict[str, list[tuple[float, float]]], points: dict[str, t
 
 @dataclass
 class CompareBudget:
-    """How much the comparison does. The default (one seed) is small but has not been timed on a 2-core CPU; a
-    cut-down run (6/4/8 problems, 160 tokens) took 38 minutes there (docs/benchmarks.md). ``quick`` is a smoke run,
-    not a measurement.
+    """How much the comparison does. The default (one seed) took ≈ 54 minutes on a 2-core CPU with the 0.5B default
+    model, 78 with ``--gate-ablation`` (docs/benchmarks.md); its 6-problem validation set is too small for a
+    headline ratio, so raise ``val_problems`` where compute allows. ``quick`` is a smoke run, not a measurement.
 
     > Data
     pool_problems / val_problems / test_problems: training pool (both methods), validation set (GRPO checkpoint
