@@ -490,7 +490,7 @@ def run_comparison(
     return report
 
 
-PARTIAL_JSON = "compare.partial.json"  # raw results so far, written after every method; removed when the report is
+PARTIAL_JSON = "compare.partial.json"  # raw results so far, rewritten after every method; gone once the report is
 
 
 def _method_paths(gate_ablation: bool) -> list[tuple[str, tuple[str, ...]]]:

@@ -147,7 +147,7 @@ class ReasonMaxxerConfig(GRPOConfig):
     rollout_batch_size: int = field(default=32, metadata={"help": "Sequences per generate call."})
     rollout_chunk_size: int | None = field(
         default=None,
-        metadata={"help": "Prompts per cached (resumable) chunk; default: a multiple of the prompts per generate call."},
+        metadata={"help": "Prompts per cached (resumable) chunk; default: a multiple of the prompts per call."},
     )
     scoring_batch_size: int = field(default=4, metadata={"help": "Sequences per scoring forward."})
     rollout_cache: bool = field(default=True, metadata={"help": "Cache and reuse rollouts under output_dir."})

@@ -232,7 +232,8 @@ class ReasonMaxxerTrainer(_BaseTrainer):
         backend = ["vllm"] if self._use_vllm else []  # HF-generated caches predate the vLLM backend: same keys
         key = pool.fingerprint(
             self._model_fingerprint, prompts, a.num_generations, a.temperature, a.top_p, a.top_k, a.min_p,
-            a.repetition_penalty, a.max_completion_length, a.generation_kwargs, a.seed, self._rollout_chunk_size, *backend,
+            a.repetition_penalty, a.max_completion_length, a.generation_kwargs, a.seed, self._rollout_chunk_size,
+            *backend,
         )  # fmt: skip
         return os.path.join(a.output_dir, "rollouts", key)
 
