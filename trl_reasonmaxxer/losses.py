@@ -29,8 +29,14 @@ def token_kl(policy_logits: torch.Tensor, ref_logits: torch.Tensor, chunk_size: 
     for start in range(0, policy_logits.shape[1], chunk_size):
         logp = F.log_softmax(policy_logits[:, start : start + chunk_size].float(), dim=-1)
         logq = F.log_softmax(ref_logits[:, start : start + chunk_size].float(), dim=-1)
-        out.append((logq.exp() * (logq - logp)).sum(-1))
+        out.append(_kl_from_logprobs(logq, logp))
     return torch.cat(out, dim=1)
+
+
+def _kl_from_logprobs(logq: torch.Tensor, logp: torch.Tensor) -> torch.Tensor:
+    """``Σ_v q(v)·(log q(v) − log p(v))`` over the last axis; einsum contracts the vocabulary without keeping the
+    ``[.., V]`` product for backward."""
+    return torch.einsum("...v,...v->...", logq.exp(), logq - logp)
 
 
 def chunked_logps_and_kl(
@@ -72,8 +78,7 @@ def _logps_and_kl(hidden, head, targets, ref_hidden, ref_head):
         return logps, None
     with torch.no_grad():
         logq = F.log_softmax(ref_head(ref_hidden).float(), dim=-1)
-    # token_kl's formula; einsum contracts the vocabulary without keeping the [.., V] product for backward
-    return logps, torch.einsum("...v,...v->...", logq.exp(), logq - logp)
+    return logps, _kl_from_logprobs(logq, logp)
 
 
 def adv_ce_per_sequence(
