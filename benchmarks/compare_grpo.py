@@ -10,5 +10,6 @@ import sys
 
 from trl_reasonmaxxer.cli import main
 
+
 if __name__ == "__main__":
     main(["compare", *sys.argv[1:]])

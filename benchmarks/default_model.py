@@ -15,12 +15,14 @@ import os
 import time
 from pathlib import Path
 
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-import torch  # noqa: E402
-from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: E402
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from trl_reasonmaxxer.models import MODEL_DIRNAME, cache_root, default_model_path  # noqa: E402
+from trl_reasonmaxxer.models import MODEL_DIRNAME, cache_root, default_model_path
+
 
 PROMPT = [
     {
@@ -33,7 +35,9 @@ PROMPT = [
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--cache-dir", default=None, help="cache folder (default: $TRL_REASONMAXXER_CACHE or ~/.cache)")
+    parser.add_argument(
+        "--cache-dir", default=None, help="cache folder (default: $TRL_REASONMAXXER_CACHE or ~/.cache)"
+    )
     parser.add_argument("--out", default="runs/default_model.json", help="where to write the JSON results")
     parser.add_argument("--rebuild", action="store_true", help="rebuild the model even if it is cached")
     parser.add_argument("--new-tokens", type=int, default=64, help="greedy tokens generated per sequence")

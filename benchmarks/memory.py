@@ -26,6 +26,7 @@ import subprocess
 import sys
 import tempfile
 
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 
@@ -33,9 +34,16 @@ os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 # tokenizer-free inputs, with a smaller body so every measurement takes seconds.
 MODELS = {
     "tiny": None,  # trl_reasonmaxxer.testing's word-level Llama (vocabulary of ~45)
-    "qwen2-mid": dict(vocab_size=151936, hidden_size=512, intermediate_size=1408, num_hidden_layers=4,
-                      num_attention_heads=8, num_key_value_heads=2, max_position_embeddings=8192,
-                      tie_word_embeddings=True),  # fmt: skip
+    "qwen2-mid": dict(
+        vocab_size=151936,
+        hidden_size=512,
+        intermediate_size=1408,
+        num_hidden_layers=4,
+        num_attention_heads=8,
+        num_key_value_heads=2,
+        max_position_embeddings=8192,
+        tie_word_embeddings=True,
+    ),
 }
 
 
@@ -89,17 +97,35 @@ def _training_step(kind: str, model, pad_id: int, length: int, device: str):
     pair = {"prompt_ids": prompt}
     for side, adv, seed in (("chosen", 1.0, 1), ("rejected", -1.0, 2)):
         fork = [int(i % 33 == 0) for i in range(comp_len)]
-        pair |= {f"{side}_completion_ids": _random_ids(model, comp_len, seed), f"{side}_fork_mask": fork,
-                 f"{side}_logps": [-1.0] * comp_len, f"{side}_advantage": adv, f"{side}_weight": 1.0}  # fmt: skip
+        pair |= {
+            f"{side}_completion_ids": _random_ids(model, comp_len, seed),
+            f"{side}_fork_mask": fork,
+            f"{side}_logps": [-1.0] * comp_len,
+            f"{side}_advantage": adv,
+            f"{side}_weight": 1.0,
+        }
     batch = {k: v.to(device) for k, v in DataCollatorForForkPairs(pad_id)([pair]).items()}
     out_dir = tempfile.mkdtemp(prefix="memory-bench-")
-    args = ReasonMaxxerConfig(output_dir=out_dir, use_cpu=device == "cpu", bf16=False, report_to="none",
-                              save_strategy="no", gradient_checkpointing=False, disable_tqdm=True)  # fmt: skip
-    pool = Dataset.from_list([{"prompt_index": 0, "prompt_ids": prompt, "completion_ids": [5], "truncated": False,
-                               "reward": 1.0}])  # fmt: skip
+    args = ReasonMaxxerConfig(
+        output_dir=out_dir,
+        use_cpu=device == "cpu",
+        bf16=False,
+        report_to="none",
+        save_strategy="no",
+        gradient_checkpointing=False,
+        disable_tqdm=True,
+    )
+    pool = Dataset.from_list(
+        [{"prompt_index": 0, "prompt_ids": prompt, "completion_ids": [5], "truncated": False, "reward": 1.0}]
+    )
     # the tokenizer is only asked for its pad token here: the inputs are token ids
-    trainer = ReasonMaxxerTrainer(model=model.to(device), args=args, rollout_dataset=pool,
-                                  processing_class=make_tiny_tokenizer(), peft_config=default_lora_config(model))  # fmt: skip
+    trainer = ReasonMaxxerTrainer(
+        model=model.to(device),
+        args=args,
+        rollout_dataset=pool,
+        processing_class=make_tiny_tokenizer(),
+        peft_config=default_lora_config(model),
+    )
     peft_model = trainer.model
     peft_model.train()
     optimizer = torch.optim.AdamW([p for p in peft_model.parameters() if p.requires_grad], lr=1e-4)
@@ -154,8 +180,13 @@ def worker(spec: dict) -> dict:
         raise RuntimeError("Cannot reset the peak RSS (/proc/self/clear_refs): run this benchmark on Linux.")
     run()
     peak, kind = peak_memory(device)
-    return spec | {"device": device, "memory_kind": kind, "before_bytes": before, "peak_bytes": peak,
-                   "delta_bytes": peak - before}  # fmt: skip
+    return spec | {
+        "device": device,
+        "memory_kind": kind,
+        "before_bytes": before,
+        "peak_bytes": peak,
+        "delta_bytes": peak - before,
+    }
 
 
 def measure(spec: dict) -> dict:
@@ -167,8 +198,10 @@ def measure(spec: dict) -> dict:
 
 def table(results: list[dict]) -> str:
     mib = 2**20
-    lines = [f"{'bench':<11}{'kind':<14}{'length':>7}{'delta MiB':>11}{'peak MiB':>10}{'ratio (delta)':>15}"
-             f"{'ratio (peak)':>14}"]  # fmt: skip
+    lines = [
+        f"{'bench':<11}{'kind':<14}{'length':>7}{'delta MiB':>11}{'peak MiB':>10}{'ratio (delta)':>15}"
+        f"{'ratio (peak)':>14}"
+    ]
     ref = {("train_step", r["length"]): r for r in results if r["kind"] == "sft"}
     ref |= {("scoring", r["length"]): r for r in results if r["kind"] == "naive"}
     for r in results:
@@ -200,7 +233,11 @@ def plot(results: list[dict], path: str) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="tiny model, short sequences: a smoke run (one fresh process per measurement)")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="tiny model, short sequences: a smoke run (one fresh process per measurement)",
+    )
     parser.add_argument("--model", default="qwen2-mid", help=f"{', '.join(MODELS)} or a local model folder")
     parser.add_argument("--train-length", type=int, default=512, help="tokens per sequence of the training pair")
     parser.add_argument("--lengths", type=int, nargs="+", default=[256, 512, 1024, 2048], help="scoring lengths")

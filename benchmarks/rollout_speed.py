@@ -15,13 +15,14 @@ import os
 import tempfile
 import time
 
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-import torch  # noqa: E402
+import torch
 
-from trl_reasonmaxxer import ReasonMaxxerConfig, ReasonMaxxerTrainer  # noqa: E402
-from trl_reasonmaxxer.rewards import math_accuracy_reward  # noqa: E402
-from trl_reasonmaxxer.vllm_backend import vllm_importable  # noqa: E402
+from trl_reasonmaxxer import ReasonMaxxerConfig, ReasonMaxxerTrainer
+from trl_reasonmaxxer.rewards import math_accuracy_reward
+from trl_reasonmaxxer.vllm_backend import vllm_importable
 
 
 def parse_args() -> argparse.Namespace:
@@ -57,11 +58,16 @@ def setup(ns: argparse.Namespace, workdir: str):
 
 def measure(model: str, data, ns: argparse.Namespace, use_vllm: bool, workdir: str) -> dict:
     args = ReasonMaxxerConfig(
-        output_dir=os.path.join(workdir, "vllm" if use_vllm else "hf"), rollout_cache=False, use_vllm=use_vllm,
-        num_generations=ns.num_generations, max_completion_length=ns.max_completion_length,
-        rollout_batch_size=ns.rollout_batch_size, vllm_gpu_memory_utilization=ns.gpu_memory_utilization,
-        use_cpu=not torch.cuda.is_available(), report_to="none",
-    )  # fmt: skip
+        output_dir=os.path.join(workdir, "vllm" if use_vllm else "hf"),
+        rollout_cache=False,
+        use_vllm=use_vllm,
+        num_generations=ns.num_generations,
+        max_completion_length=ns.max_completion_length,
+        rollout_batch_size=ns.rollout_batch_size,
+        vllm_gpu_memory_utilization=ns.gpu_memory_utilization,
+        use_cpu=not torch.cuda.is_available(),
+        report_to="none",
+    )
     trainer = ReasonMaxxerTrainer(model=model, reward_funcs=math_accuracy_reward, args=args, train_dataset=data)
     start = time.perf_counter()
     pool = trainer.build_rollout_dataset()
@@ -94,8 +100,10 @@ def main() -> None:
     print(f"{'backend':<12} {'rollouts':>8} {'tokens':>8} {'seconds':>8} {'tok/s':>9} {'speed-up':>8} {'reward':>7}")
     for r in results:
         r["speedup"] = r["tokens_per_s"] / base
-        print(f"{r['backend']:<12} {r['rollouts']:>8} {r['completion_tokens']:>8} {r['seconds']:>8.1f} "
-              f"{r['tokens_per_s']:>9.1f} {r['speedup']:>7.2f}x {r['mean_reward']:>7.3f}")  # fmt: skip
+        print(
+            f"{r['backend']:<12} {r['rollouts']:>8} {r['completion_tokens']:>8} {r['seconds']:>8.1f} "
+            f"{r['tokens_per_s']:>9.1f} {r['speedup']:>7.2f}x {r['mean_reward']:>7.3f}"
+        )
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
     os.makedirs(os.path.dirname(os.path.abspath(ns.out)), exist_ok=True)
     with open(ns.out, "w") as f:

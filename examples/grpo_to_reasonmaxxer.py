@@ -17,6 +17,7 @@ from trl_reasonmaxxer.models import resolve_model
 from trl_reasonmaxxer.rewards import math_accuracy_reward
 from trl_reasonmaxxer.tasks import load_task
 
+
 parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
 parser.add_argument("--model", default="default", help="'default' (embedded 0.5B) or a local model folder.")
 parser.add_argument("--num-problems", type=int, default=100)

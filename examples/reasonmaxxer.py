@@ -17,7 +17,8 @@ Any option of ReasonMaxxerConfig (and GRPOConfig/TrainingArguments), trl.ModelCo
 ReasonMaxxerScriptArguments is a flag: `python examples/reasonmaxxer.py --help`.
 """
 
-from trl_reasonmaxxer.train import make_parser, main
+from trl_reasonmaxxer.train import main, make_parser
+
 
 if __name__ == "__main__":
     script_args, training_args, model_args = make_parser().parse_args_and_config()

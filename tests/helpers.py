@@ -14,6 +14,7 @@ from huggingface_hub.utils import filter_repo_objects
 
 from trl_reasonmaxxer import ReasonMaxxerConfig
 
+
 # Settings that keep every CPU run to a fraction of a second.
 FAST = dict(
     use_cpu=True,
@@ -99,10 +100,19 @@ def softcapped_model(tokenizer, softcap: float = 0.5):
 
     torch.manual_seed(0)
     config = AutoConfig.for_model(
-        "gemma2", vocab_size=len(tokenizer), hidden_size=16, intermediate_size=32, num_hidden_layers=1,
-        num_attention_heads=2, num_key_value_heads=1, head_dim=8, final_logit_softcapping=softcap,
-        pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id, bos_token_id=None,
-    )  # fmt: skip
+        "gemma2",
+        vocab_size=len(tokenizer),
+        hidden_size=16,
+        intermediate_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        head_dim=8,
+        final_logit_softcapping=softcap,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        bos_token_id=None,
+    )
     return AutoModelForCausalLM.from_config(config)
 
 
@@ -128,8 +138,7 @@ class CallCounter:
 def pool_key(dataset) -> list[tuple]:
     """The generated content of a pool, row by row, for comparing two pools."""
     return [
-        (r["prompt_index"], tuple(r["prompt_ids"]), tuple(r["completion_ids"]), bool(r["truncated"]))
-        for r in dataset
+        (r["prompt_index"], tuple(r["prompt_ids"]), tuple(r["completion_ids"]), bool(r["truncated"])) for r in dataset
     ]
 
 

@@ -37,6 +37,7 @@ from trl_reasonmaxxer.analysis.divergence import rank_histogram
 from trl_reasonmaxxer.rollouts import generate_completions
 from trl_reasonmaxxer.testing import make_tiny_model, make_tiny_tokenizer
 
+
 # ---------------------------------------------------------------------------------------------------------
 # Pure functions
 
@@ -129,8 +130,12 @@ class TableLM(torch.nn.Module):
         return logits * 0.01 if position in self.flat else logits
 
     def table_logits(self, input_ids, position_ids):
-        return torch.stack([torch.stack([self.row(int(t), int(p)) for t, p in zip(ts, ps)])
-                            for ts, ps in zip(input_ids, position_ids)])  # fmt: skip
+        return torch.stack(
+            [
+                torch.stack([self.row(int(t), int(p)) for t, p in zip(ts, ps)])
+                for ts, ps in zip(input_ids, position_ids)
+            ]
+        )
 
     def forward(self, input_ids, attention_mask, position_ids, past_key_values=None, use_cache=True):
         self.calls.append(input_ids.shape[1])
@@ -214,7 +219,9 @@ def test_entropy_gate_touches_exactly_the_high_entropy_positions():
         positions = list(range(len(prompt) - 1, len(prompt) - 1 + 12))
         assert row["gated"] == [p in flat for p in positions]
         assert all((h > 1.0) == (p in flat) for h, p in zip(row["entropy"], positions))
-        assert row["changed"] == [p in flat and p in SHIFTS for p in positions]  # the teacher's token, where it differs
+        assert row["changed"] == [
+            p in flat and p in SHIFTS for p in positions
+        ]  # the teacher's token, where it differs
         gate = lambda b, t, p: (int(t.argmax()), p in flat) if p in flat else (int(b.argmax()), False)  # noqa: E731
         assert row["completion_ids"] == simulate(base, teacher, prompt, gate, 12)["completion_ids"]
 
@@ -321,10 +328,23 @@ def test_peft_base_and_oracle_match_generate_with_adapter_off_and_on(tiny_pair):
     model, tokenizer = tiny_pair
     prompts = [tokenizer(t)["input_ids"] for t in ("what is 1 plus 1 ?", "the answer is", "3")]
     eos = {tokenizer.eos_token_id}
-    run = lambda name: guided_greedy(AdapterDisabled(model), model, prompts, make_policy(name), eos,  # noqa: E731
-                                     tokenizer.pad_token_id, 10, 3, disable_progress=True)  # fmt: skip
-    gen = lambda: [g[0]["completion_ids"] for g in generate_completions(  # noqa: E731
-        model, tokenizer, prompts, 1, 10, do_sample=False, batch_size=3, disable_progress=True)]  # fmt: skip
+    run = lambda name: guided_greedy(
+        AdapterDisabled(model),
+        model,
+        prompts,
+        make_policy(name),
+        eos,
+        tokenizer.pad_token_id,
+        10,
+        3,
+        disable_progress=True,
+    )
+    gen = lambda: [
+        g[0]["completion_ids"]
+        for g in generate_completions(
+            model, tokenizer, prompts, 1, 10, do_sample=False, batch_size=3, disable_progress=True
+        )
+    ]
     with model.disable_adapter():
         base_reference = gen()
     teacher_reference = gen()
@@ -337,8 +357,13 @@ def test_peft_base_and_oracle_match_generate_with_adapter_off_and_on(tiny_pair):
 
 def test_run_analysis_report_and_files(tiny_pair, tmp_path):
     model, tokenizer = tiny_pair
-    report = run_analysis(AdapterDisabled(model), model, tokenizer, prompts_dataset(),
-                          AnalysisConfig(max_new_tokens=8, batch_size=3, tau=2.0, target_fraction=0.2))  # fmt: skip
+    report = run_analysis(
+        AdapterDisabled(model),
+        model,
+        tokenizer,
+        prompts_dataset(),
+        AnalysisConfig(max_new_tokens=8, batch_size=3, tau=2.0, target_fraction=0.2),
+    )
     assert list(report["interventions"]) == ["base", "random", "entropy", "oracle", "teacher"]
     assert report["oracle_matches_teacher"] == 1.0
     base_tokens = sum(r["base"]["tokens"] for r in report["records"])
@@ -365,8 +390,18 @@ def test_cli_analyze_with_an_adapter_and_with_a_teacher_model(tiny_pair, tiny_mo
     # a rollout pool as the trainer saves it: the τ curve is then computed on its completions, scored by the base
     pool = Dataset.from_dict({"prompt_ids": [[5, 6, 7], [8, 9]], "completion_ids": [[10, 11, 12, 13], [14, 15]]})
     pool.save_to_disk(str(tmp_path / "pool"))
-    cli.main(["analyze", *common, "--adapter", adapter, "--pool", str(tmp_path / "pool"),
-              "--output-dir", str(tmp_path / "a")])  # fmt: skip
+    cli.main(
+        [
+            "analyze",
+            *common,
+            "--adapter",
+            adapter,
+            "--pool",
+            str(tmp_path / "pool"),
+            "--output-dir",
+            str(tmp_path / "a"),
+        ]
+    )
     assert "intervention" in capsys.readouterr().out
     with open(tmp_path / "a" / "analysis.json") as f:
         calibration = json.load(f)["calibration"]

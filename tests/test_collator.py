@@ -9,6 +9,7 @@ import torch
 
 from trl_reasonmaxxer import DataCollatorForForkPairs, build_pairs
 
+
 PAD = 0
 EOS = 99
 
@@ -96,8 +97,14 @@ def test_collator_padding_and_masks():
     n = len(examples)
     assert batch["input_ids"].shape[0] == 2 * n
     assert set(batch) == {
-        "input_ids", "attention_mask", "completion_mask", "fork_mask", "base_logps", "advantages", "weights"
-    }  # fmt: skip
+        "input_ids",
+        "attention_mask",
+        "completion_mask",
+        "fork_mask",
+        "base_logps",
+        "advantages",
+        "weights",
+    }
     order = [(ex, side) for side in ("chosen", "rejected") for ex in examples]  # chosen rows first
     width = batch["input_ids"].shape[1]
     assert width == max(len(ex["prompt_ids"]) + len(ex[f"{s}_completion_ids"]) for ex, s in order)

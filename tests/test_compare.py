@@ -105,16 +105,26 @@ def test_pooled_metric_averages_seeds_per_problem_then_takes_stderr_over_problem
 
 
 def test_eval_generated_tokens_counts_samples_and_greedy():
-    summary = {"num_problems": 10, "num_samples": 4, "mean_completion_tokens": 50.0,
-               "greedy_mean_completion_tokens": 30.0}  # fmt: skip
+    summary = {
+        "num_problems": 10,
+        "num_samples": 4,
+        "mean_completion_tokens": 50.0,
+        "greedy_mean_completion_tokens": 30.0,
+    }
     assert eval_generated_tokens(summary) == 10 * 4 * 50 + 10 * 30
     assert eval_generated_tokens({"num_problems": 3, "num_samples": 0, "greedy_mean_completion_tokens": 7.0}) == 21
 
 
 def _ledger(seconds, peak):
-    return {"seconds": {"generation": seconds, "training": 1.0}, "compute_wall_s": seconds + 1.0,
-            "compute_tokens": 10.0 * seconds, "token_totals": {"generated": seconds, "forwarded": 2.0,
-            "backpropagated": 1.0}, "peak_memory_bytes": peak, "peak_memory_kind": "rss_peak", "device": "cpu"}  # fmt: skip
+    return {
+        "seconds": {"generation": seconds, "training": 1.0},
+        "compute_wall_s": seconds + 1.0,
+        "compute_tokens": 10.0 * seconds,
+        "token_totals": {"generated": seconds, "forwarded": 2.0, "backpropagated": 1.0},
+        "peak_memory_bytes": peak,
+        "peak_memory_kind": "rss_peak",
+        "device": "cpu",
+    }
 
 
 def test_mean_ledger_averages_cost_and_keeps_the_largest_peak():
@@ -127,15 +137,23 @@ def test_mean_ledger_averages_cost_and_keeps_the_largest_peak():
 def test_format_table_shows_every_method_the_seed_count_and_the_headline():
     ledger = mean_ledger([_ledger(2.0, 2e9)])
     report = {
-        "config": {"model": "m", "task": "svamp", "seeds": [0, 1], "device": "cpu", "budget": {"eval_samples": 4},
-                   "sizes": {"pool": 8, "validation": 6, "test": 12}},
+        "config": {
+            "model": "m",
+            "task": "svamp",
+            "seeds": [0, 1],
+            "device": "cpu",
+            "budget": {"eval_samples": 4},
+            "sizes": {"pool": 8, "validation": 6, "test": 12},
+        },
         "summary": {
-            "methods": {"base": {"pass@1": (0.25, 0.1), "greedy": (0.2, 0.1)},
-                        "GRPO": {"pass@1": (0.3, 0.1), "greedy": (0.2, 0.1), "ledger": ledger},
-                        "ReasonMaxxer": {"pass@1": (0.4, 0.1), "greedy": (0.3, 0.1), "ledger": ledger}},
+            "methods": {
+                "base": {"pass@1": (0.25, 0.1), "greedy": (0.2, 0.1)},
+                "GRPO": {"pass@1": (0.3, 0.1), "greedy": (0.2, 0.1), "ledger": ledger},
+                "ReasonMaxxer": {"pass@1": (0.4, 0.1), "greedy": (0.3, 0.1), "ledger": ledger},
+            },
             "headline": {"wall_s": {"text": "GRPO never reached it."}},
         },
-    }  # fmt: skip
+    }
     table = format_table(report)
     assert "2 seed(s) [0, 1]" in table and "held-out test 12" in table and "(k=4)" in table
     assert "0.400 ± 0.100" in table and "headline (wall_s): GRPO never reached it." in table
@@ -159,7 +177,9 @@ def test_cli_overrides_budget_fields(monkeypatch):
     assert output_dir == "runs/compare-quick" and model == "default" and task == "svamp" and dataset is None
     assert budget.grpo_max_steps == 7 and budget.learning_rate == 0.01
     assert budget.pool_problems == CompareBudget.quick().pool_problems
-    assert seeds == [1, 2] and not ablation and reward.__name__ == "math_accuracy_reward" and label == "quick smoke run"
+    assert (
+        seeds == [1, 2] and not ablation and reward.__name__ == "math_accuracy_reward" and label == "quick smoke run"
+    )
 
 
 def test_local_dataset_without_solution_is_refused(tmp_path):
@@ -179,8 +199,23 @@ def test_quick_comparison_runs_end_to_end_on_the_tiny_model(tiny_model_dir, tmp_
             prompt = [{"role": "user", "content": f"what is {i % 5} plus {i % 4} ?"}]
             f.write(json.dumps({"prompt": prompt, "solution": str(i % 5 + i % 4)}) + "\n")
     out = tmp_path / "out"
-    cli.main(["compare", "--quick", "--model", tiny_model_dir, "--dataset", str(data), "--reward",
-              "helpers.alternating_reward", "--max-new-tokens", "6", "--output-dir", str(out), "--gate-ablation"])  # fmt: skip
+    cli.main(
+        [
+            "compare",
+            "--quick",
+            "--model",
+            tiny_model_dir,
+            "--dataset",
+            str(data),
+            "--reward",
+            "helpers.alternating_reward",
+            "--max-new-tokens",
+            "6",
+            "--output-dir",
+            str(out),
+            "--gate-ablation",
+        ]
+    )
     table = capsys.readouterr().out
     assert "1 seed(s) [0]" in table and "ReasonMaxxer gate=random" in table and "headline (wall_s)" in table
     for name in ("compare.json", "compare_pass1.png", "compare_curve.png", "compare_curve_tokens.png"):
@@ -193,7 +228,11 @@ def test_quick_comparison_runs_end_to_end_on_the_tiny_model(tiny_model_dir, tmp_
     # GRPO: 2 steps × 4 completions of at most 6 tokens; its own token counter (prompt + completion) equals the
     # tokens our hook saw in its (gradient) training forwards
     assert 0 < grpo["token_totals"]["generated"] <= 2 * 4 * 6
-    assert grpo["grpo_num_input_tokens_seen"] == grpo["token_totals"]["forwarded"] == grpo["token_totals"]["backpropagated"]
+    assert (
+        grpo["grpo_num_input_tokens_seen"]
+        == grpo["token_totals"]["forwarded"]
+        == grpo["token_totals"]["backpropagated"]
+    )
     assert [p["step"] for p in run["grpo"]["validation_curve"]] == [0, 1, 2]
     # ReasonMaxxer: 4 prompts × 4 rollouts, scored without gradient, then policy (grad) + reference (no grad)
     assert 0 < rm["token_totals"]["generated"] <= 4 * 4 * 6

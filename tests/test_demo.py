@@ -30,13 +30,25 @@ def test_cli_prompt_styles_match_the_task_templates():
 
 
 def test_format_table_shows_both_models_with_stderr():
-    summary = {"pass@1": 0.25, "pass@1_stderr": 0.1, "extraction_rate": 0.9, "truncation_rate": 0.05,
-               "mean_completion_tokens": 120.0}  # fmt: skip
+    summary = {
+        "pass@1": 0.25,
+        "pass@1_stderr": 0.1,
+        "extraction_rate": 0.9,
+        "truncation_rate": 0.05,
+        "mean_completion_tokens": 120.0,
+    }
     report = {
-        "label": "default", "model": "m", "task": "svamp", "seed": 1, "device": "cpu",
-        "budget": {"eval_samples": 2, "test_problems": 16}, "pool": {"pool/prompts_selected": 5},
-        "wall_time_s": {"eval_base": 12.0}, "base": summary, "reasonmaxxer": summary | {"pass@1": 0.5},
-    }  # fmt: skip
+        "label": "default",
+        "model": "m",
+        "task": "svamp",
+        "seed": 1,
+        "device": "cpu",
+        "budget": {"eval_samples": 2, "test_problems": 16},
+        "pool": {"pool/prompts_selected": 5},
+        "wall_time_s": {"eval_base": 12.0},
+        "base": summary,
+        "reasonmaxxer": summary | {"pass@1": 0.5},
+    }
     table = demo.format_table(report)
     assert "base" in table and "reasonmaxxer" in table
     assert "0.250 ± 0.100" in table and "0.500 ± 0.100" in table

@@ -16,6 +16,7 @@ from helpers import CallCounter, alternating_reward, chat_prompts, is_close_list
 
 from trl_reasonmaxxer import ReasonMaxxerTrainer, pool
 
+
 TESTS = Path(__file__).parent
 
 
@@ -74,7 +75,10 @@ def test_model_fingerprint_is_computed_once(tiny_model_dir, tmp_path, monkeypatc
     counter = CallCounter(pool.model_fingerprint)
     monkeypatch.setattr(pool, "model_fingerprint", counter)
     trainer = ReasonMaxxerTrainer(
-        model=tiny_model_dir, reward_funcs=alternating_reward, args=tiny_config(tmp_path), train_dataset=chat_prompts(3)
+        model=tiny_model_dir,
+        reward_funcs=alternating_reward,
+        args=tiny_config(tmp_path),
+        train_dataset=chat_prompts(3),
     )
     first = trainer.rollout_cache_dir
     trainer.train()
@@ -100,10 +104,24 @@ def test_torchrun_two_processes_build_the_one_process_pool_and_train_on_it(tiny_
     one = run(tiny_model_dir, str(tmp_path / "one"))
     two_dir = tmp_path / "two"
     two_dir.mkdir()
-    env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", TRL_EXPERIMENTAL_SILENCE="1",
-               PYTHONPATH=os.pathsep.join([str(TESTS.parent), os.environ.get("PYTHONPATH", "")]))  # fmt: skip
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-               str(TESTS / "distributed_offline.py"), tiny_model_dir, str(two_dir)]  # fmt: skip
+    env = dict(
+        os.environ,
+        OMP_NUM_THREADS="1",
+        HF_HUB_OFFLINE="1",
+        TRL_EXPERIMENTAL_SILENCE="1",
+        PYTHONPATH=os.pathsep.join([str(TESTS.parent), os.environ.get("PYTHONPATH", "")]),
+    )
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        str(TESTS / "distributed_offline.py"),
+        tiny_model_dir,
+        str(two_dir),
+    ]
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     ranks = [json.loads((two_dir / f"rank{r}.json").read_text()) for r in range(2)]

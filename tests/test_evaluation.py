@@ -20,6 +20,7 @@ from trl_reasonmaxxer.evaluation import (
 )
 from trl_reasonmaxxer.rewards import canonical_answer
 
+
 # ---------------------------------------------------------------------------------------------------------
 # Pure metrics
 

@@ -14,6 +14,7 @@ from trl_reasonmaxxer import ReasonMaxxerTrainer
 from trl_reasonmaxxer.hub import HubPushError, card_settings, describe_precision
 from trl_reasonmaxxer.trainer import check_quantization_supported
 
+
 REPO = "someone/tiny-reasonmaxxer"
 
 
@@ -39,15 +40,31 @@ def test_push_uploads_a_loadable_adapter_tokenizer_and_card_but_not_the_cache(ti
 
     repo = local_hub.root / REPO
     uploaded = {str(p.relative_to(repo)) for p in repo.rglob("*") if p.is_file()}
-    assert {"adapter_model.safetensors", "adapter_config.json", "tokenizer.json", "tokenizer_config.json",
-            "README.md"} <= uploaded  # fmt: skip
+    assert {
+        "adapter_model.safetensors",
+        "adapter_config.json",
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "README.md",
+    } <= uploaded
     assert not any(name.startswith(("rollouts", "checkpoint-")) for name in uploaded)
 
     card = (repo / "README.md").read_text()
-    for text in ("## ReasonMaxxer training", "`num_generations` | 4", "`fork_fraction` | 0.5", "`loss_type` | adv_ce",
-                 "`beta` | 0.2", "`r` | 32", "Base model: float32 weights, float32 LM head", "### Offline pool",
-                 f"`pool/pairs` | {trainer.pool_stats['pool/pairs']}", "2605.06241", "@article{akgul2026reasonmaxxer",
-                 "- reasonmaxxer", "svamp"):  # fmt: skip
+    for text in (
+        "## ReasonMaxxer training",
+        "`num_generations` | 4",
+        "`fork_fraction` | 0.5",
+        "`loss_type` | adv_ce",
+        "`beta` | 0.2",
+        "`r` | 32",
+        "Base model: float32 weights, float32 LM head",
+        "### Offline pool",
+        f"`pool/pairs` | {trainer.pool_stats['pool/pairs']}",
+        "2605.06241",
+        "@article{akgul2026reasonmaxxer",
+        "- reasonmaxxer",
+        "svamp",
+    ):
         assert text in card, text
     assert card.index("## ReasonMaxxer training") < card.index("### Framework versions")
 
@@ -106,9 +123,12 @@ def test_card_settings_list_only_the_knobs_the_chosen_gate_and_loss_use(tmp_path
 
 @pytest.mark.parametrize(
     ("has_bnb", "has_cuda", "missing"),
-    [(False, False, "the bitsandbytes package and a CUDA GPU are missing"), (True, False, "a CUDA GPU is missing"),
-     (False, True, "the bitsandbytes package is missing")],
-)  # fmt: skip
+    [
+        (False, False, "the bitsandbytes package and a CUDA GPU are missing"),
+        (True, False, "a CUDA GPU is missing"),
+        (False, True, "the bitsandbytes package is missing"),
+    ],
+)
 def test_quantization_check_names_what_is_missing_and_the_fix(has_bnb, has_cuda, missing):
     with pytest.raises(ValueError, match="QLoRA") as info:
         check_quantization_supported(has_bnb, has_cuda)

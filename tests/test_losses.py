@@ -174,7 +174,14 @@ def test_neg_prob_floor_bounds_the_loss_and_spares_positive_advantages():
 
 @pytest.mark.parametrize(
     "advantage,ratio,zero_grad",
-    [(1.0, 1.5, True), (1.0, 1.1, False), (1.0, 0.5, False), (-1.0, 0.5, True), (-1.0, 0.9, False), (-1.0, 1.5, False)],
+    [
+        (1.0, 1.5, True),
+        (1.0, 1.1, False),
+        (1.0, 0.5, False),
+        (-1.0, 0.5, True),
+        (-1.0, 0.9, False),
+        (-1.0, 1.5, False),
+    ],
 )
 def test_adv_ratio_zero_gradient_outside_clip_in_favoured_direction(advantage, ratio, zero_grad):
     eps = 0.2
@@ -195,8 +202,9 @@ def test_adv_ratio_zero_gradient_outside_clip_in_favoured_direction(advantage, r
 
 def test_adv_ratio_equals_minus_advantage_at_the_base_policy():
     base = torch.tensor([[-1.0, -2.0, -0.5]], dtype=torch.float64)
-    out = losses.adv_ratio_per_sequence(base.clone(), base, torch.tensor([0.7], dtype=torch.float64),
-                                        mask([True, True, False]), 0.2)  # fmt: skip
+    out = losses.adv_ratio_per_sequence(
+        base.clone(), base, torch.tensor([0.7], dtype=torch.float64), mask([True, True, False]), 0.2
+    )
     assert out.item() == pytest.approx(-0.7)
 
 
@@ -267,7 +275,9 @@ def test_token_kl_matches_torch_kl_div_direction_base_to_policy():
     expected = F.kl_div(policy.log_softmax(-1), ref.log_softmax(-1), log_target=True, reduction="none").sum(-1)
     assert torch.allclose(losses.token_kl(policy, ref).double(), expected, atol=1e-5)
     reverse = F.kl_div(ref.log_softmax(-1), policy.log_softmax(-1), log_target=True, reduction="none").sum(-1)
-    assert not torch.allclose(losses.token_kl(policy, ref).double(), reverse, atol=1e-3)  # KL(base ‖ π), not KL(π ‖ base)
+    assert not torch.allclose(
+        losses.token_kl(policy, ref).double(), reverse, atol=1e-3
+    )  # KL(base ‖ π), not KL(π ‖ base)
 
 
 def test_token_kl_chunking_gives_the_same_answer():

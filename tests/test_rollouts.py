@@ -34,8 +34,9 @@ def test_progress_counts_decoding_steps_and_ends_at_its_total(tiny, monkeypatch)
     bars = []
     monkeypatch.setattr(rollouts, "tqdm", lambda **kw: bars.append(RecordingBar(**kw)) or bars[-1])
     prompts = [tokenizer("the cat")["input_ids"]] * 3
-    groups = rollouts.generate_completions(model, tokenizer, prompts, num_generations=2, max_new_tokens=5,
-                                           batch_size=4, temperature=1.0)  # fmt: skip
+    groups = rollouts.generate_completions(
+        model, tokenizer, prompts, num_generations=2, max_new_tokens=5, batch_size=4, temperature=1.0
+    )
     (bar,) = bars
     assert bar.total == 2 * 5  # 3 prompts × 2 samples in batches of 2 prompts: 2 batches of up to 5 steps
     assert bar.n == bar.total
@@ -53,4 +54,6 @@ def test_progress_does_not_change_the_samples(tiny):
     assert shown == hidden
     for group in shown:
         for row in group:
-            assert row["truncated"] == (len(row["completion_ids"]) == 6 and row["completion_ids"][-1] != tokenizer.eos_token_id)
+            assert row["truncated"] == (
+                len(row["completion_ids"]) == 6 and row["completion_ids"][-1] != tokenizer.eos_token_id
+            )

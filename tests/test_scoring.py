@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from helpers import softcapped_model
 
 from trl_reasonmaxxer.scoring import score_rollouts
@@ -58,7 +57,7 @@ def test_score_rollouts_is_not_off_by_one(tiny):
     """Sanity check that the comparison above can fail: the unshifted position gives different numbers."""
     model, tokenizer = tiny
     prompt, completion = sequences(len(tokenizer))[4]
-    (entropy, logps), = score_rollouts(model, [(prompt, completion)], tokenizer.pad_token_id, disable_progress=True)
+    ((entropy, logps),) = score_rollouts(model, [(prompt, completion)], tokenizer.pad_token_id, disable_progress=True)
     ids = torch.tensor([prompt + completion])
     with torch.no_grad():
         logp = model(input_ids=ids).logits[0].double().log_softmax(-1)
@@ -87,7 +86,9 @@ def test_score_rollouts_feeds_the_head_chunk_size_tokens_at_a_time(tiny):
     rows = []
     handle = model.get_output_embeddings().register_forward_hook(lambda m, i, o: rows.append(i[0].shape[:-1].numel()))
     try:
-        chunked = score_rollouts(model, seqs, tokenizer.pad_token_id, batch_size=16, disable_progress=True, chunk_size=2)
+        chunked = score_rollouts(
+            model, seqs, tokenizer.pad_token_id, batch_size=16, disable_progress=True, chunk_size=2
+        )
     finally:
         handle.remove()
     tokens = sum(len(c) for _, c in seqs)  # 30
@@ -105,4 +106,6 @@ def test_score_rollouts_refuses_a_model_that_transforms_its_logits(tiny):
     model = softcapped_model(tokenizer)
     with pytest.raises(ValueError, match="soft-capping or scaling"):
         score_rollouts(model, sequences(len(tokenizer))[:2], tokenizer.pad_token_id, disable_progress=True)
-    assert score_rollouts(softcapped_model(tokenizer, softcap=None), sequences(len(tokenizer))[:1], 0, disable_progress=True)
+    assert score_rollouts(
+        softcapped_model(tokenizer, softcap=None), sequences(len(tokenizer))[:1], 0, disable_progress=True
+    )

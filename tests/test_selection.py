@@ -9,6 +9,7 @@ import pytest
 
 from trl_reasonmaxxer import selection
 
+
 NAN = float("nan")
 
 

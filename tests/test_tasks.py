@@ -5,6 +5,7 @@ import pytest
 from trl_reasonmaxxer import tasks
 from trl_reasonmaxxer.tasks import PROMPT_TEMPLATE, TASKS, available_tasks, load_task
 
+
 COLUMNS = ["id", "task", "split", "problem", "solution", "prompt"]
 
 

@@ -23,18 +23,34 @@ from trl_reasonmaxxer.train import (
     run,
 )
 
+
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 PROMPTS = [f"what is {i} plus {i} ?" for i in range(4)]
 
 
 def write_recipe(path: Path, model_dir: str, dataset: Path, output_dir: Path, **overrides) -> Path:
     recipe = dict(
-        model_name_or_path=model_dir, dataset_name=str(dataset), reward_funcs=["helpers.alternating_reward"],
-        output_dir=str(output_dir), num_generations=4, max_completion_length=3, temperature=1.0, max_steps=5,
-        learning_rate=1e-3, per_device_train_batch_size=1, gradient_accumulation_steps=1, rollout_chunk_size=2,
-        fork_fraction=0.5, warmup_steps=0, logging_steps=1, use_cpu=True, save_strategy="no", report_to="none",
-        disable_tqdm=True, seed=0,
-    )  # fmt: skip
+        model_name_or_path=model_dir,
+        dataset_name=str(dataset),
+        reward_funcs=["helpers.alternating_reward"],
+        output_dir=str(output_dir),
+        num_generations=4,
+        max_completion_length=3,
+        temperature=1.0,
+        max_steps=5,
+        learning_rate=1e-3,
+        per_device_train_batch_size=1,
+        gradient_accumulation_steps=1,
+        rollout_chunk_size=2,
+        fork_fraction=0.5,
+        warmup_steps=0,
+        logging_steps=1,
+        use_cpu=True,
+        save_strategy="no",
+        report_to="none",
+        disable_tqdm=True,
+        seed=0,
+    )
     recipe.update(overrides)
     path.write_text(yaml.safe_dump(recipe))
     return path
@@ -69,8 +85,20 @@ def test_script_uses_peft_flags_a_saved_dataset_dict_and_num_problems(tiny_model
     prompts = Dataset.from_dict({"prompt": PROMPTS, "answer": ["0", "2", "4", "6"]})
     DatasetDict({"train": prompts, "test": prompts.select([0])}).save_to_disk(str(folder))
     recipe = write_recipe(tmp_path / "recipe.yaml", tiny_model_dir, folder, tmp_path / "out", max_steps=1)
-    trainer = run(["--config", str(recipe), "--use_peft", "--lora_r", "4", "--lora_target_modules", "q_proj", "v_proj",
-                   "--num_problems", "2"])  # fmt: skip
+    trainer = run(
+        [
+            "--config",
+            str(recipe),
+            "--use_peft",
+            "--lora_r",
+            "4",
+            "--lora_target_modules",
+            "q_proj",
+            "v_proj",
+            "--num_problems",
+            "2",
+        ]
+    )
     lora = trainer.model.peft_config["default"]
     assert lora.r == 4 and set(lora.target_modules) == {"q_proj", "v_proj"}
     assert trainer.pool_stats["pool/prompts"] == 2
@@ -113,15 +141,26 @@ def test_packaged_task_and_dataset_errors(tmp_path):
 
 def test_arguments_without_effect_are_named(tmp_path):
     script_args, training_args, model_args = parse(
-        "--output_dir", str(tmp_path), "--use_cpu", "--dataset_name", "gsm8k", "--dataset_config", "main",
-        "--eval_strategy", "steps", "--lora_alpha", "8", "--use_dora",
-    )  # fmt: skip
+        "--output_dir",
+        str(tmp_path),
+        "--use_cpu",
+        "--dataset_name",
+        "gsm8k",
+        "--dataset_config",
+        "main",
+        "--eval_strategy",
+        "steps",
+        "--lora_alpha",
+        "8",
+        "--use_dora",
+    )
     messages = ignored_arguments(script_args, training_args, model_args)
     assert messages[0].startswith("lora_alpha, use_dora have no effect without --use_peft")
     assert "dataset_config has no effect: 'gsm8k' is a packaged task." in messages
     assert any(m.startswith("eval_strategy='steps' has no effect") and "trl-reasonmaxxer eval" in m for m in messages)
-    script_args, training_args, model_args = parse("--output_dir", str(tmp_path), "--use_cpu", "--use_peft",
-                                                   "--lora_r", "4")  # fmt: skip
+    script_args, training_args, model_args = parse(
+        "--output_dir", str(tmp_path), "--use_cpu", "--use_peft", "--lora_r", "4"
+    )
     assert ignored_arguments(script_args, training_args, model_args) == []
 
 
@@ -133,17 +172,22 @@ def test_streaming_dataset_is_refused_with_the_fix(tmp_path):
 
 
 def test_quick_and_resume_flags(tmp_path):
-    script_args, training_args, _ = parse("--output_dir", str(tmp_path), "--use_cpu", "--quick", "--num_problems", "50")
+    script_args, training_args, _ = parse(
+        "--output_dir", str(tmp_path), "--use_cpu", "--quick", "--num_problems", "50"
+    )
     apply_quick(script_args, training_args)
     assert script_args.num_problems == QUICK["num_problems"]
     assert (training_args.num_generations, training_args.max_steps) == (QUICK["num_generations"], QUICK["max_steps"])
-    script_args, training_args, _ = parse("--output_dir", str(tmp_path), "--use_cpu", "--num_generations", "2",
-                                          "--max_completion_length", "3")  # fmt: skip
+    script_args, training_args, _ = parse(
+        "--output_dir", str(tmp_path), "--use_cpu", "--num_generations", "2", "--max_completion_length", "3"
+    )
     apply_quick(script_args, training_args)  # a budget already below the quick one is kept
     assert (training_args.num_generations, training_args.max_completion_length) == (2, 3)
     assert script_args.num_problems == QUICK["num_problems"] and training_args.max_problems == QUICK["max_problems"]
     assert checkpoint_to_resume("true") is True and checkpoint_to_resume("last") is True
-    assert checkpoint_to_resume("runs/x/checkpoint-20") == "runs/x/checkpoint-20" and checkpoint_to_resume(None) is None
+    assert (
+        checkpoint_to_resume("runs/x/checkpoint-20") == "runs/x/checkpoint-20" and checkpoint_to_resume(None) is None
+    )
 
 
 def test_train_help_lists_every_argument_group(capsys):
@@ -160,11 +204,18 @@ def test_shipped_recipe_parses_and_accelerate_configs_load(tmp_path):
 
     script_args, training_args, model_args = parse("--config", str(EXAMPLES / "recipes" / "svamp.yaml"), "--use_cpu")
     assert (script_args.dataset_name, script_args.reward_funcs, model_args.model_name_or_path) == (
-        "svamp", ["math_accuracy_reward"], "default"
-    )  # fmt: skip
+        "svamp",
+        ["math_accuracy_reward"],
+        "default",
+    )
     assert (training_args.num_generations, training_args.max_problems, training_args.fork_fraction) == (20, 50, 0.03)
-    expected = {"single_gpu": "NO", "multi_gpu": "MULTI_GPU", "fsdp": "FSDP", "deepspeed_zero2": "DEEPSPEED",
-                "deepspeed_zero3": "DEEPSPEED"}  # fmt: skip
+    expected = {
+        "single_gpu": "NO",
+        "multi_gpu": "MULTI_GPU",
+        "fsdp": "FSDP",
+        "deepspeed_zero2": "DEEPSPEED",
+        "deepspeed_zero3": "DEEPSPEED",
+    }
     for name, kind in expected.items():
         config = load_config_from_file(str(EXAMPLES / "accelerate_configs" / f"{name}.yaml"))
         assert config.distributed_type.value == kind, name

@@ -32,6 +32,7 @@ from trl_reasonmaxxer.losses import reasonmaxxer_loss, token_kl
 from trl_reasonmaxxer.scoring import score_rollouts
 from trl_reasonmaxxer.testing import make_tiny_tokenizer
 
+
 # ------------------------------------------------------------------------------------------------ helpers
 
 
@@ -113,7 +114,9 @@ def make_trainer(model_dir, output_dir, dataset=None, reward=alternating_reward,
 def test_fork_gate_acts_on_the_logit_that_predicts_the_gated_token(tiny_model_dir, tmp_path):
     """A fork at completion token j moves exactly the logits row at input position P + j - 1 (beta = 0)."""
     trainer = ReasonMaxxerTrainer(
-        model=tiny_model_dir, args=tiny_config(tmp_path, fork_threshold=1.0, beta=0.0), rollout_dataset=alignment_pool()
+        model=tiny_model_dir,
+        args=tiny_config(tmp_path, fork_threshold=1.0, beta=0.0),
+        rollout_dataset=alignment_pool(),
     )
     pairs = trainer.prepare_training_data()
     by_prompt = {p["prompt_index"]: p for p in pairs}
@@ -209,26 +212,36 @@ def full_logits_loss(trainer, batch):
     fork = batch["fork_mask"][:, 1:] & completion
     anchor = (attention[:, 1:].bool() if a.kl_on_prompt else completion) & ~fork
     return reasonmaxxer_loss(
-        a.loss_type, selective_log_softmax(logits, ids[:, 1:]), batch["base_logps"][:, 1:], batch["advantages"],
-        fork, anchor, batch["weights"], kl=token_kl(logits, ref_logits), beta=a.beta,
-    )  # fmt: skip
+        a.loss_type,
+        selective_log_softmax(logits, ids[:, 1:]),
+        batch["base_logps"][:, 1:],
+        batch["advantages"],
+        fork,
+        anchor,
+        batch["weights"],
+        kl=token_kl(logits, ref_logits),
+        beta=a.beta,
+    )
 
 
 @pytest.mark.filterwarnings("ignore:Model has `tie_word_embeddings=True`")  # the tiny model ties lm_head
 @pytest.mark.parametrize(
     "targets", [["q_proj", "v_proj"], ["lm_head"], ["q_proj", "lm_head"]], ids=["attention", "head", "both"]
 )
-def test_chunked_loss_equals_full_logits_loss_and_reference_is_the_base_head(tiny_model_dir, tmp_path, monkeypatch,
-                                                                              targets):  # fmt: skip
+def test_chunked_loss_equals_full_logits_loss_and_reference_is_the_base_head(
+    tiny_model_dir, tmp_path, monkeypatch, targets
+):
     """Loss, KL anchor and LoRA gradients of compute_loss, with one position per chunk, equal the full-logits
     computation. With a LoRA on lm_head the reference must still be the base head: the KL is then positive even
     when the head is the only adapted module (the adapted head as reference would give exactly 0)."""
     monkeypatch.setattr(trainer_module, "LOSS_CHUNK_TOKENS", 4)  # 4 rows: one position per chunk
     args = tiny_config(tmp_path, fork_threshold=1.0, beta=0.5)
     trainer = ReasonMaxxerTrainer(
-        model=tiny_model_dir, args=args, rollout_dataset=alignment_pool(),
+        model=tiny_model_dir,
+        args=args,
+        rollout_dataset=alignment_pool(),
         peft_config=LoraConfig(r=4, lora_alpha=8, target_modules=targets),
-    )  # fmt: skip
+    )
     pairs = {p["prompt_index"]: p for p in trainer.prepare_training_data()}
     batch = trainer.data_collator([pairs[0], pairs[1]])
     set_random_adapter(trainer.model)
@@ -257,9 +270,12 @@ def test_model_that_transforms_its_logits_is_refused_at_the_first_step(tmp_path)
     tokenizer = make_tiny_tokenizer()
     pool = make_pool({0: [(1.0, [0.1, 5.0]), (0.0, [5.0, 0.1])]})
     trainer = ReasonMaxxerTrainer(
-        model=softcapped_model(tokenizer), args=tiny_config(tmp_path, fork_threshold=1.0), rollout_dataset=pool,
-        processing_class=tokenizer, peft_config=LoraConfig(r=2, target_modules=["q_proj"]),
-    )  # fmt: skip
+        model=softcapped_model(tokenizer),
+        args=tiny_config(tmp_path, fork_threshold=1.0),
+        rollout_dataset=pool,
+        processing_class=tokenizer,
+        peft_config=LoraConfig(r=2, target_modules=["q_proj"]),
+    )
     batch = trainer.data_collator(trainer.prepare_training_data().to_list())
     with pytest.raises(ValueError, match="soft-capping or scaling"):
         trainer.compute_loss(trainer.model, batch)
@@ -300,9 +316,17 @@ def test_train_learns_a_toy_task(tiny_model_dir, tmp_path):
         return [float(len(ids) > 0 and ids[0] in digits) for ids in completion_ids]
 
     trainer = make_trainer(
-        tiny_model_dir, tmp_path, dataset=chat_prompts(4), reward=digit_first, num_generations=8,
-        max_completion_length=2, fork_gate="all", max_steps=20, learning_rate=1e-2, per_device_train_batch_size=2,
-    )  # fmt: skip
+        tiny_model_dir,
+        tmp_path,
+        dataset=chat_prompts(4),
+        reward=digit_first,
+        num_generations=8,
+        max_completion_length=2,
+        fork_gate="all",
+        max_steps=20,
+        learning_rate=1e-2,
+        per_device_train_batch_size=2,
+    )
 
     def p_digit():
         with torch.no_grad():
@@ -398,7 +422,7 @@ def test_model_card_names_the_method(tiny_model_dir, tmp_path):
     text = (tmp_path / "README.md").read_text()
     assert "ReasonMaxxer" in text
     front_matter = text.split("---")[1]
-    tags = re.findall(r"^- (\S+)$", front_matter, flags=re.M)
+    tags = re.findall(r"^- (\S+)$", front_matter, flags=re.MULTILINE)
     assert "reasonmaxxer" in tags and "trl" in tags
     assert "2605.06241" in text  # the paper
 
@@ -420,9 +444,12 @@ def test_error_on_empty_dataset(tiny_model_dir, tmp_path):
 def test_error_chat_prompts_without_chat_template(tiny_model_dir, tmp_path):
     with pytest.raises(ValueError, match="no chat template") as err:
         trainer = ReasonMaxxerTrainer(
-            model=tiny_model_dir, reward_funcs=alternating_reward, args=tiny_config(tmp_path),
-            train_dataset=chat_prompts(2), processing_class=make_tiny_tokenizer(chat_template=False),
-        )  # fmt: skip
+            model=tiny_model_dir,
+            reward_funcs=alternating_reward,
+            args=tiny_config(tmp_path),
+            train_dataset=chat_prompts(2),
+            processing_class=make_tiny_tokenizer(chat_template=False),
+        )
         trainer.train()
     assert "chat_template" in str(err.value) and "plain strings" in str(err.value)
 
@@ -502,8 +529,9 @@ def test_error_num_generations_below_two(tmp_path, num_generations):
 def test_pool_with_missing_rewards_ignores_those_rollouts(tiny_model_dir, tmp_path):
     """A passed-in pool may hold None rewards (a reward function's "cannot grade"): those rollouts are ignored."""
     pool = make_pool({0: [(1.0, [0.1, 3.0]), (0.0, [3.0, 0.2]), (None, [3.0, 3.0]), (1.0, [0.1, 3.0, 0.2])]})
-    trainer = ReasonMaxxerTrainer(model=tiny_model_dir, args=tiny_config(tmp_path, fork_threshold=1.0),
-                                  rollout_dataset=pool)  # fmt: skip
+    trainer = ReasonMaxxerTrainer(
+        model=tiny_model_dir, args=tiny_config(tmp_path, fork_threshold=1.0), rollout_dataset=pool
+    )
     pairs = trainer.prepare_training_data()
     used = {tuple(p[f"{s}_completion_ids"]) for p in pairs for s in ("chosen", "rejected")}
     assert tuple(pool[2]["completion_ids"]) not in used
@@ -580,9 +608,10 @@ def test_cached_scores_follow_their_rollouts_when_truncated_ones_are_masked(tiny
         model=tiny_model_dir, args=tiny_config(tmp_path, fork_gate="all"), rollout_dataset=pool
     ).prepare_training_data()
     masked = ReasonMaxxerTrainer(
-        model=tiny_model_dir, args=tiny_config(tmp_path, fork_gate="all", mask_truncated_completions=True),
+        model=tiny_model_dir,
+        args=tiny_config(tmp_path, fork_gate="all", mask_truncated_completions=True),
         rollout_dataset=pool,
-    )  # fmt: skip
+    )
     pairs = masked.prepare_training_data()
     base = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
     pad = make_tiny_tokenizer().pad_token_id

@@ -10,13 +10,14 @@ import types
 from collections import Counter
 
 import pytest
-import trl.generation.vllm_client as vllm_client  # before any test puts a fake `vllm` in sys.modules
 from helpers import CallCounter, alternating_reward, chat_prompts, pool_key, tiny_config
+from trl.generation import vllm_client  # before any test puts a fake `vllm` in sys.modules
 
 import trl_reasonmaxxer.trainer as trainer_module
 from trl_reasonmaxxer import ReasonMaxxerConfig, ReasonMaxxerTrainer
 from trl_reasonmaxxer.testing import make_tiny_model, make_tiny_tokenizer
 from trl_reasonmaxxer.vllm_backend import VLLMRollouts, model_path
+
 
 EOS = make_tiny_tokenizer().eos_token_id
 
@@ -38,12 +39,14 @@ class FakeLLM:
         self.requests.extend(zip(prompts, sampling_params, strict=True))
         return [
             # children in reverse order: the backend must order them by index
-            types.SimpleNamespace(outputs=[
-                types.SimpleNamespace(index=j, token_ids=tuple(scripted_ids(params.seed + j)))
-                for j in reversed(range(params.n))
-            ])
+            types.SimpleNamespace(
+                outputs=[
+                    types.SimpleNamespace(index=j, token_ids=tuple(scripted_ids(params.seed + j)))
+                    for j in reversed(range(params.n))
+                ]
+            )
             for params in sampling_params
-        ]  # fmt: skip
+        ]
 
     def sleep(self, level):
         self.slept = level
@@ -65,9 +68,11 @@ def fake_vllm(monkeypatch):
 
 def make_trainer(model_dir, output_dir, **config):
     return ReasonMaxxerTrainer(
-        model=model_dir, reward_funcs=alternating_reward, args=tiny_config(output_dir, **config),
+        model=model_dir,
+        reward_funcs=alternating_reward,
+        args=tiny_config(output_dir, **config),
         train_dataset=chat_prompts(3),
-    )  # fmt: skip
+    )
 
 
 def test_colocated_vllm_rows_match_the_hf_rows(fake_vllm, tiny_model_dir, tmp_path, monkeypatch):
@@ -75,9 +80,14 @@ def test_colocated_vllm_rows_match_the_hf_rows(fake_vllm, tiny_model_dir, tmp_pa
     hf_generate = CallCounter(trainer_module.generate_completions)
     monkeypatch.setattr(trainer_module, "generate_completions", hf_generate)
     trainer = make_trainer(
-        tiny_model_dir, tmp_path / "vllm", use_vllm=True, vllm_gpu_memory_utilization=0.5, vllm_enable_sleep_mode=True,
-        top_k=7, seed=3,
-    )  # fmt: skip
+        tiny_model_dir,
+        tmp_path / "vllm",
+        use_vllm=True,
+        vllm_gpu_memory_utilization=0.5,
+        vllm_enable_sleep_mode=True,
+        top_k=7,
+        seed=3,
+    )
     vllm_pool = trainer.build_rollout_dataset()
 
     assert hf_generate.calls == 0

@@ -6,4 +6,5 @@ from .collator import DataCollatorForForkPairs, build_pairs
 from .config import ReasonMaxxerConfig
 from .trainer import ReasonMaxxerTrainer
 
+
 __all__ = ["DataCollatorForForkPairs", "ReasonMaxxerConfig", "ReasonMaxxerTrainer", "build_pairs"]

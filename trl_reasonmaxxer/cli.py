@@ -6,6 +6,7 @@ import argparse
 import os
 from dataclasses import fields
 
+
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 PROMPT_STYLES = ("paper", "brief")  # tasks.PROMPT_TEMPLATES, without importing datasets for --help
 
@@ -14,8 +15,15 @@ def _demo(ns: argparse.Namespace) -> None:
     from .demo import DemoBudget, run_demo
 
     budget = DemoBudget.quick() if ns.quick else DemoBudget()
-    for field in ("train_problems", "test_problems", "num_generations", "eval_samples", "max_new_tokens", "max_problems",
-                  "prompt_style"):  # fmt: skip
+    for field in (
+        "train_problems",
+        "test_problems",
+        "num_generations",
+        "eval_samples",
+        "max_new_tokens",
+        "max_problems",
+        "prompt_style",
+    ):
         if getattr(ns, field) is not None:
             setattr(budget, field, getattr(ns, field))
     output_dir = ns.output_dir or ("runs/demo-quick" if ns.quick else "runs/demo")
@@ -32,8 +40,16 @@ def _eval(ns: argparse.Namespace) -> None:
     for adapter in [None, *ns.adapter]:
         model, tokenizer = load_model_for_eval(resolve_model(ns.model), adapter)
         name = adapter or "base"
-        results[name] = evaluate(model, tokenizer, data, num_samples=ns.num_samples, max_new_tokens=ns.max_new_tokens,
-                                 greedy=not ns.no_greedy, seed=ns.seed, desc=name)  # fmt: skip
+        results[name] = evaluate(
+            model,
+            tokenizer,
+            data,
+            num_samples=ns.num_samples,
+            max_new_tokens=ns.max_new_tokens,
+            greedy=not ns.no_greedy,
+            seed=ns.seed,
+            desc=name,
+        )
         s = results[name]["summary"]
         print(f"{name}: pass@1 {s['pass@1']:.3f} ± {s['pass@1_stderr']:.3f}" if "pass@1" in s else name, flush=True)
     os.makedirs(ns.output_dir, exist_ok=True)
@@ -43,8 +59,10 @@ def _eval(ns: argparse.Namespace) -> None:
 
 
 # --quick: a smoke run of every step on the real model in minutes; the default: a small measurement (docs/analysis.md)
-ANALYZE_BUDGETS = {"quick": dict(num_problems=4, max_new_tokens=160, batch_size=4),
-                   "default": dict(num_problems=32, max_new_tokens=256, batch_size=8)}  # fmt: skip
+ANALYZE_BUDGETS = {
+    "quick": dict(num_problems=4, max_new_tokens=160, batch_size=4),
+    "default": dict(num_problems=32, max_new_tokens=256, batch_size=8),
+}
 
 
 def _analyze(ns: argparse.Namespace) -> None:
@@ -81,11 +99,24 @@ def _analyze(ns: argparse.Namespace) -> None:
         with use_adapter(teacher, None) if ns.adapter else nullcontext():  # entropy of the base model
             scored = score_rollouts(scorer, sequences, tokenizer.pad_token_id, desc="Scoring pool")
         pool_entropies = [entropy for entropy, _ in scored]
-    config = AnalysisConfig(max_new_tokens=ns.max_new_tokens, batch_size=ns.batch_size, top_k=ns.top_k, tau=ns.tau,
-                            random_top=ns.random_top, seed=ns.seed, target_fraction=ns.target_fraction)  # fmt: skip
+    config = AnalysisConfig(
+        max_new_tokens=ns.max_new_tokens,
+        batch_size=ns.batch_size,
+        top_k=ns.top_k,
+        tau=ns.tau,
+        random_top=ns.random_top,
+        seed=ns.seed,
+        target_fraction=ns.target_fraction,
+    )
     report = run_analysis(base, teacher, tokenizer, data, config, pool_entropies)
-    report = {"model": ns.model, "teacher": ns.adapter or ns.teacher, "task": ns.task, "split": ns.split,
-              "label": "quick smoke run" if ns.quick else "default", "pool": ns.pool} | report  # fmt: skip
+    report = {
+        "model": ns.model,
+        "teacher": ns.adapter or ns.teacher,
+        "task": ns.task,
+        "split": ns.split,
+        "label": "quick smoke run" if ns.quick else "default",
+        "pool": ns.pool,
+    } | report
     paths = save_report(report, ns.output_dir)
     print(format_table(report))
     print(f"wrote {', '.join(paths.values())}")
@@ -100,8 +131,18 @@ def _compare(ns: argparse.Namespace) -> None:
         if getattr(ns, field.name) is not None:
             setattr(budget, field.name, getattr(ns, field.name))
     output_dir = ns.output_dir or ("runs/compare-quick" if ns.quick else "runs/compare")
-    run_comparison(output_dir, ns.model, ns.task, ns.dataset, budget, ns.seeds, ns.gate_ablation,
-                   resolve_reward_func(ns.reward), ns.split_seed, "quick smoke run" if ns.quick else "default")  # fmt: skip
+    run_comparison(
+        output_dir,
+        ns.model,
+        ns.task,
+        ns.dataset,
+        budget,
+        ns.seeds,
+        ns.gate_ablation,
+        resolve_reward_func(ns.reward),
+        ns.split_seed,
+        "quick smoke run" if ns.quick else "default",
+    )
 
 
 def _train(argv: list[str]) -> None:
@@ -120,7 +161,14 @@ def main(argv: list[str] | None = None) -> None:
     demo.add_argument("--task", default="svamp", help="svamp, gsm8k, math, ...")
     demo.add_argument("--output-dir", default=None)
     demo.add_argument("--seed", type=int, default=42)
-    for field in ("train_problems", "test_problems", "num_generations", "eval_samples", "max_new_tokens", "max_problems"):
+    for field in (
+        "train_problems",
+        "test_problems",
+        "num_generations",
+        "eval_samples",
+        "max_new_tokens",
+        "max_problems",
+    ):
         demo.add_argument(f"--{field.replace('_', '-')}", type=int, default=None)
     demo.add_argument("--prompt-style", choices=PROMPT_STYLES, default=None, help="Default: brief (short reasoning).")
     demo.set_defaults(func=_demo)
@@ -139,7 +187,9 @@ def main(argv: list[str] | None = None) -> None:
     ev.add_argument("--output-dir", default="runs/eval")
     ev.set_defaults(func=_eval)
 
-    an = sub.add_parser("analyze", help="Token-level divergence and interventions of a teacher against the base model.")
+    an = sub.add_parser(
+        "analyze", help="Token-level divergence and interventions of a teacher against the base model."
+    )
     teacher = an.add_mutually_exclusive_group(required=True)
     teacher.add_argument("--adapter", help="PEFT adapter folder: the teacher is the base model with this adapter.")
     teacher.add_argument("--teacher", help="A teacher model folder sharing the base model's tokenizer.")
@@ -147,8 +197,12 @@ def main(argv: list[str] | None = None) -> None:
     an.add_argument("--quick", action="store_true", help="A smoke run in minutes (4 problems, 160 tokens).")
     an.add_argument("--task", default="svamp")
     an.add_argument("--split", default="test")
-    an.add_argument("--prompt-style", choices=PROMPT_STYLES, default="brief",
-                    help="Use the prompts the teacher was trained on (demo and compare use brief).")  # fmt: skip
+    an.add_argument(
+        "--prompt-style",
+        choices=PROMPT_STYLES,
+        default="brief",
+        help="Use the prompts the teacher was trained on (demo and compare use brief).",
+    )
     an.add_argument("--num-problems", type=int, default=None, help="Default 32 (4 with --quick); 0: the whole split.")
     an.add_argument("--max-new-tokens", type=int, default=None, help="Default 256 (160 with --quick).")
     an.add_argument("--batch-size", type=int, default=None, help="Prompts per batch; default 8 (4 with --quick).")

@@ -10,6 +10,7 @@ import torch
 from transformers.data.data_collator import DataCollatorMixin
 from trl.trainer.utils import pad
 
+
 SIDES = ("chosen", "rejected")
 ROLLOUT_FIELDS = ("completion_ids", "fork_mask", "logps", "advantage")
 

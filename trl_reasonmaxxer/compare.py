@@ -19,6 +19,7 @@ from dataclasses import asdict, dataclass
 from .evaluation import mean_and_stderr
 from .ledger import COMPUTE_UNITS
 
+
 # ---------------------------------------------------------------------------------------------------------
 # Pure logic: splits, curves, the headline ratio, aggregation over seeds
 
@@ -74,8 +75,16 @@ def headline_ratio(grpo_curve: Sequence[tuple[float, float]], rm_gain: float, rm
     if not grpo_curve:
         raise ValueError("The GRPO curve is empty: evaluate at least the base model and one checkpoint.")
     budget = grpo_curve[-1][0]
-    out = {"unit": unit, "target_gain": rm_gain, "rm_compute": rm_compute, "grpo_budget": budget, "ratio": None,
-           "grpo_compute": None, "grpo_compute_checkpoint": None, "ratio_lower_bound": None}  # fmt: skip
+    out = {
+        "unit": unit,
+        "target_gain": rm_gain,
+        "rm_compute": rm_compute,
+        "grpo_budget": budget,
+        "ratio": None,
+        "grpo_compute": None,
+        "grpo_compute_checkpoint": None,
+        "ratio_lower_bound": None,
+    }
     if rm_gain <= 0:
         out["reached"] = None
         out["text"] = (
@@ -93,8 +102,12 @@ def headline_ratio(grpo_curve: Sequence[tuple[float, float]], rm_gain: float, rm
         )
         return out
     checkpoint = first_crossing(grpo_curve, rm_gain, interpolate=False)
-    out |= {"reached": True, "grpo_compute": crossing, "grpo_compute_checkpoint": checkpoint,
-            "ratio": crossing / rm_compute}  # fmt: skip
+    out |= {
+        "reached": True,
+        "grpo_compute": crossing,
+        "grpo_compute_checkpoint": checkpoint,
+        "ratio": crossing / rm_compute,
+    }
     out["text"] = (
         f"GRPO reached ReasonMaxxer's validation gain ({rm_gain:+.3f}) after {crossing:.4g} {unit} (interpolated; "
         f"first checkpoint at or above it: {checkpoint:.4g}); ReasonMaxxer used {rm_compute:.4g}: "
@@ -185,8 +198,9 @@ def format_table(report: dict) -> str:
     return "\n".join(lines)
 
 
-def plot_curve(curves: dict[str, list[tuple[float, float]]], points: dict[str, tuple[float, float]], path: str,
-               unit: str) -> str:  # fmt: skip
+def plot_curve(
+    curves: dict[str, list[tuple[float, float]]], points: dict[str, tuple[float, float]], path: str, unit: str
+) -> str:
     """Validation gain vs compute: a line per curve (GRPO), a marker per single point (ReasonMaxxer)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -257,8 +271,18 @@ class CompareBudget:
 
     @classmethod
     def quick(cls) -> CompareBudget:
-        return cls(pool_problems=4, val_problems=2, test_problems=2, num_generations=4, max_new_tokens=48,
-                   eval_samples=2, val_samples=1, grpo_max_steps=2, grpo_eval_every=1, max_problems=4)  # fmt: skip
+        return cls(
+            pool_problems=4,
+            val_problems=2,
+            test_problems=2,
+            num_generations=4,
+            max_new_tokens=48,
+            eval_samples=2,
+            val_samples=1,
+            grpo_max_steps=2,
+            grpo_eval_every=1,
+            max_problems=4,
+        )
 
 
 def load_splits(task: str, dataset: str | None, budget: CompareBudget, split_seed: int) -> dict:
@@ -285,8 +309,9 @@ def load_splits(task: str, dataset: str | None, budget: CompareBudget, split_see
     return {
         "pool": train.select(parts["pool"]),
         "validation": train.select(parts["validation"]),
-        "test": load_task(task, "test", num_problems=budget.test_problems, seed=split_seed,
-                          prompt_style=budget.prompt_style),  # fmt: skip
+        "test": load_task(
+            task, "test", num_problems=budget.test_problems, seed=split_seed, prompt_style=budget.prompt_style
+        ),
     }
 
 
@@ -310,9 +335,18 @@ class _Runner:
 
         b = self.budget
         samples, greedy = (b.eval_samples, True) if split == "test" else (b.val_samples, False)
-        run = lambda: evaluate(model, tokenizer, self.splits[split], num_samples=samples, greedy=greedy,  # noqa: E731
-                               max_new_tokens=b.max_new_tokens, seed=self.eval_seed, batch_size=32,
-                               reward_fn=self.reward_fn, desc=desc)  # fmt: skip
+        run = lambda: evaluate(
+            model,
+            tokenizer,
+            self.splits[split],
+            num_samples=samples,
+            greedy=greedy,
+            max_new_tokens=b.max_new_tokens,
+            seed=self.eval_seed,
+            batch_size=32,
+            reward_fn=self.reward_fn,
+            desc=desc,
+        )
         if ledger is None:
             return run()
         with ledger.phase("evaluation"):
@@ -332,10 +366,19 @@ class _Runner:
         b = self.budget
         # no warm-up: with a handful of optimiser steps a linear warm-up spends the first one at lr 0
         return dict(
-            max_completion_length=b.max_new_tokens, temperature=0.6, top_p=0.95, learning_rate=b.learning_rate,
-            warmup_steps=0, logging_steps=1, gradient_checkpointing=False, save_strategy="no", report_to="none",
-            use_cpu=self.use_cpu, bf16=not self.use_cpu, seed=seed,
-        )  # fmt: skip
+            max_completion_length=b.max_new_tokens,
+            temperature=0.6,
+            top_p=0.95,
+            learning_rate=b.learning_rate,
+            warmup_steps=0,
+            logging_steps=1,
+            gradient_checkpointing=False,
+            save_strategy="no",
+            report_to="none",
+            use_cpu=self.use_cpu,
+            bf16=not self.use_cpu,
+            seed=seed,
+        )
 
     def run_grpo(self, seed: int, base_val: float) -> dict:
         from transformers import TrainerCallback
@@ -358,16 +401,27 @@ class _Runner:
                 compute = {u: ledger.compute(u) for u in COMPUTE_UNITS}
                 score = runner.evaluate(model, tokenizer, "validation", f"GRPO step {state.global_step}", ledger)
                 score = score["summary"]["pass@1"]
-                curve.append({"step": state.global_step, "compute": compute, "pass@1": score, "gain": score - base_val})
+                curve.append(
+                    {"step": state.global_step, "compute": compute, "pass@1": score, "gain": score - base_val}
+                )
 
         args = GRPOConfig(
-            output_dir=os.path.join(self.output_dir, f"seed{seed}", "grpo"), max_steps=b.grpo_max_steps,
-            per_device_train_batch_size=b.num_generations * b.grpo_prompts_per_step, gradient_accumulation_steps=1,
-            num_generations=b.num_generations, **self.common_args(seed),
-        )  # fmt: skip
-        trainer = GRPOTrainer(model=model, reward_funcs=[self.reward_fn], args=args, train_dataset=self.splits["pool"],
-                              processing_class=tokenizer, peft_config=default_lora_config(model),
-                              callbacks=[ValidationCurve()])  # fmt: skip
+            output_dir=os.path.join(self.output_dir, f"seed{seed}", "grpo"),
+            max_steps=b.grpo_max_steps,
+            per_device_train_batch_size=b.num_generations * b.grpo_prompts_per_step,
+            gradient_accumulation_steps=1,
+            num_generations=b.num_generations,
+            **self.common_args(seed),
+        )
+        trainer = GRPOTrainer(
+            model=model,
+            reward_funcs=[self.reward_fn],
+            args=args,
+            train_dataset=self.splits["pool"],
+            processing_class=tokenizer,
+            peft_config=default_lora_config(model),
+            callbacks=[ValidationCurve()],
+        )
         ledger.wrap(trainer, "_generate", "generation", count_generated=lambda out: sum(map(len, out[1])))
         ledger.wrap(trainer, "_generate_and_score_completions", "scoring")
         with ledger.phase("training"):
@@ -389,13 +443,25 @@ class _Runner:
         ledger = self.new_ledger(f"reasonmaxxer/{gate}", model)
         # one output_dir per seed for every gate: the gate ablation reuses the cached rollouts and scores
         args = ReasonMaxxerConfig(
-            output_dir=os.path.join(self.output_dir, f"seed{seed}", "reasonmaxxer"), num_generations=b.num_generations,
-            max_problems=b.max_problems, fork_gate=gate, **self.common_args(seed),
-        )  # fmt: skip
-        trainer = ReasonMaxxerTrainer(model=model, reward_funcs=[self.reward_fn], args=args,
-                                      train_dataset=self.splits["pool"], processing_class=tokenizer)  # fmt: skip
-        ledger.wrap(trainer, "_generate", "generation",
-                    count_generated=lambda groups: sum(len(c["completion_ids"]) for g in groups for c in g))  # fmt: skip
+            output_dir=os.path.join(self.output_dir, f"seed{seed}", "reasonmaxxer"),
+            num_generations=b.num_generations,
+            max_problems=b.max_problems,
+            fork_gate=gate,
+            **self.common_args(seed),
+        )
+        trainer = ReasonMaxxerTrainer(
+            model=model,
+            reward_funcs=[self.reward_fn],
+            args=args,
+            train_dataset=self.splits["pool"],
+            processing_class=tokenizer,
+        )
+        ledger.wrap(
+            trainer,
+            "_generate",
+            "generation",
+            count_generated=lambda groups: sum(len(c["completion_ids"]) for g in groups for c in g),
+        )
         with ledger.phase("scoring"):
             trainer.train_dataset = trainer.prepare_training_data()
         with ledger.phase("training"):
@@ -477,14 +543,20 @@ def run_comparison(
     _save_json(report, output_dir)
     os.remove(os.path.join(output_dir, PARTIAL_JSON))
     methods = report["summary"]["methods"]
-    plot_comparison({name: {"pass@1": m["pass@1"][0], "pass@1_stderr": m["pass@1"][1]} for name, m in methods.items()},
-                    os.path.join(output_dir, "compare_pass1.png"))  # fmt: skip
+    plot_comparison(
+        {name: {"pass@1": m["pass@1"][0], "pass@1_stderr": m["pass@1"][1]} for name, m in methods.items()},
+        os.path.join(output_dir, "compare_pass1.png"),
+    )
     rm_point = report["summary"]["reasonmaxxer_validation"]
     for unit in COMPUTE_UNITS:
         curve = mean_curve([r["grpo"]["validation_curve"] for r in runs], unit)
         suffix = "" if unit == "wall_s" else f"_{unit}"
-        plot_curve({"GRPO": curve}, {"ReasonMaxxer": (rm_point["compute"][unit], rm_point["gain"])},
-                   os.path.join(output_dir, f"compare_curve{suffix}.png"), unit)  # fmt: skip
+        plot_curve(
+            {"GRPO": curve},
+            {"ReasonMaxxer": (rm_point["compute"][unit], rm_point["gain"])},
+            os.path.join(output_dir, f"compare_curve{suffix}.png"),
+            unit,
+        )
     report["config"]["model"] = DEFAULT_MODEL if model == "default" else model
     print(format_table(report), flush=True)
     return report
@@ -513,11 +585,16 @@ def _collect(runs: list[dict], path: tuple[str, ...], key: str) -> list[dict]:
 
 def _report(budget, model, task, dataset, seeds, splits, base, runs, gate_ablation, label) -> dict:
     """The JSON report: configuration, splits, every run, and the seed-pooled summary with the headline."""
-    methods = {"base": {"pass@1": pooled_metric([base["test"]]), "greedy": pooled_metric([base["test"]], "greedy_accuracy")}}
+    methods = {
+        "base": {"pass@1": pooled_metric([base["test"]]), "greedy": pooled_metric([base["test"]], "greedy_accuracy")}
+    }
     for name, path in _method_paths(gate_ablation):
         tests = _collect(runs, path, "test")
-        methods[name] = {"pass@1": pooled_metric(tests), "greedy": pooled_metric(tests, "greedy_accuracy"),
-                         "ledger": mean_ledger(_collect(runs, path, "ledger"))}  # fmt: skip
+        methods[name] = {
+            "pass@1": pooled_metric(tests),
+            "greedy": pooled_metric(tests, "greedy_accuracy"),
+            "ledger": mean_ledger(_collect(runs, path, "ledger")),
+        }
     base_val = base["validation"]["summary"]["pass@1"]
     rm_gain = sum(r["reasonmaxxer"]["validation"]["summary"]["pass@1"] for r in runs) / len(runs) - base_val
     rm_compute = {u: sum(r["reasonmaxxer"]["ledger"][f"compute_{u}"] for r in runs) / len(runs) for u in COMPUTE_UNITS}
@@ -526,11 +603,23 @@ def _report(budget, model, task, dataset, seeds, splits, base, runs, gate_ablati
         for u in COMPUTE_UNITS
     }
     return {
-        "config": {"label": label, "model": model, "task": task if dataset is None else dataset, "seeds": seeds,
-                   "budget": asdict(budget), "device": runs[0]["grpo"]["ledger"]["device"],
-                   "sizes": {k: len(v) for k, v in splits.items()}, "gate_ablation": gate_ablation,
-                   "eval_protocol": {"temperature": 0.6, "top_p": 0.95, "test_samples": budget.eval_samples,
-                                     "greedy": True, "validation_samples": budget.val_samples}},  # fmt: skip
+        "config": {
+            "label": label,
+            "model": model,
+            "task": task if dataset is None else dataset,
+            "seeds": seeds,
+            "budget": asdict(budget),
+            "device": runs[0]["grpo"]["ledger"]["device"],
+            "sizes": {k: len(v) for k, v in splits.items()},
+            "gate_ablation": gate_ablation,
+            "eval_protocol": {
+                "temperature": 0.6,
+                "top_p": 0.95,
+                "test_samples": budget.eval_samples,
+                "greedy": True,
+                "validation_samples": budget.val_samples,
+            },
+        },
         "splits": {k: list(v["id"]) for k, v in splits.items()},
         "summary": {
             "methods": methods,

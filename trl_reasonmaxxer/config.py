@@ -10,6 +10,7 @@ import torch
 from trl import GRPOConfig
 from trl.trainer.base_config import _BaseConfig
 
+
 logger = logging.getLogger(__name__)
 
 LOSS_TYPES = ("adv_ce", "adv_ratio", "fork_dpo")
@@ -19,14 +20,38 @@ FORK_SCOPES = ("pool", "rollout")
 # GRPOConfig fields that mean something here; every other GRPO-only field is accepted and reported once.
 HONOURED_GRPO_FIELDS = frozenset(
     {
-        "model_init_kwargs", "trust_remote_code", "disable_dropout", "num_generations", "max_completion_length",
-        "shuffle_dataset", "pad_to_multiple_of", "temperature", "top_p", "top_k", "min_p", "generation_kwargs",
-        "chat_template_kwargs", "repetition_penalty", "beta", "epsilon", "reward_weights", "loss_type",
-        "mask_truncated_completions", "use_vllm", "vllm_mode", "vllm_model_impl", "vllm_enable_sleep_mode",
-        "vllm_server_base_url", "vllm_server_host", "vllm_server_port", "vllm_server_timeout",
-        "vllm_gpu_memory_utilization", "vllm_max_model_length", "vllm_tensor_parallel_size",
+        "model_init_kwargs",
+        "trust_remote_code",
+        "disable_dropout",
+        "num_generations",
+        "max_completion_length",
+        "shuffle_dataset",
+        "pad_to_multiple_of",
+        "temperature",
+        "top_p",
+        "top_k",
+        "min_p",
+        "generation_kwargs",
+        "chat_template_kwargs",
+        "repetition_penalty",
+        "beta",
+        "epsilon",
+        "reward_weights",
+        "loss_type",
+        "mask_truncated_completions",
+        "use_vllm",
+        "vllm_mode",
+        "vllm_model_impl",
+        "vllm_enable_sleep_mode",
+        "vllm_server_base_url",
+        "vllm_server_host",
+        "vllm_server_port",
+        "vllm_server_timeout",
+        "vllm_gpu_memory_utilization",
+        "vllm_max_model_length",
+        "vllm_tensor_parallel_size",
     }
-)  # fmt: skip
+)
 VLLM_MODES = ("colocate", "server")
 
 
@@ -180,8 +205,9 @@ class ReasonMaxxerConfig(GRPOConfig):
         if self.loss_type not in LOSS_TYPES:
             logger.warning(
                 "loss_type=%r is a GRPO loss; ReasonMaxxer trains offline and uses 'adv_ce' instead (choices: %s).",
-                self.loss_type, ", ".join(LOSS_TYPES),
-            )  # fmt: skip
+                self.loss_type,
+                ", ".join(LOSS_TYPES),
+            )
             self.loss_type = "adv_ce"
         if isinstance(self.pad_to_multiple_of, str):  # GRPOConfig's "auto", or a CLI string
             value = self.pad_to_multiple_of.lower()

@@ -42,8 +42,16 @@ class DemoBudget:
     @classmethod
     def quick(cls) -> DemoBudget:
         # one generate call per phase (24 and 8 sequences) and one small optimiser step: ~10 minutes on 2 cores
-        return cls(train_problems=6, test_problems=4, num_generations=4, eval_samples=2, max_new_tokens=192,
-                   max_problems=2, max_steps=1, gradient_accumulation_steps=2)  # fmt: skip
+        return cls(
+            train_problems=6,
+            test_problems=4,
+            num_generations=4,
+            eval_samples=2,
+            max_new_tokens=192,
+            max_problems=2,
+            max_steps=1,
+            gradient_accumulation_steps=2,
+        )
 
 
 def run_demo(
@@ -72,8 +80,9 @@ def run_demo(
     times["load"] = time.perf_counter() - start
 
     # 32 sequences per generate call: CPU decoding of a 0.5B model is memory-bound, so wide batches are ~4x faster
-    eval_kwargs = dict(num_samples=budget.eval_samples, max_new_tokens=budget.max_new_tokens, seed=seed, greedy=False,
-                       batch_size=32)  # fmt: skip
+    eval_kwargs = dict(
+        num_samples=budget.eval_samples, max_new_tokens=budget.max_new_tokens, seed=seed, greedy=False, batch_size=32
+    )
     start = time.perf_counter()
     base_results = evaluate(base, tokenizer, test, desc="Base model", **eval_kwargs)
     times["eval_base"] = time.perf_counter() - start
@@ -127,7 +136,11 @@ def run_demo(
         "reasonmaxxer": tuned_results["summary"],
     }
     with open(os.path.join(output_dir, "demo.json"), "w") as f:
-        json.dump(report | {"records": {"base": base_results["records"], "reasonmaxxer": tuned_results["records"]}}, f, indent=2)
+        json.dump(
+            report | {"records": {"base": base_results["records"], "reasonmaxxer": tuned_results["records"]}},
+            f,
+            indent=2,
+        )
     plot_comparison(
         {"base": base_results, "ReasonMaxxer": tuned_results}, os.path.join(output_dir, "demo.png"), metric="pass@1"
     )

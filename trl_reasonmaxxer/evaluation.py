@@ -19,6 +19,7 @@ import torch
 from .rewards import canonical_answer, extract_answer, math_accuracy_reward
 from .rollouts import generate_completions, tokenize_prompt
 
+
 # ---------------------------------------------------------------------------------------------------------
 # Pure metrics
 
@@ -83,9 +84,7 @@ def _pass_ks(n: int) -> list[int]:
 # Evaluation loop
 
 
-def grade_completions(
-    rows: list[dict], groups: list[list[dict]], tokenizer, reward_fn: Callable
-) -> list[list[dict]]:
+def grade_completions(rows: list[dict], groups: list[list[dict]], tokenizer, reward_fn: Callable) -> list[list[dict]]:
     """Decode, extract and reward every completion in one ``reward_fn`` call, as GRPOTrainer calls it.
 
     Completions are conversational when the prompts are (as GRPOTrainer passes them); every dataset column

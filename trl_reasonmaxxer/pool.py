@@ -24,6 +24,7 @@ from collections.abc import Callable, Sequence
 import torch
 from datasets import Dataset
 
+
 POOL_COLUMNS = ("prompt_index", "prompt_ids", "completion_ids", "truncated")
 
 

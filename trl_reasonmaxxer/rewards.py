@@ -19,6 +19,7 @@ from collections.abc import Sequence
 
 from math_verify import parse, verify
 
+
 # math-verify's limits on the main thread (signal-based, so unusable elsewhere), in seconds.
 PARSING_TIMEOUT = 5
 VERIFY_TIMEOUT = 5

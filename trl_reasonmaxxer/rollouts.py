@@ -28,9 +28,7 @@ def tokenize_prompt(tokenizer, prompt, chat_template_kwargs: dict | None = None)
         )["input_ids"]
         return list(ids)
     if not isinstance(prompt, str):
-        raise ValueError(
-            f"A `prompt` must be a string or a list of chat messages, got {type(prompt).__name__}."
-        )
+        raise ValueError(f"A `prompt` must be a string or a list of chat messages, got {type(prompt).__name__}.")
     return list(tokenizer(text=prompt)["input_ids"])
 
 
@@ -120,7 +118,9 @@ def generate_completions(
     # the bar counts decoding steps (max_new_tokens per batch, so its ETA is an upper bound)
     num_batches = -(-len(prompt_ids) // prompts_per_batch)
     bar = tqdm(total=num_batches * max_new_tokens, desc=desc, unit="step", disable=disable_progress)
-    gen_kwargs["stopping_criteria"] = StoppingCriteriaList([*gen_kwargs.get("stopping_criteria", []), StepProgress(bar)])
+    gen_kwargs["stopping_criteria"] = StoppingCriteriaList(
+        [*gen_kwargs.get("stopping_criteria", []), StepProgress(bar)]
+    )
     try:
         for b, start in enumerate(range(0, len(prompt_ids), prompts_per_batch), 1):
             batch = [list(p) for p in prompt_ids[start : start + prompts_per_batch]]

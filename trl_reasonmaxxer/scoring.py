@@ -15,6 +15,7 @@ from peft.utils.other import AuxiliaryTrainingWrapper
 from tqdm.auto import tqdm
 from trl.trainer.utils import selective_log_softmax_and_entropy
 
+
 # Tokens whose full-vocabulary fp32 logits exist at once (≈ 37 MiB each with Qwen2.5's 151,936-token vocabulary)
 SCORING_CHUNK_TOKENS = 64
 
@@ -35,9 +36,12 @@ def final_hidden_states(model, input_ids: torch.Tensor, attention_mask: torch.Te
     DDP wrapper's hooks run), and the model's own logits at the last position ``[B, 1, V]``, the only ones it
     computes (``logits_to_keep=1``)."""
     out = model(
-        input_ids=input_ids, attention_mask=attention_mask, use_cache=False, output_hidden_states=True,
+        input_ids=input_ids,
+        attention_mask=attention_mask,
+        use_cache=False,
+        output_hidden_states=True,
         logits_to_keep=1,
-    )  # fmt: skip
+    )
     return out.hidden_states[-1], out.logits
 
 

@@ -25,6 +25,7 @@ from datasets import Dataset
 
 from .rewards import extract_answer
 
+
 PROMPT_TEMPLATE = (
     "Solve the following math problem step by step. Put your final answer in \\boxed{{}}.\n\nProblem: {problem}"
 )

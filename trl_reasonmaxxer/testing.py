@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 
+
 # A toy arithmetic language: every word of it is in the vocabulary, so tests can write prompts freely.
 TINY_CORPUS = [
     "what is 1 plus 1 ? the answer is 2",

@@ -28,6 +28,7 @@ from .models import resolve_model
 from .tasks import TASKS, load_task
 from .trainer import ReasonMaxxerTrainer
 
+
 logger = logging.getLogger(__name__)
 
 FILE_BUILDERS = {".json": "json", ".jsonl": "json", ".parquet": "parquet", ".csv": "csv"}
@@ -103,8 +104,11 @@ def ignored_arguments(script_args, training_args, model_args) -> list[str]:
     messages = []
     if not model_args.use_peft:
         defaults = {f.name: f.default for f in dataclasses.fields(ModelConfig)}
-        changed = [n for n in ("lora_r", "lora_alpha", "lora_dropout", "lora_target_modules", "use_rslora", "use_dora")
-                   if getattr(model_args, n) != defaults[n]]  # fmt: skip
+        changed = [
+            n
+            for n in ("lora_r", "lora_alpha", "lora_dropout", "lora_target_modules", "use_rslora", "use_dora")
+            if getattr(model_args, n) != defaults[n]
+        ]
         if changed:
             messages.append(
                 f"{', '.join(changed)} ha{'ve' if len(changed) > 1 else 's'} no effect without --use_peft: the "

@@ -14,9 +14,9 @@ from functools import cached_property, partial
 from pathlib import Path
 
 import torch
+from accelerate import PartialState
 from accelerate.utils import gather_object
 from datasets import Dataset
-from accelerate import PartialState
 from peft import LoraConfig, PeftConfig, get_peft_model, prepare_model_for_kbit_training
 from torch.utils.data import SequentialSampler
 from transformers import AutoTokenizer, PreTrainedTokenizerBase, ProcessorMixin
@@ -34,6 +34,7 @@ from .losses import chunked_logps_and_kl, reasonmaxxer_loss
 from .rollouts import generate_completions, tokenize_prompt
 from .scoring import base_lm_head, check_lm_head, final_hidden_states, score_rollouts
 from .vllm_backend import VLLMRollouts, resolve_use_vllm
+
 
 logger = logging.getLogger(__name__)
 
@@ -153,9 +154,15 @@ class ReasonMaxxerTrainer(_BaseTrainer):
         # Seed before the adapter is created (Trainer seeds only later): its random init must not depend on what
         # ran before in the process, or a resumed run and an uninterrupted one would start from different adapters.
         _seed_everything(args)
-        for argument, value in (("tools", tools), ("rollout_func", rollout_func), ("environment_factory", environment_factory)):  # fmt: skip
+        for argument, value in (
+            ("tools", tools),
+            ("rollout_func", rollout_func),
+            ("environment_factory", environment_factory),
+        ):
             if value is not None:
-                raise ValueError(f"`{argument}` is a GRPO feature for agentic rollouts; ReasonMaxxer does not support it.")
+                raise ValueError(
+                    f"`{argument}` is a GRPO feature for agentic rollouts; ReasonMaxxer does not support it."
+                )
         if reward_processing_classes is not None:
             logger.warning("reward_processing_classes has no effect: ReasonMaxxer supports reward functions only.")
         if eval_dataset is not None:
@@ -168,7 +175,9 @@ class ReasonMaxxerTrainer(_BaseTrainer):
         self.reward_funcs = [resolve_reward_func(f) for f in funcs]
         needs_rewards = rollout_dataset is None or "reward" not in rollout_dataset.column_names
         if needs_rewards and not self.reward_funcs:
-            raise ValueError("reward_funcs is required: pass at least one reward function (e.g. math_accuracy_reward).")
+            raise ValueError(
+                "reward_funcs is required: pass at least one reward function (e.g. math_accuracy_reward)."
+            )
 
         if isinstance(model, str):
             init_kwargs = dict(args.model_init_kwargs or {})
@@ -231,10 +240,20 @@ class ReasonMaxxerTrainer(_BaseTrainer):
         prompts = self._prompt_ids() if self.rollout_dataset is None else self.rollout_dataset._fingerprint
         backend = ["vllm"] if self._use_vllm else []  # HF-generated caches predate the vLLM backend: same keys
         key = pool.fingerprint(
-            self._model_fingerprint, prompts, a.num_generations, a.temperature, a.top_p, a.top_k, a.min_p,
-            a.repetition_penalty, a.max_completion_length, a.generation_kwargs, a.seed, self._rollout_chunk_size,
+            self._model_fingerprint,
+            prompts,
+            a.num_generations,
+            a.temperature,
+            a.top_p,
+            a.top_k,
+            a.min_p,
+            a.repetition_penalty,
+            a.max_completion_length,
+            a.generation_kwargs,
+            a.seed,
+            self._rollout_chunk_size,
             *backend,
-        )  # fmt: skip
+        )
         return os.path.join(a.output_dir, "rollouts", key)
 
     @property
@@ -253,7 +272,8 @@ class ReasonMaxxerTrainer(_BaseTrainer):
     def _prompt_ids(self) -> list[list[int]]:
         if not hasattr(self, "_cached_prompt_ids"):
             self._cached_prompt_ids = [
-                tokenize_prompt(self._tokenizer, p, self.args.chat_template_kwargs) for p in self.prompt_dataset["prompt"]
+                tokenize_prompt(self._tokenizer, p, self.args.chat_template_kwargs)
+                for p in self.prompt_dataset["prompt"]
             ]
         return self._cached_prompt_ids
 
@@ -274,11 +294,20 @@ class ReasonMaxxerTrainer(_BaseTrainer):
             extra["min_p"] = a.min_p
         with use_adapter(self.model, None):
             return generate_completions(
-                self.model, self._tokenizer, [all_ids[i] for i in indices], num_generations=a.num_generations,
-                max_new_tokens=a.max_completion_length, temperature=a.temperature, top_p=a.top_p, top_k=a.top_k,
-                batch_size=a.rollout_batch_size, seed=a.seed + indices[0], desc="Rollouts", generation_kwargs=extra,
+                self.model,
+                self._tokenizer,
+                [all_ids[i] for i in indices],
+                num_generations=a.num_generations,
+                max_new_tokens=a.max_completion_length,
+                temperature=a.temperature,
+                top_p=a.top_p,
+                top_k=a.top_k,
+                batch_size=a.rollout_batch_size,
+                seed=a.seed + indices[0],
+                desc="Rollouts",
+                generation_kwargs=extra,
                 disable_progress=a.disable_tqdm,
-            )  # fmt: skip
+            )
 
     def _vllm_engine(self, cache: pool.ChunkCache, num_chunks: int) -> VLLMRollouts | None:
         """A vLLM engine when ``use_vllm`` and some process has chunks to generate; every process builds one then,
@@ -338,9 +367,14 @@ class ReasonMaxxerTrainer(_BaseTrainer):
         kwargs["log_metric"] = lambda name, value: self._metrics["train"][name].append(value)
         kwargs["log_extra"] = lambda column, values: None
         totals, per_func = pool.compute_rewards(
-            self.reward_funcs, self.args.reward_weights, prompts, completions,
-            [r["completion_ids"] for r in rows], kwargs, cache_hint,
-        )  # fmt: skip
+            self.reward_funcs,
+            self.args.reward_weights,
+            prompts,
+            completions,
+            [r["completion_ids"] for r in rows],
+            kwargs,
+            cache_hint,
+        )
         for i, row in enumerate(rows):
             row["completion"] = texts[i]
             row["reward"] = totals[i]
@@ -397,15 +431,23 @@ class ReasonMaxxerTrainer(_BaseTrainer):
         def score(sequences):
             with use_adapter(self.model, None):
                 return score_rollouts(
-                    self.model, sequences, self._tokenizer.pad_token_id, self.args.scoring_batch_size,
+                    self.model,
+                    sequences,
+                    self._tokenizer.pad_token_id,
+                    self.args.scoring_batch_size,
                     disable_progress=self.args.disable_tqdm,
-                )  # fmt: skip
+                )
 
         acc = self.accelerator
         mine = pool.score_pool(
-            score, rows, row_ids, self._cache(), self._rollout_chunk_size * self.args.num_generations,
-            rank=acc.process_index, world=acc.num_processes,
-        )  # fmt: skip
+            score,
+            rows,
+            row_ids,
+            self._cache(),
+            self._rollout_chunk_size * self.args.num_generations,
+            rank=acc.process_index,
+            world=acc.num_processes,
+        )
         return {i: scores for part in gather_object([mine]) for i, scores in part.items()}
 
     def train(self, resume_from_checkpoint=None, trial=None, ignore_keys_for_eval=None, **kwargs):
@@ -426,9 +468,10 @@ class ReasonMaxxerTrainer(_BaseTrainer):
     def _set_signature_columns_if_needed(self):
         if self._signature_columns is None:
             self._signature_columns = ["prompt_ids", "prompt_index"] + [
-                f"{side}_{key}" for side in ("chosen", "rejected")
+                f"{side}_{key}"
+                for side in ("chosen", "rejected")
                 for key in ("completion_ids", "fork_mask", "logps", "advantage", "weight")
-            ]  # fmt: skip
+            ]
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         if return_outputs:
@@ -460,9 +503,19 @@ class ReasonMaxxerTrainer(_BaseTrainer):
         base_logps = inputs["base_logps"][:, 1:]
         advantages = inputs["advantages"]
         loss, parts = reasonmaxxer_loss(
-            a.loss_type, logps, base_logps, advantages, fork, anchor, inputs["weights"], kl=kl, beta=a.beta,
-            epsilon=a.epsilon, dpo_beta=a.dpo_beta, neg_prob_floor=a.neg_prob_floor,
-        )  # fmt: skip
+            a.loss_type,
+            logps,
+            base_logps,
+            advantages,
+            fork,
+            anchor,
+            inputs["weights"],
+            kl=kl,
+            beta=a.beta,
+            epsilon=a.epsilon,
+            dpo_beta=a.dpo_beta,
+            neg_prob_floor=a.neg_prob_floor,
+        )
         self._log_batch_metrics(parts, logps.detach() - base_logps, advantages, fork, completion)
         return loss
 
@@ -513,8 +566,9 @@ class ReasonMaxxerTrainer(_BaseTrainer):
         with open(path, "w", encoding="utf-8") as f:
             f.write(hub.insert_section(card, section))
 
-    def push_to_hub(self, commit_message="End of training", blocking=True, token=None, revision=None, private=None,
-                    **kwargs):  # fmt: skip
+    def push_to_hub(
+        self, commit_message="End of training", blocking=True, token=None, revision=None, private=None, **kwargs
+    ):
         """Upload the adapter, tokenizer files and model card in ``output_dir`` to ``hub_model_id`` (not the rollout
         cache or checkpoints). Everything is saved locally first: a failed upload raises
         [`~trl_reasonmaxxer.hub.HubPushError`] naming the folder and the command to retry, and loses nothing."""
@@ -532,10 +586,14 @@ class ReasonMaxxerTrainer(_BaseTrainer):
                 self.init_hf_repo(token=token, private=private)
             self._finish_current_push()
             return hf_api().upload_folder(
-                repo_id=self.hub_model_id, folder_path=a.output_dir, commit_message=commit_message,
-                token=token if token is not None else a.hub_token, run_as_future=not blocking,
-                ignore_patterns=hub.HUB_IGNORE_PATTERNS, revision=revision if revision is not None else a.hub_revision,
-            )  # fmt: skip
+                repo_id=self.hub_model_id,
+                folder_path=a.output_dir,
+                commit_message=commit_message,
+                token=token if token is not None else a.hub_token,
+                run_as_future=not blocking,
+                ignore_patterns=hub.HUB_IGNORE_PATTERNS,
+                revision=revision if revision is not None else a.hub_revision,
+            )
         except Exception as err:
             repo_id = self.hub_model_id or a.hub_model_id or Path(a.output_dir).absolute().name
             raise hub.HubPushError(hub.push_failed_message(err, repo_id, a.output_dir)) from err

@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import gc
 import logging
-from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 
 import torch
 
 from .rollouts import completion_row, eos_token_ids
+
 
 logger = logging.getLogger(__name__)
 
@@ -39,8 +40,9 @@ def resolve_use_vllm(use_vllm: bool) -> bool:
         return use_vllm
     logger.warning(
         "use_vllm=True but vLLM is not installed: the rollouts are generated with transformers' generate instead "
-        "(the same rows, slower). Install vLLM with `%s` to use it.", INSTALL_HINT,
-    )  # fmt: skip
+        "(the same rows, slower). Install vLLM with `%s` to use it.",
+        INSTALL_HINT,
+    )
     return False
 
 
@@ -92,9 +94,11 @@ class VLLMRollouts:
 
             # plain HTTP requests: no NCCL weight-sync group is opened, since the served base model never changes
             self.client = VLLMClient(
-                base_url=args.vllm_server_base_url, host=args.vllm_server_host, server_port=args.vllm_server_port,
+                base_url=args.vllm_server_base_url,
+                host=args.vllm_server_host,
+                server_port=args.vllm_server_port,
                 connection_timeout=args.vllm_server_timeout,
-            )  # fmt: skip
+            )
             return
         if accelerator.num_processes > 1 and args.vllm_tensor_parallel_size > 1:
             raise ValueError(

@@ -12,6 +12,7 @@ from .decoding import AdapterDisabled, guided_greedy, make_policy
 from .divergence import classify_rank, summarize_divergence, token_rank
 from .report import AnalysisConfig, format_table, run_analysis, save_report
 
+
 __all__ = [
     "AdapterDisabled",
     "AnalysisConfig",

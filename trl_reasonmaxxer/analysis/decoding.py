@@ -22,6 +22,7 @@ from trl.trainer.utils import entropy_from_logits, use_adapter
 
 from .divergence import token_rank
 
+
 BASE, ORACLE, ENTROPY, RANDOM = "base", "oracle", "entropy", "random"
 POLICIES = (BASE, ORACLE, ENTROPY, RANDOM)
 

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 
 import torch
 
+
 UNSHIFTED, RERANKED, SHIFTED = "unshifted", "reranked", "shifted"
 CLASSES = (UNSHIFTED, RERANKED, SHIFTED)
 
@@ -69,4 +70,3 @@ def summarize_divergence(ranks: Sequence[int], entropies: Sequence[float], top_k
     summary["median_rank_changed"] = float(torch.tensor(changed).float().median()) if changed else None
     summary["rank_histogram"] = rank_histogram(ranks)
     return summary
-

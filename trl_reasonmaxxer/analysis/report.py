@@ -20,6 +20,7 @@ from .calibration import calibration_report
 from .decoding import BASE, ENTROPY, ORACLE, POLICIES, RANDOM, guided_greedy, make_policy
 from .divergence import CLASSES, RERANKED, SHIFTED, UNSHIFTED, classify_rank, summarize_divergence
 
+
 TEACHER = "teacher"
 # bar-chart and table order: the paper's Fig. 2
 ORDER = (BASE, RANDOM, ENTROPY, ORACLE, TEACHER)
@@ -133,10 +134,17 @@ def run_analysis(
         decoded[TEACHER] = [
             g[0]
             for g in generate_completions(
-                teacher, tokenizer, prompt_ids, 1, config.max_new_tokens, do_sample=False,
-                batch_size=config.batch_size, seed=None, desc=TEACHER,
+                teacher,
+                tokenizer,
+                prompt_ids,
+                1,
+                config.max_new_tokens,
+                do_sample=False,
+                batch_size=config.batch_size,
+                seed=None,
+                desc=TEACHER,
             )
-        ]  # fmt: skip
+        ]
     graded = {
         name: [g[0] for g in grade_completions(rows, [[d] for d in runs], tokenizer, reward_fn)]
         for name, runs in decoded.items()
@@ -153,7 +161,9 @@ def run_analysis(
         "config": asdict(config),
         "num_problems": len(rows),
         "divergence": divergence,
-        "interventions": {name: intervention_summary(decoded[name], graded[name]) for name in ORDER if name in decoded},
+        "interventions": {
+            name: intervention_summary(decoded[name], graded[name]) for name in ORDER if name in decoded
+        },
         "calibration": calibration,
         "records": _records(rows, decoded, graded, config.top_k),
     }
@@ -172,8 +182,12 @@ def _records(rows, decoded, graded, top_k) -> list[dict]:
         record = {"id": row.get("id", str(i)), "solution": row["solution"]}
         for name, runs in decoded.items():
             g, d = graded[name][i], runs[i]
-            record[name] = {"answer": g["answer"], "correct": g["correct"], "tokens": len(d["completion_ids"]),
-                            "text": g["text"]}  # fmt: skip
+            record[name] = {
+                "answer": g["answer"],
+                "correct": g["correct"],
+                "tokens": len(d["completion_ids"]),
+                "text": g["text"],
+            }
             if "gated" in d:
                 record[name]["gated_positions"] = [j for j, x in enumerate(d["gated"]) if x]
         base = decoded[BASE][i]
@@ -263,8 +277,14 @@ def plot_entropy_by_class(report: dict, path: str) -> str:
     bins = [top * i / 30 for i in range(31)]
     for name, color in zip(CLASSES, ("#4C72B0", "#DD8452", "#C44E52")):
         if by_class[name]:
-            ax.hist(by_class[name], bins=bins, density=True, alpha=0.55, color=color,
-                    label=f"{name} (n={len(by_class[name])})")  # fmt: skip
+            ax.hist(
+                by_class[name],
+                bins=bins,
+                density=True,
+                alpha=0.55,
+                color=color,
+                label=f"{name} (n={len(by_class[name])})",
+            )
     ratio = report["divergence"]["entropy_ratio"]
     ax.set_title("Base entropy by position class" + (f" (reranked/unshifted = {ratio:.2f}x)" if ratio else ""))
     ax.set_xlabel("base entropy (nats)")
@@ -283,8 +303,11 @@ def plot_rank_histogram(divergence: dict, path: str) -> str:
     ax.set_xlabel(f"rank of the teacher's token under the base (dashed: top-{divergence['top_k']})")
     ax.set_ylabel("positions")
     mean = divergence["mean_rank_reranked"]
-    ax.set_title(f"Teacher token's base rank, {sum(hist.values())} disagreements"
-                 + (f" (reranked mean {mean:.2f})" if mean else ""), fontsize=10)  # fmt: skip
+    ax.set_title(
+        f"Teacher token's base rank, {sum(hist.values())} disagreements"
+        + (f" (reranked mean {mean:.2f})" if mean else ""),
+        fontsize=10,
+    )
     return _save(fig, path)
 
 
