@@ -37,6 +37,7 @@ from trl.trainer.utils import create_model_from_path, disable_dropout_in_model, 
 from . import gating, hub, pool, selection
 from .collator import DataCollatorForForkPairs, build_pairs
 from .config import ReasonMaxxerConfig
+from .evaluation import check_model_path
 from .losses import chunked_logps_and_kl, reasonmaxxer_loss
 from .rollouts import generate_completions, tokenize_prompt
 from .scoring import base_lm_head, check_lm_head, final_hidden_states, score_rollouts
@@ -241,6 +242,7 @@ class ReasonMaxxerTrainer(_BaseTrainer):
             elif args.world_size > 1:
                 init_kwargs.setdefault("device_map", None)  # "auto" would spread each rank's copy over every GPU
             init_kwargs.setdefault("trust_remote_code", args.trust_remote_code)
+            check_model_path(model)
             model = create_model_from_path(model, **init_kwargs)
         elif quantization_config is not None:
             raise ValueError("quantization_config needs `model` as an id or path: the model is already loaded.")
