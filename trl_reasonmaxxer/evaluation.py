@@ -11,6 +11,7 @@ import json
 import math
 import os
 import time
+import warnings
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 
@@ -364,7 +365,10 @@ def _check_adapter_fits(config, weights_file: str | None, name: str, model_path:
         f" (it was trained on {base_name!r})" if base_name else ""
     )
     try:
-        expected = {k: tuple(v.shape) for k, v in get_peft_model_state_dict(get_peft_model(base, config)).items()}
+        with warnings.catch_warnings():  # PEFT warns that the base differs from base_model_name_or_path
+            warnings.simplefilter("ignore")
+            peft_model = get_peft_model(base, config)
+        expected = {k: tuple(v.shape) for k, v in get_peft_model_state_dict(peft_model).items()}
     except Exception as err:
         raise ValueError(f"{mismatch}: {err}") from err
     if weights_file is None or not weights_file.endswith(".safetensors"):

@@ -879,8 +879,7 @@ def _check_prompt_dataset(dataset) -> None:
         raise ValueError(
             f"train_dataset has {len(bad)} prompt{'s' if len(bad) > 1 else ''} nothing can be sampled from: {found}. "
             "A prompt is a non-empty string or a list of chat messages like [{'role': 'user', 'content': '...'}]. "
-            "Fix or drop those rows first, e.g. train_dataset = train_dataset.select(i for i in "
-            f"range(len(train_dataset)) if i not in {set(bad[:3])}{' | ...' if len(bad) > 3 else ''})."
+            "Fix or drop those rows first, e.g. with train_dataset.select(rows to keep)."
         )
 
 
@@ -920,9 +919,9 @@ def check_rollout_dataset(dataset, vocab_size: int | None, num_prompts: int | No
             if pc.any(mismatch).as_py():
                 rows = [i for i, bad in enumerate(mismatch.to_pylist()) if bad]
                 raise ValueError(
-                    f"rollout_dataset rows {_rows(rows)} have a `{column}` whose length differs from their "
-                    "`completion_ids` (one score per completion token is needed). Drop the `entropy` and `logps` "
-                    "columns to have them scored again."
+                    f"rollout_dataset rows {_rows(rows)}: `{column}` and `completion_ids` differ in length (one "
+                    "score per completion token is needed). Drop the `entropy` and `logps` columns to have them "
+                    "scored again."
                 )
     if "reward" not in dataset.column_names and num_prompts is not None:
         outside = [i for i, p in enumerate(dataset["prompt_index"]) if not 0 <= p < num_prompts]
@@ -1031,13 +1030,13 @@ def _log_cache_use(root: str) -> None:
     others = [n for n in os.listdir(parent) if n != os.path.basename(root)] if os.path.isdir(parent) else []
     if others:
         logger.warning(
-            "Sampling new rollouts into %s: the %d other rollout cache%s in %s belong%s to other base weights, "
-            "prompts or sampling settings, and are not reused.",
+            "Sampling new rollouts into %s; %d other rollout cache%s in %s (other base weights, prompts or sampling "
+            "settings) %s not reused.",
             root,
             len(others),
             "s" if len(others) > 1 else "",
             parent,
-            "" if len(others) > 1 else "s",
+            "are" if len(others) > 1 else "is",
         )
 
 
