@@ -148,6 +148,18 @@ def test_fork_topk_without_rollout_scope_warns(tmp_path, caplog):  # C16
     assert "fork_topk=1 has no effect with fork_scope='pool'" in caplog.text
 
 
+def test_a_grpo_config_is_refused_with_the_rename(tiny_model_dir, tmp_path):
+    from trl import GRPOConfig
+
+    with pytest.raises(TypeError, match=r"args must be a ReasonMaxxerConfig, got GRPOConfig.*rename GRPOConfig"):
+        ReasonMaxxerTrainer(
+            tiny_model_dir,
+            alternating_reward,
+            args=GRPOConfig(str(tmp_path), use_cpu=True),
+            train_dataset=chat_prompts(1),
+        )
+
+
 def test_eval_strategy_is_reset_to_no_and_training_runs(tiny_model_dir, tmp_path, caplog):  # C32, L15
     with caplog.at_level(logging.WARNING, logger="trl_reasonmaxxer.trainer"):
         trainer = make_trainer(tiny_model_dir, tmp_path, eval_strategy="steps", eval_steps=1)

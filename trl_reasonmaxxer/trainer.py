@@ -178,6 +178,11 @@ class ReasonMaxxerTrainer(_BaseTrainer):
         if args is None:
             name = model if isinstance(model, str) else model.config._name_or_path
             args = ReasonMaxxerConfig(f"{Path(name or 'model').name}-ReasonMaxxer")
+        if not isinstance(args, ReasonMaxxerConfig):
+            raise TypeError(
+                f"args must be a ReasonMaxxerConfig, got {type(args).__name__}. ReasonMaxxerConfig takes every "
+                "GRPOConfig argument: rename GRPOConfig(...) to ReasonMaxxerConfig(...) (its defaults are the paper's)."
+            )
         # Seed before the adapter is created (Trainer seeds only later): its random init must not depend on what
         # ran before in the process, or a resumed run and an uninterrupted one would start from different adapters.
         _seed_everything(args)
