@@ -131,7 +131,8 @@ class ReasonMaxxerConfig(GRPOConfig):
         `"adv_ce"`: the paper's loss, mean over forks of `-A·log π(token)` plus `beta` × mean KL(π_base ‖ π) over
         the other valid positions. `"adv_ratio"`: a bounded variant, PPO's clipped surrogate with the base model as
         the old policy (`epsilon`). `"fork_dpo"`: a bounded pairwise loss, `-log σ(dpo_beta · margin)` where margin is
-        the chosen-minus-rejected mean fork-token log-ratio to the base. GRPO loss names fall back to `"adv_ce"`.
+        the chosen-minus-rejected mean fork-token log-ratio to the base. GRPO loss names (`"dapo"`, `"grpo"`, ...)
+        fall back to `"adv_ce"` with a warning; any other name is an error.
     beta (`float`, *optional*, defaults to `0.2`):
         Weight of the KL anchor to the base model (the reference is the same model with the adapter disabled).
     epsilon (`float`, *optional*, defaults to `0.2`):
