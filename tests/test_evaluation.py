@@ -10,6 +10,8 @@ from datasets import Dataset
 from trl_reasonmaxxer import evaluation
 from trl_reasonmaxxer.evaluation import (
     avg_at_k,
+    check_adapter,
+    check_model_path,
     evaluate,
     load_model_for_eval,
     maj_at_k,
@@ -221,6 +223,100 @@ def test_load_model_for_eval_with_a_lora_adapter(tiny_model_dir, tmp_path, tiny,
 
     with pytest.raises(ValueError, match="Unknown dtype 'float17'"):
         load_model_for_eval(tiny_model_dir, dtype="float17")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Bad model and adapter paths (checked before any evaluation)
+
+
+def save_adapter(model_dir, folder, target_modules=("q_proj", "v_proj")) -> str:
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(model_dir)
+    get_peft_model(model, LoraConfig(r=2, target_modules=list(target_modules))).save_pretrained(str(folder))
+    return str(folder)
+
+
+def test_check_adapter_names_what_is_wrong(tiny_model_dir, tmp_path):  # D-3
+    good = save_adapter(tiny_model_dir, tmp_path / "good")
+    check_adapter(good, tiny_model_dir)
+    with pytest.raises(FileNotFoundError, match=r"Adapter folder 'nope' does not exist"):
+        check_adapter("nope", tiny_model_dir)
+    with pytest.raises(ValueError, match=r"is a full model folder, not a PEFT adapter.*--model"):
+        check_adapter(tiny_model_dir, tiny_model_dir)
+    (tmp_path / "run" / "checkpoint-2").mkdir(parents=True)
+    with pytest.raises(ValueError, match=r"no adapter_config.json.*Its checkpoints \(checkpoint-2\)"):
+        check_adapter(str(tmp_path / "run"), tiny_model_dir)
+    broken = save_adapter(tiny_model_dir, tmp_path / "broken")
+    (tmp_path / "broken" / "adapter_config.json").write_text('{"peft_type": "LO')
+    with pytest.raises(ValueError, match=r"adapter_config.json cannot be read"):
+        check_adapter(broken, tiny_model_dir)
+    unsaved = save_adapter(tiny_model_dir, tmp_path / "unsaved")
+    (tmp_path / "unsaved" / "adapter_model.safetensors").unlink()
+    with pytest.raises(ValueError, match=r"has no adapter_model.safetensors"):
+        check_adapter(unsaved, tiny_model_dir)
+
+
+def test_check_adapter_refuses_an_adapter_of_another_base(tiny_model_dir, tmp_path):  # D-3
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from trl_reasonmaxxer.testing import make_tiny_tokenizer
+
+    wider = AutoConfig.for_model(
+        "llama",
+        vocab_size=len(make_tiny_tokenizer()),
+        hidden_size=32,
+        intermediate_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+    )
+    AutoModelForCausalLM.from_config(wider).save_pretrained(str(tmp_path / "wider"))
+    adapter = save_adapter(str(tmp_path / "wider"), tmp_path / "adapter")
+    with pytest.raises(
+        ValueError, match=r"does not fit the model .*q_proj.lora_A.weight is \(2, 32\) in the adapter "
+    ):
+        check_adapter(adapter, tiny_model_dir)
+    with pytest.raises(ValueError, match=r"does not fit the model"):  # load_model_for_eval checks first too
+        load_model_for_eval(tiny_model_dir, adapter, device="cpu")
+
+
+def test_check_model_path(tiny_model_dir, tmp_path):  # L5
+    check_model_path(tiny_model_dir)
+    check_model_path("Qwen/Qwen2.5-0.5B-Instruct")  # a Hub id passes through
+    with pytest.raises(FileNotFoundError, match=r"Model folder '/no/such/dir' does not exist"):
+        check_model_path("/no/such/dir")
+    adapter = save_adapter(tiny_model_dir, tmp_path / "adapter")
+    with pytest.raises(ValueError, match=r"has no config.json.*It is a PEFT adapter: pass it as --adapter"):
+        check_model_path(adapter)
+
+
+def test_eval_cli_checks_adapters_before_the_base_evaluation_and_saves_each_model(
+    tiny_model_dir, tmp_path, monkeypatch
+):  # D-3, L6
+    from trl_reasonmaxxer import cli
+
+    calls = []
+
+    def fake_evaluate(model, tokenizer, data, desc, **kwargs):
+        calls.append(desc)
+        if len(calls) == 2:
+            raise RuntimeError("CUDA out of memory (stand-in)")
+        return {"summary": {"pass@1": 0.5, "pass@1_stderr": 0.1}, "records": []}
+
+    monkeypatch.setattr(evaluation, "evaluate", fake_evaluate)
+    monkeypatch.setattr(evaluation, "load_model_for_eval", lambda model, adapter: (None, None))
+    out = tmp_path / "ev"
+    argv = ["eval", "--model", tiny_model_dir, "--num-problems", "2", "--output-dir", str(out)]
+    good = save_adapter(tiny_model_dir, tmp_path / "good")
+    with pytest.raises(FileNotFoundError, match="'nope' does not exist"):
+        cli.main([*argv, "--adapter", good, "--adapter", "nope"])
+    assert calls == [] and not out.exists()
+    with pytest.raises(RuntimeError, match="stand-in"):
+        cli.main([*argv, "--adapter", good])
+    assert calls == ["base", good]
+    assert list(json.loads((out / "eval.json").read_text())) == ["base"]  # the base evaluation is kept
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -70,3 +70,23 @@ def test_same_seed_gives_the_same_adapter_init_whatever_ran_before(tiny_model_di
     assert all(torch.equal(first[n], second[n]) for n in first)
     other = adapter(make_trainer(tiny_model_dir, tmp_path / "c", seed=1))
     assert any(not torch.equal(first[n], other[n]) for n in first if "lora_A" in n)
+
+
+def test_resume_skips_a_checkpoint_cut_off_mid_save(tiny_model_dir, tmp_path, caplog):  # audit D-8
+    uninterrupted = make_trainer(tiny_model_dir, tmp_path / "straight")
+    uninterrupted.train()
+    run_dir = tmp_path / "cut"
+    make_trainer(tiny_model_dir, run_dir, save_strategy="steps", save_steps=2).train()
+    for name in ("trainer_state.json", "optimizer.pt"):  # what a kill during the save of checkpoint-4 leaves out
+        os.remove(run_dir / "checkpoint-4" / name)
+
+    resumed = make_trainer(tiny_model_dir, run_dir, save_strategy="steps", save_steps=2)
+    with pytest.raises(ValueError, match=r"checkpoint-4 is incomplete.*Resume from .*checkpoint-2"):
+        resumed.train(resume_from_checkpoint=str(run_dir / "checkpoint-4"))
+    with caplog.at_level("WARNING", logger="trl_reasonmaxxer.trainer"):
+        resumed.train(resume_from_checkpoint=True)
+    assert "Skipping incomplete checkpoint" in caplog.text and "resuming from" in caplog.text
+    assert resumed.state.global_step == 4
+    expected = adapter(uninterrupted)
+    for name, value in adapter(resumed).items():
+        assert torch.allclose(value, expected[name], atol=1e-6, rtol=0), name

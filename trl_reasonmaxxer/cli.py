@@ -31,14 +31,28 @@ def _demo(ns: argparse.Namespace) -> None:
 
 
 def _eval(ns: argparse.Namespace) -> None:
-    from .evaluation import evaluate, load_model_for_eval, plot_comparison, save_results
+    from .evaluation import (
+        check_adapter,
+        check_model_path,
+        evaluate,
+        load_model_for_eval,
+        plot_comparison,
+        save_results,
+    )
     from .models import resolve_model
+
+    # every path is checked before the base evaluation runs, and results are written after each model
+    model_path = resolve_model(ns.model)
+    check_model_path(model_path)
+    for adapter in ns.adapter:
+        check_adapter(adapter, model_path)
     from .tasks import load_task
 
     data = load_task(ns.task, ns.split, num_problems=ns.num_problems, seed=ns.seed, prompt_style=ns.prompt_style)
     results = {}
+    os.makedirs(ns.output_dir, exist_ok=True)
     for adapter in [None, *ns.adapter]:
-        model, tokenizer = load_model_for_eval(resolve_model(ns.model), adapter)
+        model, tokenizer = load_model_for_eval(model_path, adapter)
         name = adapter or "base"
         results[name] = evaluate(
             model,
@@ -52,8 +66,7 @@ def _eval(ns: argparse.Namespace) -> None:
         )
         s = results[name]["summary"]
         print(f"{name}: pass@1 {s['pass@1']:.3f} ± {s['pass@1_stderr']:.3f}" if "pass@1" in s else name, flush=True)
-    os.makedirs(ns.output_dir, exist_ok=True)
-    save_results(results, os.path.join(ns.output_dir, "eval.json"))
+        save_results(results, os.path.join(ns.output_dir, "eval.json"))
     if len(results) > 1 and ns.num_samples:
         plot_comparison(results, os.path.join(ns.output_dir, "eval.png"))
 

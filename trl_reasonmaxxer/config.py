@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
+import math
+import numbers
 from dataclasses import dataclass, field
 
 import torch
@@ -68,7 +71,8 @@ class ReasonMaxxerConfig(GRPOConfig):
         Rollouts per prompt. At least 2: selection needs both successes and failures of the same prompt.
     temperature (`float`, *optional*, defaults to `0.6`) and top_p (`float`, *optional*, defaults to `0.95`):
         Sampling settings of the rollouts. `top_k`, `min_p`, `repetition_penalty` and `generation_kwargs` are
-        passed to `generate` too.
+        passed to `generate` too; as in GRPO, a `generation_kwargs` key naming one of these settings (or
+        `max_new_tokens`) overrides it.
     max_completion_length (`int`, *optional*, defaults to `512`):
         Maximum new tokens per rollout; a rollout that hits it is flagged `truncated`.
     rollout_batch_size (`int`, *optional*, defaults to `32`):
@@ -127,7 +131,8 @@ class ReasonMaxxerConfig(GRPOConfig):
         `"adv_ce"`: the paper's loss, mean over forks of `-A·log π(token)` plus `beta` × mean KL(π_base ‖ π) over
         the other valid positions. `"adv_ratio"`: a bounded variant, PPO's clipped surrogate with the base model as
         the old policy (`epsilon`). `"fork_dpo"`: a bounded pairwise loss, `-log σ(dpo_beta · margin)` where margin is
-        the chosen-minus-rejected mean fork-token log-ratio to the base. GRPO loss names fall back to `"adv_ce"`.
+        the chosen-minus-rejected mean fork-token log-ratio to the base. GRPO loss names (`"dapo"`, `"grpo"`, ...)
+        fall back to `"adv_ce"` with a warning; any other name is an error.
     beta (`float`, *optional*, defaults to `0.2`):
         Weight of the KL anchor to the base model (the reference is the same model with the adapter disabled).
     epsilon (`float`, *optional*, defaults to `0.2`):
@@ -197,28 +202,19 @@ class ReasonMaxxerConfig(GRPOConfig):
     def __post_init__(self):
         if self.bf16 is None:
             self.bf16 = not self.fp16 and not self.use_cpu and _bf16_supported()
-        if self.num_generations is None or self.num_generations < 2:
-            raise ValueError(
-                f"num_generations must be at least 2 (got {self.num_generations}): selection keeps prompts with "
-                "both correct and incorrect rollouts. The paper uses 20."
-            )
-        if self.loss_type not in LOSS_TYPES:
-            logger.warning(
-                "loss_type=%r is a GRPO loss; ReasonMaxxer trains offline and uses 'adv_ce' instead (choices: %s).",
-                self.loss_type,
-                ", ".join(LOSS_TYPES),
-            )
-            self.loss_type = "adv_ce"
-        if isinstance(self.pad_to_multiple_of, str):  # GRPOConfig's "auto", or a CLI string
-            value = self.pad_to_multiple_of.lower()
-            self.pad_to_multiple_of = None if value in ("auto", "none", "null") else int(value)
+        _check_loss_type(self)
+        _apply_generation_kwargs(self)
+        _check_sizes_and_ranges(self)
         _check_choice("fork_gate", self.fork_gate, FORK_GATES)
         _check_choice("fork_scope", self.fork_scope, FORK_SCOPES)
         _check_choice("vllm_mode", self.vllm_mode, VLLM_MODES)
-        if not 0.0 < self.fork_fraction <= 1.0:
-            raise ValueError(f"fork_fraction must be in (0, 1], got {self.fork_fraction}.")
-        if self.max_problems < 1:
-            raise ValueError(f"max_problems must be >= 1, got {self.max_problems}.")
+        if self.fork_topk is not None and self.fork_scope != "rollout":
+            logger.warning(
+                "fork_topk=%d has no effect with fork_scope=%r: it gates a fixed number of positions per rollout "
+                "only with fork_scope='rollout' (fork_scope='pool' uses fork_fraction or fork_threshold).",
+                self.fork_topk,
+                self.fork_scope,
+            )
         try:
             # GRPOConfig.__post_init__ would size GRPO's generation batches (num_generations must divide them);
             # the offline method has none, so only the base config's checks apply.
@@ -231,6 +227,207 @@ class ReasonMaxxerConfig(GRPOConfig):
             raise
         for name in ignored_grpo_arguments(self):
             logger.warning("%s=%r has no effect in ReasonMaxxer (a GRPO-only argument).", name, getattr(self, name))
+
+
+# GRPO's loss names: a GRPO script may set one, and it falls back to ReasonMaxxer's default with a warning
+GRPO_LOSS_TYPES = ("grpo", "dr_grpo", "dapo", "bnpo", "cispo", "sapo", "luspo", "vespo")
+# generation_kwargs keys that are this config's own sampling fields: as in GRPO, the generation_kwargs value wins
+GENERATION_KWARGS_FIELDS = {
+    "temperature": "temperature",
+    "top_p": "top_p",
+    "top_k": "top_k",
+    "min_p": "min_p",
+    "repetition_penalty": "repetition_penalty",
+    "max_new_tokens": "max_completion_length",  # HF generate's name
+    "max_tokens": "max_completion_length",  # vLLM's name
+}
+# generation_kwargs keys the offline rollouts set themselves, and what to use instead
+GENERATION_KWARGS_REFUSED = {
+    "num_return_sequences": "num_generations",
+    "n": "num_generations",
+    "max_length": "max_completion_length (new tokens per rollout)",
+    "seed": "seed",
+    "pad_token_id": "the tokenizer's pad token (processing_class)",
+    "eos_token_id": "the tokenizer's EOS and the model's generation_config.eos_token_id",
+    "return_dict_in_generate": "nothing: the rollouts keep the generated token ids only",
+}
+
+
+def _check_loss_type(config) -> None:
+    """ReasonMaxxer's losses are kept; a GRPO loss name falls back to ``adv_ce`` with a warning; anything else
+    (a typo) is an error, since training the default loss instead would go unnoticed."""
+    if config.loss_type in LOSS_TYPES:
+        return
+    if config.loss_type in GRPO_LOSS_TYPES:
+        logger.warning(
+            "loss_type=%r is a GRPO loss; ReasonMaxxer trains offline and uses 'adv_ce' instead (choices: %s).",
+            config.loss_type,
+            ", ".join(LOSS_TYPES),
+        )
+        config.loss_type = "adv_ce"
+        return
+    raise ValueError(
+        f"loss_type must be one of {', '.join(LOSS_TYPES)} (or a GRPO loss name, {', '.join(GRPO_LOSS_TYPES)}, "
+        f"which falls back to 'adv_ce'); got {config.loss_type!r}."
+    )
+
+
+def _check_int(name: str, value, minimum: int, optional: bool = False, hint: str = "") -> None:
+    if value is None and optional:
+        return
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be an integer{' or None' if optional else ''}, got {value!r}.")
+    if value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value}.{' ' + hint if hint else ''}")
+
+
+def _check_float(
+    name: str,
+    value,
+    low: float | None = None,
+    high: float | None = None,
+    low_open: bool = False,
+    high_open: bool = False,
+    optional: bool = False,
+    hint: str = "",
+) -> None:
+    if value is None and optional:
+        return
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a number{' or None' if optional else ''}, got {value!r}.")
+    too_low = low is not None and (value <= low if low_open else value < low)
+    too_high = high is not None and (value >= high if high_open else value > high)
+    if math.isnan(value) or too_low or too_high:
+        interval = f"{'(' if low_open else '['}{'-inf' if low is None else low}, "
+        interval += f"{'inf' if high is None else high}{')' if high_open or high is None else ']'}"
+        raise ValueError(f"{name} must be in {interval}, got {value}.{' ' + hint if hint else ''}")
+
+
+def _check_sizes_and_ranges(config) -> None:
+    """Types and ranges of every size and weight the offline method reads: a value outside its range would be
+    accepted and mean something else (a negative ``beta`` drops the KL anchor, a negative ``dpo_beta`` reverses
+    the preference), or fail much later with an unrelated message."""
+    if isinstance(config.num_generations, bool) or not isinstance(config.num_generations, numbers.Integral):
+        if config.num_generations is not None:
+            raise TypeError(f"num_generations must be an integer, got {config.num_generations!r}.")
+    if config.num_generations is None or config.num_generations < 2:
+        raise ValueError(
+            f"num_generations must be at least 2 (got {config.num_generations}): selection keeps prompts with "
+            "both correct and incorrect rollouts. The paper uses 20."
+        )
+    _check_int("max_problems", config.max_problems, 1)
+    _check_int("rollout_batch_size", config.rollout_batch_size, 0, hint="(0 means one prompt per generate call.)")
+    _check_int("rollout_chunk_size", config.rollout_chunk_size, 1, optional=True, hint="None picks a default.")
+    _check_int("scoring_batch_size", config.scoring_batch_size, 1)
+    _check_int("per_device_train_batch_size", config.per_device_train_batch_size, 1)
+    _check_int("gradient_accumulation_steps", config.gradient_accumulation_steps, 1)
+    _check_int("max_completion_length", config.max_completion_length, 1, optional=True)
+    _check_int(
+        "fork_topk",
+        config.fork_topk,
+        1,
+        optional=True,
+        hint="It is the number of fork positions gated per rollout with fork_scope='rollout'; None uses "
+        "fork_fraction.",
+    )
+    if isinstance(config.pad_to_multiple_of, str):  # GRPOConfig's "auto", or a CLI string
+        value = config.pad_to_multiple_of.strip().lower()
+        if value in ("auto", "none", "null"):
+            config.pad_to_multiple_of = None
+        elif value.isdigit():
+            config.pad_to_multiple_of = int(value)
+        else:
+            raise ValueError(
+                f"pad_to_multiple_of must be a positive integer, None or 'auto'; got {config.pad_to_multiple_of!r}."
+            )
+    _check_int("pad_to_multiple_of", config.pad_to_multiple_of, 1, optional=True)
+    _check_float(
+        "temperature",
+        config.temperature,
+        0.0,
+        low_open=True,
+        hint=(
+            "Rollouts are sampled: use a small positive temperature (e.g. 0.1) for near-greedy sampling; greedy "
+            "decoding would make a prompt's rollouts identical, so no prompt would have mixed success."
+        ),
+    )
+    _check_float("top_p", config.top_p, 0.0, 1.0, low_open=True)
+    _check_float("beta", config.beta, 0.0, hint="It weights the KL anchor; 0 disables it.")
+    _check_float(
+        "epsilon",
+        config.epsilon,
+        0.0,
+        low_open=config.loss_type == "adv_ratio",
+        hint=("It is the clip range of loss_type='adv_ratio'."),
+    )
+    _check_float(
+        "dpo_beta",
+        config.dpo_beta,
+        0.0,
+        low_open=True,
+        hint=("It is the inverse temperature of loss_type='fork_dpo'; a negative value would reverse the preference."),
+    )
+    _check_float(
+        "advantage_clip",
+        config.advantage_clip,
+        0.0,
+        low_open=True,
+        hint=(
+            "Advantages are clipped to +-advantage_clip; 0 would zero every advantage and leave no pair to train on."
+        ),
+    )
+    _check_float("fork_fraction", config.fork_fraction, 0.0, 1.0, low_open=True)
+    _check_float("fork_threshold", config.fork_threshold, optional=True)
+    _check_float(
+        "neg_prob_floor",
+        config.neg_prob_floor,
+        0.0,
+        1.0,
+        low_open=True,
+        high_open=True,
+        optional=True,
+        hint=(
+            "It is a probability below which a negative-advantage fork token stops being pushed down; None is the "
+            "paper's unbounded loss."
+        ),
+    )
+
+
+def _apply_generation_kwargs(config) -> None:
+    """``generation_kwargs`` override the config's own sampling fields, as in GRPO; keys the offline rollouts set
+    themselves are refused with what to use instead."""
+    kwargs = config.generation_kwargs
+    if isinstance(kwargs, str) and kwargs.strip().startswith("{"):  # a JSON string from the command line
+        kwargs = json.loads(kwargs)
+    if not kwargs:
+        config.generation_kwargs = None
+        return
+    if not isinstance(kwargs, dict):
+        raise TypeError(f"generation_kwargs must be a dict, got {type(kwargs).__name__}.")
+    refused = {k: GENERATION_KWARGS_REFUSED[k] for k in kwargs if k in GENERATION_KWARGS_REFUSED}
+    if refused:
+        raise ValueError(
+            "generation_kwargs sets what ReasonMaxxer's rollouts set themselves: "
+            + "; ".join(f"{k!r} (use {instead})" for k, instead in refused.items())
+            + "."
+        )
+    if "do_sample" in kwargs:
+        if not kwargs["do_sample"]:
+            raise ValueError(
+                "generation_kwargs={'do_sample': False} asks for greedy rollouts, but ReasonMaxxer samples "
+                "num_generations rollouts per prompt and keeps prompts where some succeed and some fail; greedy "
+                "rollouts of a prompt are identical. Use a small temperature (e.g. 0.1) instead."
+            )
+        kwargs = {k: v for k, v in kwargs.items() if k != "do_sample"}  # rollouts are always sampled
+    moved = {k: v for k, v in kwargs.items() if k in GENERATION_KWARGS_FIELDS}
+    for key, value in moved.items():
+        name = GENERATION_KWARGS_FIELDS[key]
+        if getattr(config, name) != value:
+            logger.info(
+                "generation_kwargs[%r]=%r overrides %s=%r, as in GRPO.", key, value, name, getattr(config, name)
+            )
+        setattr(config, name, value)
+    config.generation_kwargs = {k: v for k, v in kwargs.items() if k not in moved} or None
 
 
 def ignored_grpo_arguments(config: GRPOConfig) -> list[str]:

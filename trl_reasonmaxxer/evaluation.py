@@ -11,6 +11,7 @@ import json
 import math
 import os
 import time
+import warnings
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 
@@ -243,8 +244,10 @@ def evaluate(
 def save_results(results: dict, path: str) -> str:
     """Write ``results`` (as :func:`evaluate` returns) to ``path`` as JSON; returns the path."""
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with open(path, "w", encoding="utf-8") as f:
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "w", encoding="utf-8") as f:
         json.dump(results, f, indent=2)
+    os.replace(tmp, path)  # a run stopped mid-write leaves the previous file whole
     return path
 
 
@@ -285,6 +288,106 @@ def plot_comparison(results_by_name: dict[str, dict], path: str, metric: str = "
     return path
 
 
+def check_model_path(model_path: str) -> None:
+    """A model given as a local path must be a model folder (Hub ids like ``org/name`` pass through): a missing
+    folder is named here, rather than by the Hub client's "Repo id must be in the form ..." message."""
+    path = os.path.expanduser(str(model_path))
+    looks_local = (
+        os.path.isabs(path) or path.startswith(".") or path.count("/") > 1 or os.sep != "/" and os.sep in path
+    )
+    if os.path.isdir(path):
+        if not os.path.exists(os.path.join(path, "config.json")):
+            hint = (
+                " It is a PEFT adapter: pass it as --adapter."
+                if os.path.exists(os.path.join(path, "adapter_config.json"))
+                else ""
+            )
+            raise ValueError(f"Model folder {model_path!r} has no config.json, so it is not a saved model.{hint}")
+    elif looks_local:
+        raise FileNotFoundError(f"Model folder {model_path!r} does not exist. Pass a saved model folder or a Hub id.")
+
+
+def check_adapter(adapter_path: str, model_path: str | None = None) -> None:
+    """Check that ``adapter_path`` is a PEFT adapter that fits ``model_path``, without loading any weights.
+
+    Raises one clear error when the folder is missing, is a full model rather than an adapter, has an unreadable
+    ``adapter_config.json`` or no adapter weights, or when its LoRA targets or shapes do not fit the base model (built
+    on the meta device from its config). Meant to run before any evaluation, so a bad adapter costs nothing.
+    """
+    from peft import PeftConfig
+
+    name = str(adapter_path)
+    if not os.path.isdir(name):
+        if os.path.isabs(name) or name.startswith(".") or name.count("/") != 1:
+            raise FileNotFoundError(f"Adapter folder {name!r} does not exist: pass the output_dir of a training run.")
+        try:  # "org/name": an adapter on the Hub; only its config is fetched
+            config = PeftConfig.from_pretrained(name)
+        except Exception as err:
+            raise ValueError(f"{name!r} is neither an adapter folder nor a loadable Hub adapter ({err}).") from err
+        _check_adapter_fits(config, None, name, model_path)
+        return
+    if not os.path.exists(os.path.join(name, "adapter_config.json")):
+        if os.path.exists(os.path.join(name, "config.json")):
+            raise ValueError(
+                f"{name!r} is a full model folder, not a PEFT adapter (no adapter_config.json): evaluate it as the "
+                "model (--model), not as an --adapter."
+            )
+        checkpoints = sorted(n for n in os.listdir(name) if n.startswith("checkpoint-"))
+        hint = f" Its checkpoints ({', '.join(checkpoints[-3:])}) hold adapters." if checkpoints else ""
+        raise ValueError(f"{name!r} has no adapter_config.json, so it is not a PEFT adapter folder.{hint}")
+    try:
+        config = PeftConfig.from_pretrained(name)
+    except Exception as err:
+        raise ValueError(f"The adapter config {name}/adapter_config.json cannot be read ({err}).") from err
+    weights = [f for f in ("adapter_model.safetensors", "adapter_model.bin") if os.path.exists(os.path.join(name, f))]
+    if not weights:
+        raise ValueError(
+            f"Adapter folder {name!r} has no adapter_model.safetensors (or .bin): the adapter was not fully saved."
+        )
+    _check_adapter_fits(config, os.path.join(name, weights[0]), name, model_path)
+
+
+def _check_adapter_fits(config, weights_file: str | None, name: str, model_path: str | None) -> None:
+    """The adapter's target modules and saved tensor shapes against the base model, built on the meta device."""
+    if model_path is None:
+        return
+    from peft import get_peft_model, get_peft_model_state_dict
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    try:
+        base_config = AutoConfig.from_pretrained(model_path)
+        with torch.device("meta"):
+            base = AutoModelForCausalLM.from_config(base_config)
+    except Exception:  # an architecture that cannot be built from its config here: loading will tell
+        return
+    base_name = getattr(config, "base_model_name_or_path", None)
+    mismatch = f"Adapter {name!r} does not fit the model {model_path!r}" + (
+        f" (it was trained on {base_name!r})" if base_name else ""
+    )
+    try:
+        with warnings.catch_warnings():  # PEFT warns that the base differs from base_model_name_or_path
+            warnings.simplefilter("ignore")
+            peft_model = get_peft_model(base, config)
+        expected = {k: tuple(v.shape) for k, v in get_peft_model_state_dict(peft_model).items()}
+    except Exception as err:
+        raise ValueError(f"{mismatch}: {err}") from err
+    if weights_file is None or not weights_file.endswith(".safetensors"):
+        return
+    from safetensors import safe_open
+
+    with safe_open(weights_file, framework="pt") as f:
+        saved = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+    unknown = sorted(set(saved) - set(expected))
+    wrong = sorted(k for k in set(saved) & set(expected) if saved[k] != expected[k])
+    if unknown or wrong:
+        example = (
+            f"{wrong[0]} is {saved[wrong[0]]} in the adapter but {expected[wrong[0]]} for this model"
+            if wrong
+            else f"{unknown[0]} has no place in this model"
+        )
+        raise ValueError(f"{mismatch}: {len(wrong) + len(unknown)} of its tensors do not fit ({example}).")
+
+
 def load_model_for_eval(
     model_path: str,
     adapter_path: str | None = None,
@@ -295,11 +398,15 @@ def load_model_for_eval(
 
     ``device`` defaults to CUDA when available; ``dtype`` to bfloat16 on a GPU that supports it, else float32
     (CPU half precision is slow and inaccurate). The tokenizer comes from the adapter folder when it has one
-    (trainers save it there, chat template included), else from the model folder.
+    (trainers save it there, chat template included), else from the model folder. The paths are checked first
+    (:func:`check_model_path`, :func:`check_adapter`).
     """
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    check_model_path(model_path)
+    if adapter_path is not None:
+        check_adapter(adapter_path, model_path)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     if dtype is None:
         dtype = torch.bfloat16 if device.startswith("cuda") and torch.cuda.is_bf16_supported() else torch.float32

@@ -12,20 +12,29 @@ boundaries do not depend on the number of processes, neither does the pool.
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import hashlib
 import inspect
 import json
+import logging
 import math
 import os
 import shutil
 import tempfile
-from collections.abc import Callable, Sequence
+import time
+from collections import Counter
+from collections.abc import Callable, Mapping, Sequence
 
 import torch
 from datasets import Dataset
 
 
+logger = logging.getLogger(__name__)
+
 POOL_COLUMNS = ("prompt_index", "prompt_ids", "completion_ids", "truncated")
+# keyword arguments the trainer passes to reward functions besides the dataset columns (GRPOTrainer's)
+TRAINER_REWARD_KWARGS = ("trainer_state", "log_metric", "log_extra")
 
 
 def fingerprint(*parts) -> str:
@@ -35,11 +44,37 @@ def fingerprint(*parts) -> str:
 
 
 def model_fingerprint(model) -> str:
-    """Identifies the weights cheaply: config, parameter count and a checksum of a few tensors."""
+    """Identifies the base weights: the config plus a hash of the name, shape, dtype and bytes of every non-LoRA
+    parameter. Any change to the weights (a LoRA merged in memory, a model saved over its folder) gives a new
+    fingerprint, so rollouts and scores of the old weights are never reused. One pass over the weights (about a
+    second per GB); the trainer computes it once."""
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    params = [p for n, p in base.named_parameters() if "lora_" not in n]
-    probe = [float(p.detach().float().sum()) for p in params[:: max(1, len(params) // 8)]]
-    return fingerprint(base.config.to_json_string(use_diff=False), sum(p.numel() for p in params), probe)
+    start = time.perf_counter()
+    digest = hashlib.blake2b(digest_size=16)
+    digest.update(base.config.to_json_string(use_diff=False).encode())
+    num_bytes, unreadable = 0, []
+    for name, param in base.named_parameters():
+        if "lora_" in name:
+            continue
+        tensor = param.detach()
+        digest.update(f"{name}:{tuple(tensor.shape)}:{tensor.dtype};".encode())
+        if tensor.device.type == "meta":  # offloaded or not materialised: nothing to read
+            unreadable.append(name)
+            continue
+        data = tensor.contiguous().reshape(-1).view(torch.uint8).cpu().numpy()
+        digest.update(data.data)
+        num_bytes += data.nbytes
+    if unreadable:
+        logger.warning(
+            "The rollout cache fingerprint cannot read %d parameters on the meta device (e.g. %s); it covers their "
+            "names and shapes only.",
+            len(unreadable),
+            unreadable[0],
+        )
+    logger.info(
+        "Model fingerprint over every base weight (%.1f MB) in %.1f s.", num_bytes / 2**20, time.perf_counter() - start
+    )
+    return digest.hexdigest()[:16]
 
 
 class ChunkCache:
@@ -55,20 +90,19 @@ class ChunkCache:
         return self.root is not None and os.path.exists(self._path(kind, index))
 
     def load(self, kind: str, index: int) -> list[dict] | None:
+        """The rows of a chunk, or None when it is missing or unreadable (then it is made again)."""
         if not self.has(kind, index):
             return None
-        with open(self._path(kind, index)) as f:
-            return [json.loads(line) for line in f]
+        return _read_chunk(self._path(kind, index))
 
     def load_all(self, kind: str) -> list[dict]:
-        """The rows of every complete chunk of ``kind``, in file-name order."""
+        """The rows of every readable chunk of ``kind``, in file-name order."""
         folder = os.path.join(self.root, kind) if self.root is not None else None
         if folder is None or not os.path.isdir(folder):
             return []
         rows = []
         for name in sorted(n for n in os.listdir(folder) if n.endswith(".jsonl")):
-            with open(os.path.join(folder, name)) as f:
-                rows.extend(json.loads(line) for line in f)
+            rows.extend(_read_chunk(os.path.join(folder, name)) or [])
         return rows
 
     def save(self, kind: str, index: int, rows: list[dict]) -> None:
@@ -82,6 +116,45 @@ class ChunkCache:
             for row in rows:
                 f.write(json.dumps(row) + "\n")
         os.replace(tmp, path)
+
+
+def _read_chunk(path: str) -> list[dict] | None:
+    """A chunk's rows; None, with a warning, when the file is not JSON lines of objects (edited or damaged)."""
+    try:
+        with open(path) as f:
+            rows = [json.loads(line) for line in f if line.strip()]
+        if rows and all(isinstance(r, dict) for r in rows):
+            return rows
+        problem = "no rows" if not rows else "a line that is not a JSON object"
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        problem = f"{type(err).__name__}: {err}"
+    logger.warning("Ignoring the unreadable rollout cache chunk %s (%s); it will be made again.", path, problem)
+    return None
+
+
+def _valid_generation_chunk(rows: list[dict], indices: list[int], prompt_ids: Sequence[Sequence[int]]) -> bool:
+    """Whether a cached generation chunk holds rollouts of exactly these prompts, with these prompt ids."""
+    try:
+        if sorted({r["prompt_index"] for r in rows}) != sorted(indices):
+            return False
+        return all(
+            list(r["prompt_ids"]) == list(prompt_ids[r["prompt_index"]])
+            and isinstance(r["truncated"], bool)
+            and isinstance(r["completion_ids"], list)
+            and all(isinstance(t, int) and t >= 0 for t in r["completion_ids"])
+            for r in rows
+        )
+    except (KeyError, TypeError, IndexError):
+        return False
+
+
+def _valid_scores(entry: dict, length: int) -> bool:
+    """Whether cached scores of one rollout have one finite entropy and log-prob per completion token."""
+    try:
+        entropy, logps = entry["entropy"], entry["logps"]
+        return len(entropy) == len(logps) == length and all(math.isfinite(v) for v in (*entropy, *logps))
+    except (KeyError, TypeError):
+        return False
 
 
 def default_chunk_size(prompts_per_call: int, minimum: int = 8) -> int:
@@ -126,6 +199,14 @@ def generate_pool(
     for done, c in enumerate(mine, 1):
         indices = chunks[c]
         chunk = cache.load("generations", c)
+        if chunk is not None and not _valid_generation_chunk(chunk, indices, prompt_ids):
+            logger.warning(
+                "The cached rollouts %s do not match prompts %d-%d (edited or damaged); generating them again.",
+                cache._path("generations", c),
+                indices[0],
+                indices[-1],
+            )
+            chunk = None
         if chunk is None:
             groups = generate(indices)
             chunk = [
@@ -156,7 +237,20 @@ def score_pool(
     chunk is named after its first row id: rows are scored once, so names never collide across processes or runs.
     """
     mine = shard(row_ids, rank, world)
-    found = {r["row"]: (r["entropy"], r["logps"]) for r in cache.load_all("scores")}
+    found, misfits = {}, 0
+    for r in cache.load_all("scores"):
+        i = r.get("row")
+        if isinstance(i, int) and 0 <= i < len(rows) and _valid_scores(r, len(rows[i]["completion_ids"])):
+            found[i] = (r["entropy"], r["logps"])
+        else:
+            misfits += 1
+    if misfits:
+        logger.warning(
+            "Ignoring %d cached score rows of %s that do not fit their rollouts (edited or damaged); those rollouts "
+            "are scored again.",
+            misfits,
+            cache.root,
+        )
     for ids in chunked([i for i in mine if i not in found], chunk_size):
         scored = score([(rows[i]["prompt_ids"], rows[i]["completion_ids"]) for i in ids])
         chunk = [{"row": i, "entropy": e, "logps": lp} for i, (e, lp) in zip(ids, scored, strict=True)]
@@ -170,6 +264,71 @@ def reward_function_name(func) -> str:
     return getattr(func, "__name__", type(func).__name__)
 
 
+def reward_function_names(funcs: Sequence[Callable]) -> list[str]:
+    """One distinct name per function (``rewards/<name>`` columns): repeated names get ``_2``, ``_3``, ..."""
+    names, seen = [], Counter()
+    for func in funcs:
+        name = reward_function_name(func)
+        seen[name] += 1
+        names.append(name if seen[name] == 1 else f"{name}_{seen[name]}")
+    return names
+
+
+def _run_awaitables(awaitables: list) -> list:
+    """Await the coroutines of async reward functions concurrently, as GRPOTrainer does; in a thread of its own,
+    so it works where an event loop already runs (Jupyter). Exceptions are returned in place of results."""
+
+    async def gather():
+        return await asyncio.gather(*awaitables, return_exceptions=True)
+
+    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as executor:
+        return executor.submit(asyncio.run, gather()).result()
+
+
+def _reward_call_error(name: str, err: BaseException, cache_hint: str) -> RuntimeError:
+    return RuntimeError(
+        f"Reward function {name!r} raised {type(err).__name__}: {err}. The rollouts are kept in "
+        f"{cache_hint}; fix the function and run again: nothing will be generated twice."
+    )
+
+
+def reward_values(name: str, out, num_completions: int) -> list[float]:
+    """A reward function's output as one float per completion (None and NaN read as NaN), or one clear error.
+
+    Accepts what GRPOTrainer accepts (any sequence or iterable of numbers or None: lists, tuples, generators, numpy
+    arrays, torch tensors including ``[N, 1]``); refuses a single number, a string or a mapping (whose keys would be
+    read as rewards), values that are not numbers, and infinite rewards, which would turn advantages into NaN.
+    """
+    fix = f"it must return a list with one float (or None) per completion, {num_completions} here"
+    if out is None or isinstance(out, (str, bytes, Mapping)):
+        raise TypeError(f"Reward function {name!r} returned a {type(out).__name__}; {fix}.")
+    try:
+        values = list(out)
+    except TypeError:
+        raise TypeError(f"Reward function {name!r} returned {out!r:.60} ({type(out).__name__}); {fix}.") from None
+    if len(values) != num_completions:
+        raise ValueError(
+            f"Reward function {name!r} returned {len(values)} rewards for {num_completions} completions; it must "
+            "return one float (or None) per completion."
+        )
+    rewards = []
+    for i, value in enumerate(values):
+        try:
+            reward = float("nan") if value is None else float(value)
+        except (TypeError, ValueError):
+            raise TypeError(
+                f"Reward function {name!r} returned {value!r:.60} for completion {i}, which is not a number; {fix} "
+                "(None for a completion it cannot grade)."
+            ) from None
+        if math.isinf(reward):
+            raise ValueError(
+                f"Reward function {name!r} returned {reward} for completion {i}. Rewards must be finite (advantages "
+                "are z-scores within a prompt's rollouts); return None for a completion it cannot grade."
+            )
+        rewards.append(reward)
+    return rewards
+
+
 def compute_rewards(
     reward_funcs: Sequence[Callable],
     reward_weights: Sequence[float] | None,
@@ -181,9 +340,11 @@ def compute_rewards(
 ) -> tuple[list[float], dict[str, list[float]]]:
     """Weighted sum of reward functions with TRL's GRPOTrainer calling convention.
 
-    Each function is called as ``f(prompts=, completions=, completion_ids=, **reward_kwargs)`` and must return one
-    float (or None, read as NaN) per completion. A row where every function returned None gets a NaN reward, which
-    selection ignores. Returns the totals and each function's rewards by name.
+    Each function is called as ``f(prompts=, completions=, completion_ids=, **reward_kwargs)`` (``async``
+    functions are awaited concurrently, as in GRPO) and must return one float (or None, read as NaN) per completion;
+    each gets its own copy of the lists, so one that edits them cannot change what the others (or the pool) see. A
+    row where every function returned None gets a NaN reward, which selection ignores. Returns the totals and each
+    function's rewards by name.
     """
     weights = list(reward_weights) if reward_weights is not None else [1.0] * len(reward_funcs)
     if len(weights) != len(reward_funcs):
@@ -191,43 +352,60 @@ def compute_rewards(
             f"reward_weights has {len(weights)} entries but there are {len(reward_funcs)} reward functions; "
             "give one weight per function."
         )
-    per_func: dict[str, list[float]] = {}
-    for func in reward_funcs:
-        name = reward_function_name(func)
+    names = reward_function_names(reward_funcs)
+    outputs, pending = {}, {}
+    for name, func in zip(names, reward_funcs):
         try:
-            out = func(prompts=prompts, completions=completions, completion_ids=completion_ids, **reward_kwargs)
+            out = func(
+                prompts=list(prompts),
+                completions=list(completions),
+                completion_ids=[list(ids) for ids in completion_ids],
+                **{key: list(value) if isinstance(value, list) else value for key, value in reward_kwargs.items()},
+            )
         except Exception as err:
-            raise RuntimeError(
-                f"Reward function {name!r} raised {type(err).__name__}: {err}. The rollouts are kept in "
-                f"{cache_hint}; fix the function and run again: nothing will be generated twice."
-            ) from err
-        if inspect.isawaitable(out):
-            raise TypeError(f"Reward function {name!r} is async; ReasonMaxxer needs a synchronous function.")
-        if out is None or len(out) != len(completions):
-            raise ValueError(
-                f"Reward function {name!r} returned {None if out is None else len(out)} rewards for "
-                f"{len(completions)} completions; it must return one float (or None) per completion."
-            )
-        values = [float("nan") if v is None else float(v) for v in out]
-        if all(math.isnan(v) for v in values):
-            raise ValueError(
-                f"Reward function {name!r} returned only None/NaN for all {len(values)} completions. Check the "
-                f"dataset columns it reads ({', '.join(sorted(reward_kwargs)) or 'none'}) and its answer format. "
-                f"The rollouts are kept in {cache_hint}."
-            )
-        per_func[name] = values
+            raise _reward_call_error(name, err, cache_hint) from err
+        (pending if inspect.isawaitable(out) else outputs)[name] = out
+    if pending:
+        for name, out in zip(pending, _run_awaitables(list(pending.values()))):
+            if isinstance(out, BaseException):
+                raise _reward_call_error(name, out, cache_hint) from out
+            outputs[name] = out
+    per_func = {name: reward_values(name, outputs[name], len(completions)) for name in names}
     columns = torch.tensor(list(per_func.values()), dtype=torch.float64)  # [F, N]
     weighted = columns * torch.tensor(weights, dtype=torch.float64)[:, None]
-    totals = torch.where(columns.isnan().all(0), float("nan"), weighted.nansum(0))
+    ungraded = columns.isnan().all(0)
+    totals = torch.where(ungraded, float("nan"), weighted.nansum(0))
+    if bool(ungraded.all()):
+        columns_read = sorted(k for k in reward_kwargs if k not in TRAINER_REWARD_KWARGS)
+        who = f"Reward function {names[0]!r}" if len(names) == 1 else f"The reward functions {', '.join(names)}"
+        raise ValueError(
+            f"{who} returned only None/NaN for all {len(completions)} completions. Check the dataset columns it "
+            f"reads ({', '.join(columns_read) or 'none'}) and its answer format. The rollouts are kept in "
+            f"{cache_hint}."
+        )
+    for name, values in per_func.items():
+        if len(names) > 1 and all(math.isnan(v) for v in values):
+            logger.warning("Reward function %r returned None for every completion; the others grade them.", name)
     return totals.tolist(), per_func
 
 
 def save_pool(rows: list[dict], path: str) -> Dataset:
     """Save the pool as a ``datasets.Dataset`` (atomically replacing the previous one) and return it."""
     dataset = Dataset.from_list(rows)
-    tmp = path + ".tmp"
-    dataset.save_to_disk(tmp)
-    if os.path.exists(path):
-        shutil.rmtree(path)
-    os.replace(tmp, path)
+    parent, name = os.path.split(os.path.abspath(path))
+    # a temporary folder of its own: two writers never share it, and a killed run leaves nothing that is read back
+    tmp = tempfile.mkdtemp(dir=parent, prefix=f"{name}.tmp-")
+    try:
+        dataset.save_to_disk(tmp)
+        if os.path.isdir(path) and not os.path.islink(path):
+            shutil.rmtree(path)
+        elif os.path.lexists(path):  # a file (or link) in the pool's place
+            os.remove(path)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            shutil.rmtree(tmp, ignore_errors=True)
+    for leftover in os.listdir(parent):  # temporary folders of killed runs (the run holds output_dir's lock)
+        if leftover == f"{name}.tmp" or leftover.startswith(f"{name}.tmp-"):
+            shutil.rmtree(os.path.join(parent, leftover), ignore_errors=True)
     return dataset
