@@ -110,18 +110,22 @@ def test_each_sequence_weighs_the_same_whatever_its_number_of_forks():
     assert parts["kl"].item() == pytest.approx(0.5)  # 2 anchor positions vs 11: still a per-sequence mean
 
 
-def test_weights_average_sequences():
+def test_weights_scale_rows_and_the_batch_divides_by_its_row_count():
+    """Normalised by the number of rows (a constant), not by the weight sum: a rollout's share of the loss never
+    depends on the weights of the rows it is batched with (audit F1: Σw made a 19/1 rollout weigh 1.9x)."""
     logps = torch.tensor([[-1.0, -1.0], [-3.0, -3.0]], dtype=torch.float64)
     fork = mask([True, True], [True, False])
     adv = torch.tensor([1.0, 1.0], dtype=torch.float64)
     anchor = ~fork
     args = ("adv_ce", logps, logps, adv, fork, anchor)
     loss, parts = losses.reasonmaxxer_loss(*args, torch.tensor([1.0, 0.0], dtype=torch.float64), beta=0.0)
-    assert loss.item() == pytest.approx(1.0)
+    assert loss.item() == pytest.approx(1.0 / 2)
     loss, _ = losses.reasonmaxxer_loss(*args, torch.tensor([3.0, 1.0], dtype=torch.float64), beta=0.0)
-    assert loss.item() == pytest.approx((3 * 1.0 + 1 * 3.0) / 4)
+    assert loss.item() == pytest.approx((3 * 1.0 + 1 * 3.0) / 2)
     loss, _ = losses.reasonmaxxer_loss(*args, torch.tensor([0.5, 0.5], dtype=torch.float64), beta=0.0)
-    assert loss.item() == pytest.approx(2.0)  # normalised by the weight sum, not the batch size
+    assert loss.item() == pytest.approx((0.5 * 1.0 + 0.5 * 3.0) / 2)  # the old Σw normalisation gave 2.0
+    loss, _ = losses.reasonmaxxer_loss(*args, torch.ones(2, dtype=torch.float64), beta=0.0)
+    assert loss.item() == pytest.approx(2.0)
 
 
 def test_total_is_decision_plus_beta_kl():
@@ -246,7 +250,7 @@ def test_fork_dpo_gradient_raises_chosen_and_lowers_rejected():
     assert logps.grad[0, 1] == 0 and logps.grad[1, 0] == 0 and logps.grad[1, 2] == 0
 
 
-def test_fork_dpo_total_ignores_weights_and_averages_pairs():
+def test_fork_dpo_total_averages_pairs_and_weights_only_the_anchor():
     base = torch.full((4, 2), -1.0, dtype=torch.float64)
     logps = base.clone()
     logps[0, 0] += 1.0  # pair 0: margin 1
@@ -255,6 +259,11 @@ def test_fork_dpo_total_ignores_weights_and_averages_pairs():
     loss, parts = losses.reasonmaxxer_loss("fork_dpo", logps, base, torch.zeros(4), fork, ~fork, w, beta=0.0)
     expected = (-F.logsigmoid(torch.tensor(1.0)).item() + math.log(2)) / 2
     assert loss.item() == pytest.approx(expected)
+    # the anchor is per rollout: a cycled rollout (weight 1/k in each of its k pairs) is anchored once per epoch
+    # (audit F9: the anchor used to get weight 1 per appearance)
+    kl = torch.tensor([[0.0, 1.0], [0.0, 2.0], [0.0, 3.0], [0.0, 4.0]], dtype=torch.float64)
+    _, parts = losses.reasonmaxxer_loss("fork_dpo", logps, base, torch.zeros(4), fork, ~fork, w, kl=kl, beta=0.2)
+    assert parts["kl"].item() == pytest.approx((0.1 * 1 + 5.0 * 2 + 1.0 * 3 + 3.0 * 4) / 4)
 
 
 # ----------------------------------------------------------------------------------------------- token_kl

@@ -416,7 +416,7 @@ class ReasonMaxxerTrainer(_BaseTrainer):
         )
         for row, i, adv, mask in zip(selected, row_ids, advantages, masks, strict=True):
             row.update(advantage=adv, fork_mask=mask, logps=scores[i][1])
-        pairs = build_pairs(selected, seed=a.seed)
+        pairs = build_pairs(selected, seed=a.seed, preference=a.loss_type == "fork_dpo")
         self.pool_stats = _pool_stats(rows, selected, entropies, masks, tau, report, len(pairs))
         for key, value in self.pool_stats.items():  # logged with the first training step
             self._metrics["train"][key].append(value)
