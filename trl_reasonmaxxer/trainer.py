@@ -31,7 +31,7 @@ from . import gating, hub, pool, selection
 from .collator import DataCollatorForForkPairs, build_pairs
 from .config import ReasonMaxxerConfig
 from .losses import chunked_logps_and_kl, reasonmaxxer_loss
-from .rollouts import generate_completions, tokenize_prompt
+from .rollouts import generate_completions, tokenize_prompt, warn_if_truncated
 from .scoring import base_lm_head, check_lm_head, final_hidden_states, score_rollouts
 from .vllm_backend import VLLMRollouts, resolve_use_vllm
 
@@ -287,11 +287,6 @@ class ReasonMaxxerTrainer(_BaseTrainer):
         all_ids = self._prompt_ids()
         if engine is not None:
             return engine.generate([all_ids[i] for i in indices], indices)
-        extra = dict(a.generation_kwargs or {})
-        if a.repetition_penalty != 1.0:
-            extra["repetition_penalty"] = a.repetition_penalty
-        if a.min_p is not None:
-            extra["min_p"] = a.min_p
         with use_adapter(self.model, None):
             return generate_completions(
                 self.model,
@@ -302,10 +297,12 @@ class ReasonMaxxerTrainer(_BaseTrainer):
                 temperature=a.temperature,
                 top_p=a.top_p,
                 top_k=a.top_k,
+                min_p=a.min_p,
+                repetition_penalty=a.repetition_penalty,
                 batch_size=a.rollout_batch_size,
                 seed=a.seed + indices[0],
                 desc="Rollouts",
-                generation_kwargs=extra,
+                generation_kwargs=a.generation_kwargs,
                 disable_progress=a.disable_tqdm,
             )
 
@@ -394,6 +391,7 @@ class ReasonMaxxerTrainer(_BaseTrainer):
             # NaN rewards are ignored by selection; rows stay in place because cached scores are keyed by row id
             if r["reward"] is None or (a.mask_truncated_completions and r["truncated"]):
                 r["reward"] = float("nan")
+        warn_if_truncated([r["truncated"] for r in rows], a.max_completion_length)
         prompt_index = [r["prompt_index"] for r in rows]
         rewards = [r["reward"] for r in rows]
         report = selection.select_problems(prompt_index, rewards, a.max_problems)
