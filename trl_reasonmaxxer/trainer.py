@@ -394,7 +394,14 @@ class ReasonMaxxerTrainer(_BaseTrainer):
         warn_if_truncated([r["truncated"] for r in rows], a.max_completion_length)
         prompt_index = [r["prompt_index"] for r in rows]
         rewards = [r["reward"] for r in rows]
-        report = selection.select_problems(prompt_index, rewards, a.max_problems)
+        report = selection.select_problems(
+            prompt_index,
+            rewards,
+            a.max_problems,
+            a.success_threshold,
+            truncated=[r["truncated"] for r in rows],
+            lengths=[len(r["completion_ids"]) for r in rows],
+        )
         if not report.selected:
             raise ValueError(
                 f"No prompt has mixed success, so there is no contrast to learn from. {report.summary()} Use more "
@@ -403,10 +410,13 @@ class ReasonMaxxerTrainer(_BaseTrainer):
             )
         keep = set(report.selected)
         row_ids = [i for i, r in enumerate(rows) if r["prompt_index"] in keep]
-        selected = [rows[i] for i in row_ids]
         advantages = selection.group_advantages(
-            [r["prompt_index"] for r in selected], [r["reward"] for r in selected], a.advantage_clip
+            [rows[i]["prompt_index"] for i in row_ids], [rows[i]["reward"] for i in row_ids], a.advantage_clip
         )
+        # rows with A = 0 (NaN reward) never train: leave them out of scoring and of the τ calibration
+        kept = [(i, adv) for i, adv in zip(row_ids, advantages, strict=True) if adv != 0]
+        row_ids, advantages = [i for i, _ in kept], [adv for _, adv in kept]
+        selected = [rows[i] for i in row_ids]
         scores = self._scores(rows, row_ids)
         entropies = [scores[i][0] for i in row_ids]
         masks, tau = gating.build_fork_masks(
