@@ -385,3 +385,65 @@ def test_masked_mean():
     values = torch.tensor([[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]])
     out = losses.masked_mean(values, mask([True, False, True], [False, False, False]))
     assert out.tolist() == [2.0, 0.0]
+
+
+# ------------------------------------------------------------------------------- dropout (audit F8)
+
+
+def dropout_trainer(tmp_path, **overrides):
+    """A tiny Llama with attention dropout 0.5 and the default (zero) LoRA, on a hand-made pool."""
+    from helpers import make_pool, tiny_config
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from trl_reasonmaxxer import ReasonMaxxerTrainer
+    from trl_reasonmaxxer.testing import make_tiny_tokenizer
+
+    tok = make_tiny_tokenizer()
+    torch.manual_seed(0)
+    cfg = AutoConfig.for_model(
+        "llama",
+        vocab_size=len(tok),
+        hidden_size=16,
+        intermediate_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        attention_dropout=0.5,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+        bos_token_id=None,
+    )
+    pool = make_pool({0: [(1.0, [0.1, 2.0, 0.2, 0.1]), (0.0, [2.0, 0.1, 0.3])]}, prompt_len=4, vocab=39)
+    args = tiny_config(tmp_path, fork_threshold=1.0, beta=0.2, **overrides)
+    trainer = ReasonMaxxerTrainer(
+        AutoModelForCausalLM.from_config(cfg), processing_class=tok, rollout_dataset=pool, args=args
+    )
+    return trainer, trainer.data_collator(trainer.prepare_training_data().to_list())
+
+
+def test_dropout_is_off_by_default_so_the_anchor_starts_at_zero(tmp_path):
+    """With the default config a zero LoRA is the base model exactly: KL 0 and a deterministic loss (the old
+    default, GRPO's disable_dropout=False, gave KL 4.5e-4 then 3.8e-4 on the same batch)."""
+    trainer, batch = dropout_trainer(tmp_path)
+    trainer.model.train()
+    with torch.no_grad():
+        first = trainer.compute_loss(trainer.model, batch).item()
+        second = trainer.compute_loss(trainer.model, batch).item()
+    assert trainer._metrics["train"]["kl"] == [0.0, 0.0]
+    assert first == second
+
+
+def test_the_reference_forward_runs_in_eval_mode_even_with_dropout_on(tmp_path):
+    trainer, batch = dropout_trainer(tmp_path, disable_dropout=False)
+    modes = []
+    base = trainer.model.get_base_model()
+    handle = base.register_forward_pre_hook(
+        lambda module, args: modes.append((torch.is_grad_enabled(), module.training))
+    )
+    trainer.model.train()
+    try:
+        trainer.compute_loss(trainer.model, batch)
+    finally:
+        handle.remove()
+    assert modes == [(True, True), (False, False)]  # policy in train mode (dropout on), reference in eval mode
+    assert base.training  # and the model is back in train mode

@@ -212,7 +212,7 @@ class ReasonMaxxerTrainer(_BaseTrainer):
         if args.gradient_checkpointing:
             model.enable_input_require_grads()
         if args.disable_dropout:
-            disable_dropout_in_model(model)
+            _disable_dropout(model)
 
         self.prompt_dataset = train_dataset
         self.rollout_dataset = rollout_dataset
@@ -495,8 +495,13 @@ class ReasonMaxxerTrainer(_BaseTrainer):
             self._lm_head_checked = True
         ref_hidden = None
         if a.beta > 0:
-            with torch.no_grad(), use_adapter(unwrapped, None), disable_gradient_checkpointing(unwrapped):
-                ref_hidden = final_hidden_states(unwrapped, input_ids, attention_mask)[0][:, :-1]
+            was_training = unwrapped.training
+            unwrapped.eval()  # the reference is the base model's deterministic distribution, dropout on or off
+            try:
+                with torch.no_grad(), use_adapter(unwrapped, None), disable_gradient_checkpointing(unwrapped):
+                    ref_hidden = final_hidden_states(unwrapped, input_ids, attention_mask)[0][:, :-1]
+            finally:
+                unwrapped.train(was_training)
         # position t of every shifted tensor is the distribution that predicts input token t + 1
         targets = input_ids[:, 1:]
         # the reference's head is the base head even when the LoRA adapts lm_head (chunks run outside the
@@ -618,6 +623,15 @@ def _seed_everything(args) -> None:
         enable_full_determinism(args.seed)
     else:
         set_seed(args.seed)
+
+
+def _disable_dropout(model) -> None:
+    """TRL's ``disable_dropout_in_model`` zeroes ``nn.Dropout`` modules; most attention classes (Llama, Qwen2,
+    Mistral) read their dropout from a float ``attention_dropout`` at forward time instead, so zero those too."""
+    disable_dropout_in_model(model)
+    for module in model.modules():
+        if isinstance(getattr(module, "attention_dropout", None), float):
+            module.attention_dropout = 0.0
 
 
 def _check_prompt_dataset(dataset) -> None:
