@@ -188,7 +188,7 @@ class ReasonMaxxerConfig(GRPOConfig):
         default=512,
         metadata={
             "help": "Maximum new tokens per rollout. GRPO's default; the paper samples up to 8192 (too slow on CPU). "
-            "A warning names it when over 20% of rollouts are truncated."
+            "A warning names it when over a fifth of the rollouts are truncated."
         },
     )
     beta: float = field(default=0.2, metadata={"help": "KL-anchor weight."})
