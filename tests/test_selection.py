@@ -206,3 +206,9 @@ def test_9_of_20_and_11_of_20_tie_despite_floating_point():
     index = [0] * 20 + [1] * 20
     rewards = [1.0] * 11 + [0.0] * 9 + [1.0] * 9 + [0.0] * 11
     assert selection.select_problems(index, rewards, 1).selected == [0]
+
+
+def test_a_uniform_pool_keeps_the_0_1_reading():
+    """Nothing to split: 0.5, so a pool of 1s is always solved and one of 0s never solved (as with a verifier)."""
+    assert selection.select_problems([0, 0, 1, 1], [1.0] * 4, 5).all_correct == 2
+    assert selection.select_problems([0, 0, 1, 1], [0.0] * 4, 5).all_wrong == 2

@@ -109,9 +109,9 @@ class ReasonMaxxerConfig(GRPOConfig):
         truncated rollouts, then shorter mean completion, then dataset order, as in the authors' code).
     success_threshold (`float` or `None`, *optional*, defaults to `None`):
         A rollout counts as solved, for pass rates and selection, when its (weighted) reward is above this. `None`:
-        halfway between the lowest and highest reward in the pool, i.e. 0.5 for a 0/1 verifier (the paper) and the
-        same split for any scale (`0.4 × accuracy`, ±1). Set it for graded or combined rewards, e.g. `0.9` when
-        accuracy is worth 1 and a format bonus 0.2.
+        halfway between the lowest and highest reward in the pool (0.5 if they are equal), i.e. 0.5 for a 0/1
+        verifier (the paper) and the same split for any scale (`0.4 × accuracy`, ±1). Set it for graded or combined
+        rewards, e.g. `0.9` when accuracy is worth 1 and a format bonus 0.2.
     advantage_clip (`float`, *optional*, defaults to `2.5`):
         Advantages `(r - mean) / std` per prompt (population std) are clipped to `±advantage_clip`.
 

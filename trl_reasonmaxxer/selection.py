@@ -54,13 +54,14 @@ def pass_rates(prompt_index: Sequence[int], rewards: Sequence[float]) -> dict[in
 
 def resolve_success_threshold(rewards: Sequence[float], success_threshold: float | None = None) -> float:
     """The reward a rollout must exceed to count as a success: ``success_threshold``, or, when None, halfway between
-    the lowest and highest non-NaN reward (0.5 for a 0/1 verifier, 0.2 for ``0.4 × accuracy``, 0 for ±1)."""
+    the lowest and highest non-NaN reward (0.5 for a 0/1 verifier, 0.2 for ``0.4 × accuracy``, 0 for ±1); 0.5 when
+    every reward is the same (there is nothing to split, and a pool of 1s reads as solved, of 0s as unsolved)."""
     if success_threshold is not None:
         if not math.isfinite(success_threshold):
             raise ValueError(f"success_threshold must be a finite number or None, got {success_threshold}.")
         return float(success_threshold)
     graded = [r for r in rewards if not math.isnan(r)]
-    return (min(graded) + max(graded)) / 2 if graded else 0.5
+    return (min(graded) + max(graded)) / 2 if graded and min(graded) < max(graded) else 0.5
 
 
 def select_problems(
