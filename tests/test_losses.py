@@ -110,18 +110,22 @@ def test_each_sequence_weighs_the_same_whatever_its_number_of_forks():
     assert parts["kl"].item() == pytest.approx(0.5)  # 2 anchor positions vs 11: still a per-sequence mean
 
 
-def test_weights_average_sequences():
+def test_weights_scale_rows_and_the_batch_divides_by_its_row_count():
+    """Normalised by the number of rows (a constant), not by the weight sum: a rollout's share of the loss never
+    depends on the weights of the rows it is batched with (audit F1: Σw made a 19/1 rollout weigh 1.9x)."""
     logps = torch.tensor([[-1.0, -1.0], [-3.0, -3.0]], dtype=torch.float64)
     fork = mask([True, True], [True, False])
     adv = torch.tensor([1.0, 1.0], dtype=torch.float64)
     anchor = ~fork
     args = ("adv_ce", logps, logps, adv, fork, anchor)
     loss, parts = losses.reasonmaxxer_loss(*args, torch.tensor([1.0, 0.0], dtype=torch.float64), beta=0.0)
-    assert loss.item() == pytest.approx(1.0)
+    assert loss.item() == pytest.approx(1.0 / 2)
     loss, _ = losses.reasonmaxxer_loss(*args, torch.tensor([3.0, 1.0], dtype=torch.float64), beta=0.0)
-    assert loss.item() == pytest.approx((3 * 1.0 + 1 * 3.0) / 4)
+    assert loss.item() == pytest.approx((3 * 1.0 + 1 * 3.0) / 2)
     loss, _ = losses.reasonmaxxer_loss(*args, torch.tensor([0.5, 0.5], dtype=torch.float64), beta=0.0)
-    assert loss.item() == pytest.approx(2.0)  # normalised by the weight sum, not the batch size
+    assert loss.item() == pytest.approx((0.5 * 1.0 + 0.5 * 3.0) / 2)  # the old Σw normalisation gave 2.0
+    loss, _ = losses.reasonmaxxer_loss(*args, torch.ones(2, dtype=torch.float64), beta=0.0)
+    assert loss.item() == pytest.approx(2.0)
 
 
 def test_total_is_decision_plus_beta_kl():
@@ -246,7 +250,7 @@ def test_fork_dpo_gradient_raises_chosen_and_lowers_rejected():
     assert logps.grad[0, 1] == 0 and logps.grad[1, 0] == 0 and logps.grad[1, 2] == 0
 
 
-def test_fork_dpo_total_ignores_weights_and_averages_pairs():
+def test_fork_dpo_total_averages_pairs_and_weights_only_the_anchor():
     base = torch.full((4, 2), -1.0, dtype=torch.float64)
     logps = base.clone()
     logps[0, 0] += 1.0  # pair 0: margin 1
@@ -255,6 +259,11 @@ def test_fork_dpo_total_ignores_weights_and_averages_pairs():
     loss, parts = losses.reasonmaxxer_loss("fork_dpo", logps, base, torch.zeros(4), fork, ~fork, w, beta=0.0)
     expected = (-F.logsigmoid(torch.tensor(1.0)).item() + math.log(2)) / 2
     assert loss.item() == pytest.approx(expected)
+    # the anchor is per rollout: a cycled rollout (weight 1/k in each of its k pairs) is anchored once per epoch
+    # (audit F9: the anchor used to get weight 1 per appearance)
+    kl = torch.tensor([[0.0, 1.0], [0.0, 2.0], [0.0, 3.0], [0.0, 4.0]], dtype=torch.float64)
+    _, parts = losses.reasonmaxxer_loss("fork_dpo", logps, base, torch.zeros(4), fork, ~fork, w, kl=kl, beta=0.2)
+    assert parts["kl"].item() == pytest.approx((0.1 * 1 + 5.0 * 2 + 1.0 * 3 + 3.0 * 4) / 4)
 
 
 # ----------------------------------------------------------------------------------------------- token_kl
@@ -376,3 +385,65 @@ def test_masked_mean():
     values = torch.tensor([[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]])
     out = losses.masked_mean(values, mask([True, False, True], [False, False, False]))
     assert out.tolist() == [2.0, 0.0]
+
+
+# ------------------------------------------------------------------------------- dropout (audit F8)
+
+
+def dropout_trainer(tmp_path, **overrides):
+    """A tiny Llama with attention dropout 0.5 and the default (zero) LoRA, on a hand-made pool."""
+    from helpers import make_pool, tiny_config
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from trl_reasonmaxxer import ReasonMaxxerTrainer
+    from trl_reasonmaxxer.testing import make_tiny_tokenizer
+
+    tok = make_tiny_tokenizer()
+    torch.manual_seed(0)
+    cfg = AutoConfig.for_model(
+        "llama",
+        vocab_size=len(tok),
+        hidden_size=16,
+        intermediate_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        attention_dropout=0.5,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+        bos_token_id=None,
+    )
+    pool = make_pool({0: [(1.0, [0.1, 2.0, 0.2, 0.1]), (0.0, [2.0, 0.1, 0.3])]}, prompt_len=4, vocab=39)
+    args = tiny_config(tmp_path, fork_threshold=1.0, beta=0.2, **overrides)
+    trainer = ReasonMaxxerTrainer(
+        AutoModelForCausalLM.from_config(cfg), processing_class=tok, rollout_dataset=pool, args=args
+    )
+    return trainer, trainer.data_collator(trainer.prepare_training_data().to_list())
+
+
+def test_dropout_is_off_by_default_so_the_anchor_starts_at_zero(tmp_path):
+    """With the default config a zero LoRA is the base model exactly: KL 0 and a deterministic loss (the old
+    default, GRPO's disable_dropout=False, gave KL 4.5e-4 then 3.8e-4 on the same batch)."""
+    trainer, batch = dropout_trainer(tmp_path)
+    trainer.model.train()
+    with torch.no_grad():
+        first = trainer.compute_loss(trainer.model, batch).item()
+        second = trainer.compute_loss(trainer.model, batch).item()
+    assert trainer._metrics["train"]["kl"] == [0.0, 0.0]
+    assert first == second
+
+
+def test_the_reference_forward_runs_in_eval_mode_even_with_dropout_on(tmp_path):
+    trainer, batch = dropout_trainer(tmp_path, disable_dropout=False)
+    modes = []
+    base = trainer.model.get_base_model()
+    handle = base.register_forward_pre_hook(
+        lambda module, args: modes.append((torch.is_grad_enabled(), module.training))
+    )
+    trainer.model.train()
+    try:
+        trainer.compute_loss(trainer.model, batch)
+    finally:
+        handle.remove()
+    assert modes == [(True, True), (False, False)]  # policy in train mode (dropout on), reference in eval mode
+    assert base.training  # and the model is back in train mode

@@ -109,3 +109,33 @@ def test_score_rollouts_refuses_a_model_that_transforms_its_logits(tiny):
     assert score_rollouts(
         softcapped_model(tokenizer, softcap=None), sequences(len(tokenizer))[:1], 0, disable_progress=True
     )
+
+
+def test_an_empty_prompt_is_refused_instead_of_shifting_every_entry(tiny):
+    """With no prompt token, completion token 0 has no predicting position: the entropy row would be one entry
+    short and the fork mask / base log-probs of the rest shifted by one token (audit F5)."""
+    model, tokenizer = tiny
+    seqs = sequences(len(tokenizer))[:2] + [([], [5, 6, 7, 8, 9])]
+    with pytest.raises(ValueError, match="Sequence 2 has an empty prompt.*at least one token"):
+        score_rollouts(model, seqs, tokenizer.pad_token_id, disable_progress=True)
+
+
+def test_the_trainer_refuses_a_pool_with_an_empty_prompt(tmp_path):
+    from helpers import make_pool, tiny_config
+
+    from trl_reasonmaxxer import ReasonMaxxerTrainer
+    from trl_reasonmaxxer.testing import save_tiny_model
+
+    model = save_tiny_model(str(tmp_path / "model"))
+    # prompt 0 has no token, prompt 1 has 4; the pool is unscored, so the trainer scores it
+    pool = make_pool({0: [(1.0, 5), (0.0, 5)], 1: [(1.0, 3), (0.0, 3)]}, prompt_len={0: 0, 1: 4}, scored=False)
+    trainer = ReasonMaxxerTrainer(model, args=tiny_config(tmp_path / "run", fork_gate="all"), rollout_dataset=pool)
+    with pytest.raises(ValueError, match="empty prompt"):
+        trainer.prepare_training_data()
+    # a pool scored elsewhere with rows of the wrong length is caught where the rows become training items
+    scored = make_pool({0: [(1.0, [0.1, 2.0, 0.3]), (0.0, [2.0, 0.1, 0.3])]}, prompt_len=2).map(
+        lambda row: {"entropy": row["entropy"][1:], "logps": row["logps"][1:]}
+    )
+    trainer = ReasonMaxxerTrainer(model, args=tiny_config(tmp_path / "run2", fork_gate="all"), rollout_dataset=scored)
+    with pytest.raises(ValueError, match="prompt 0 has 3 completion tokens but 2 fork_mask entries, 2 logps"):
+        trainer.prepare_training_data()

@@ -167,3 +167,29 @@ def test_colocate_needs_the_model_on_disk_and_one_gpu_per_process(fake_vllm, tmp
 def test_vllm_mode_is_checked(tmp_path):
     with pytest.raises(ValueError, match="vllm_mode must be one of colocate, server; got 'remote'"):
         ReasonMaxxerConfig(output_dir=str(tmp_path), use_vllm=True, vllm_mode="remote", use_cpu=True)
+
+
+def test_both_backends_get_every_sampling_setting_explicitly(tiny_model_dir, tmp_path, monkeypatch):
+    """The HF backend receives temperature, top_p, top_k, min_p and repetition_penalty as arguments (no longer only
+    when they differ from a default, which let a checkpoint's generation_config fill them in, audit F3), and they
+    are the values vLLM gets."""
+    from trl_reasonmaxxer.vllm_backend import sampling_kwargs
+
+    seen = []
+    real = trainer_module.generate_completions
+    monkeypatch.setattr(trainer_module, "generate_completions", lambda *a, **kw: seen.append(kw) or real(*a, **kw))
+    trainer = make_trainer(tiny_model_dir, tmp_path, top_k=None, min_p=None, repetition_penalty=1.0)
+    trainer.build_rollout_dataset()
+    hf = {k: seen[0][k] for k in ("temperature", "top_p", "top_k", "min_p", "repetition_penalty")}
+    assert hf == {"temperature": 1.0, "top_p": 0.95, "top_k": None, "min_p": None, "repetition_penalty": 1.0}
+    vllm = sampling_kwargs(trainer.args, {EOS})
+    assert {k: vllm[k] for k in hf} == {
+        "temperature": 1.0,
+        "top_p": 0.95,
+        "top_k": 0,
+        "min_p": 0.0,
+        "repetition_penalty": 1.0,
+    }
+    # generation_kwargs override both backends' settings
+    args = tiny_config(tmp_path / "x", generation_kwargs={"top_k": 3})
+    assert sampling_kwargs(args, {EOS})["top_k"] == 3

@@ -74,7 +74,10 @@ class ReasonMaxxerConfig(GRPOConfig):
         passed to `generate` too; as in GRPO, a `generation_kwargs` key naming one of these settings (or
         `max_new_tokens`) overrides it.
     max_completion_length (`int`, *optional*, defaults to `512`):
-        Maximum new tokens per rollout; a rollout that hits it is flagged `truncated`.
+        Maximum new tokens per rollout; a rollout that hits it is flagged `truncated`. GRPOConfig's default, not the
+        paper's 8192: every `generate` call decodes as long as its longest row, so the cap sets the cost of the
+        offline phase, and 8192 is out of reach on a CPU. Long-reasoning tasks (MATH) on a GPU want 2048-8192; a
+        warning names this field when more than 20% of the pool is truncated (`pool/truncation_rate`).
     rollout_batch_size (`int`, *optional*, defaults to `32`):
         Sequences per `generate` call.
     rollout_chunk_size (`int` or `None`, *optional*, defaults to `None`):
@@ -105,7 +108,13 @@ class ReasonMaxxerConfig(GRPOConfig):
     > Parameters that control problem selection
 
     max_problems (`int`, *optional*, defaults to `50`):
-        Number of mixed-success prompts (0 < pass rate < 1) kept, those closest to a pass rate of 0.5.
+        Number of mixed-success prompts (0 < pass rate < 1) kept, those closest to a pass rate of 0.5 (ties: fewer
+        truncated rollouts, then shorter mean completion, then dataset order, as in the authors' code).
+    success_threshold (`float` or `None`, *optional*, defaults to `None`):
+        A rollout counts as solved, for pass rates and selection, when its (weighted) reward is above this. `None`:
+        halfway between the lowest and highest reward in the pool (0.5 if they are equal), i.e. 0.5 for a 0/1
+        verifier (the paper) and the same split for any scale (`0.4 × accuracy`, ±1). Set it for graded or combined
+        rewards, e.g. `0.9` when accuracy is worth 1 and a format bonus 0.2.
     advantage_clip (`float`, *optional*, defaults to `2.5`):
         Advantages `(r - mean) / std` per prompt (population std) are clipped to `±advantage_clip`.
 
@@ -129,7 +138,7 @@ class ReasonMaxxerConfig(GRPOConfig):
 
     loss_type (`str`, *optional*, defaults to `"adv_ce"`):
         `"adv_ce"`: the paper's loss, mean over forks of `-A·log π(token)` plus `beta` × mean KL(π_base ‖ π) over
-        the other valid positions. `"adv_ratio"`: a bounded variant, PPO's clipped surrogate with the base model as
+        the other valid positions. `"adv_ratio"`: a clipped variant, PPO's clipped surrogate with the base model as
         the old policy (`epsilon`). `"fork_dpo"`: a bounded pairwise loss, `-log σ(dpo_beta · margin)` where margin is
         the chosen-minus-rejected mean fork-token log-ratio to the base. GRPO loss names (`"dapo"`, `"grpo"`, ...)
         fall back to `"adv_ce"` with a warning; any other name is an error.
@@ -144,6 +153,10 @@ class ReasonMaxxerConfig(GRPOConfig):
         Inverse temperature of `"fork_dpo"` (its margin is a per-token mean log-ratio, hence larger than DPO's 0.1).
     kl_on_prompt (`bool`, *optional*, defaults to `True`):
         Include prompt positions in the KL anchor, as the paper does.
+    disable_dropout (`bool`, *optional*, defaults to `True`):
+        Turn off the model's dropout (LoRA dropout included) for training, as DPOConfig does (GRPOConfig: `False`):
+        the fork targets and base log-probs were scored without dropout, and the paper's models have none. The KL
+        anchor's reference forward runs in eval mode either way.
 
     > Parameters that control the Hub upload
 
@@ -162,15 +175,26 @@ class ReasonMaxxerConfig(GRPOConfig):
         default=4, metadata={"help": "4 pairs = 8 rollouts per optimiser step, as in the paper."}
     )
     warmup_steps: float = field(default=50, metadata={"help": "Linear warm-up steps (a float < 1 is a ratio)."})
-    num_train_epochs: float = field(default=1.0, metadata={"help": "Epochs over the preference pairs."})
+    num_train_epochs: float = field(
+        default=1.0, metadata={"help": "Epochs over the selected rollouts (fork_dpo: over its preference pairs)."}
+    )
     logging_steps: float = field(default=5, metadata={"help": "Log every N optimiser steps."})
     bf16: bool | None = field(
         default=None, metadata={"help": "bf16 mixed precision; None means on when the GPU supports it."}
     )
+    disable_dropout: bool = field(
+        default=True, metadata={"help": "Disable dropout (LoRA dropout included) during training, as DPOConfig does."}
+    )
     num_generations: int | None = field(default=20, metadata={"help": "Rollouts per prompt (>= 2)."})
     temperature: float = field(default=0.6, metadata={"help": "Rollout sampling temperature."})
     top_p: float = field(default=0.95, metadata={"help": "Rollout nucleus sampling."})
-    max_completion_length: int | None = field(default=512, metadata={"help": "Maximum new tokens per rollout."})
+    max_completion_length: int | None = field(
+        default=512,
+        metadata={
+            "help": "Maximum new tokens per rollout. GRPO's default; the paper samples up to 8192 (too slow on CPU). "
+            "A warning names it when over a fifth of the rollouts are truncated."
+        },
+    )
     beta: float = field(default=0.2, metadata={"help": "KL-anchor weight."})
     loss_type: str = field(default="adv_ce", metadata={"help": "adv_ce, adv_ratio or fork_dpo."})
     # Rollouts
@@ -184,6 +208,12 @@ class ReasonMaxxerConfig(GRPOConfig):
     # Selection
     max_problems: int = field(default=50, metadata={"help": "Mixed-success prompts kept (closest to p=0.5)."})
     advantage_clip: float = field(default=2.5, metadata={"help": "Advantages are clipped to +-this."})
+    success_threshold: float | None = field(
+        default=None,
+        metadata={
+            "help": "A rollout is solved when its reward is above this; None: midway between min and max reward."
+        },
+    )
     # Gate
     fork_gate: str = field(default="entropy", metadata={"help": "entropy, random or all."})
     fork_threshold: float | None = field(default=None, metadata={"help": "Absolute entropy threshold (nats)."})
@@ -215,6 +245,8 @@ class ReasonMaxxerConfig(GRPOConfig):
                 self.fork_topk,
                 self.fork_scope,
             )
+        if self.success_threshold is not None and not math.isfinite(self.success_threshold):
+            raise ValueError(f"success_threshold must be a finite number or None, got {self.success_threshold}.")
         try:
             # GRPOConfig.__post_init__ would size GRPO's generation batches (num_generations must divide them);
             # the offline method has none, so only the base config's checks apply.

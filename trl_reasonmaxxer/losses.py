@@ -101,9 +101,11 @@ def adv_ce_per_sequence(
 def adv_ratio_per_sequence(
     logps: torch.Tensor, base_logps: torch.Tensor, advantages: torch.Tensor, fork_mask: torch.Tensor, epsilon: float
 ) -> torch.Tensor:
-    """Bounded decision term: PPO's clipped surrogate at fork tokens with the base model as the old policy.
+    """Clipped decision term: PPO's clipped surrogate at fork tokens with the base model as the old policy.
 
     Once ``π/π_base`` leaves ``[1 − ε, 1 + ε]`` in the direction the advantage favours, the token's gradient is zero.
+    Like PPO without a dual clip it is bounded only on that side: a token moving against its advantage (``A < 0``
+    and a growing ratio) has loss and gradient ``|A| · π/π_base``, which grows as ``exp(log π − log π_base)``.
     """
     ratio = torch.exp(logps - base_logps)
     adv = advantages[:, None]
@@ -138,26 +140,31 @@ def reasonmaxxer_loss(
     dpo_beta: float = 1.0,
     neg_prob_floor: float | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """Total loss and its parts for one batch of paired rollouts (chosen rows first, then rejected).
+    """Total loss and its parts for one batch of ``2P`` rollouts (``P`` items of :func:`collator.build_pairs`:
+    the chosen rows first, then their partners).
 
-    Each term is averaged over its own mask within a sequence, then sequences are averaged with ``weights``
-    (``1 / times the rollout appears in a pair``, so each rollout counts once per epoch). ``kl`` may be None when
-    ``beta == 0``.
+    Each term is averaged over its own mask within a sequence; sequences are then weighted by ``weights`` (``1 /
+    times the rollout appears in the epoch's items``) and divided by the number of rows ``2P``, a constant, not by
+    the weight sum: a rollout weighs the same ``1 / 2P`` in every batch, so with the trainer's division by gradient
+    accumulation it counts exactly once per epoch at ``1 / (2P · GA)``, the paper's per-rollout weight (one rollout
+    per batch, ``L_i / GA``), whatever its prompt's pass rate. The ``fork_dpo`` term is one value per pair, each pair
+    counting once (a mean over the ``P`` pairs); its KL anchor is per rollout, weighted like the others. ``kl`` may
+    be None when ``beta == 0``.
     """
     if loss_type == "adv_ce":
         decision = adv_ce_per_sequence(logps, advantages, fork_mask, neg_prob_floor)
     elif loss_type == "adv_ratio":
         decision = adv_ratio_per_sequence(logps, base_logps, advantages, fork_mask, epsilon)
     elif loss_type == "fork_dpo":
-        # the pair loss is shared by both rows of a pair
-        decision = fork_dpo_per_pair(logps, base_logps, fork_mask, dpo_beta).repeat(2)
+        decision = fork_dpo_per_pair(logps, base_logps, fork_mask, dpo_beta)
     else:
         raise ValueError(f"Unknown loss_type {loss_type!r}; choose adv_ce, adv_ratio or fork_dpo.")
+    rows = weights.numel()
     if loss_type == "fork_dpo":
-        weights = torch.ones_like(weights)
-    anchor = masked_mean(kl, anchor_mask) if kl is not None else torch.zeros_like(decision)
-    norm = weights.sum().clamp(min=1e-8)
-    decision_loss = (weights * decision).sum() / norm
-    anchor_loss = (weights * anchor).sum() / norm
+        decision_loss = decision.mean()
+    else:
+        decision_loss = (weights * decision).sum() / rows
+    anchor = masked_mean(kl, anchor_mask) if kl is not None else torch.zeros_like(weights)
+    anchor_loss = (weights * anchor).sum() / rows
     loss = decision_loss + beta * anchor_loss
     return loss, {"decision_loss": decision_loss.detach(), "kl": anchor_loss.detach()}

@@ -73,8 +73,17 @@ def score_rollouts(
 
     Entry ``j`` of both lists describes the distribution that predicted completion token ``j`` (the logits at input
     position ``len(prompt) + j - 1``), in fp32. Pass a PEFT model inside ``disable_adapter()`` to score the base
-    model. ``chunk_size`` completion tokens go through the LM head at a time.
+    model. ``chunk_size`` completion tokens go through the LM head at a time. Every prompt needs at least one token:
+    with none, completion token 0 has no predicting position and every entry would describe the next token.
     """
+    for i, (prompt, _) in enumerate(sequences):
+        if len(prompt) == 0:
+            raise ValueError(
+                f"Sequence {i} has an empty prompt: its first completion token has no position that predicts it, so "
+                "its entropy and log-prob cannot be scored, and the fork mask and base log-probs of the rest would be "
+                "shifted by one token. Give every prompt at least one token (some text, or a tokenizer that adds a "
+                "BOS token)."
+            )
     device = next(model.parameters()).device
     head = base_lm_head(model.get_output_embeddings())
     was_training = model.training

@@ -39,7 +39,7 @@ from .collator import DataCollatorForForkPairs, build_pairs
 from .config import ReasonMaxxerConfig
 from .evaluation import check_model_path
 from .losses import chunked_logps_and_kl, reasonmaxxer_loss
-from .rollouts import generate_completions, tokenize_prompt
+from .rollouts import generate_completions, tokenize_prompt, warn_if_truncated
 from .scoring import base_lm_head, check_lm_head, final_hidden_states, score_rollouts
 from .vllm_backend import VLLMRollouts, resolve_use_vllm
 
@@ -276,7 +276,7 @@ class ReasonMaxxerTrainer(_BaseTrainer):
         if args.gradient_checkpointing:
             model.enable_input_require_grads()
         if args.disable_dropout:
-            disable_dropout_in_model(model)
+            _disable_dropout(model)
 
         if rollout_dataset is not None:
             check_rollout_dataset(
@@ -361,11 +361,6 @@ class ReasonMaxxerTrainer(_BaseTrainer):
         all_ids = self._prompt_ids()
         if engine is not None:
             return engine.generate([all_ids[i] for i in indices], indices)
-        extra = dict(a.generation_kwargs or {})
-        if a.repetition_penalty != 1.0:
-            extra["repetition_penalty"] = a.repetition_penalty
-        if a.min_p is not None:
-            extra["min_p"] = a.min_p
         with use_adapter(self.model, None):
             return generate_completions(
                 self.model,
@@ -376,10 +371,12 @@ class ReasonMaxxerTrainer(_BaseTrainer):
                 temperature=a.temperature,
                 top_p=a.top_p,
                 top_k=a.top_k,
+                min_p=a.min_p,
+                repetition_penalty=a.repetition_penalty,
                 batch_size=a.rollout_batch_size,
                 seed=a.seed + indices[0],
                 desc="Rollouts",
-                generation_kwargs=extra,
+                generation_kwargs=a.generation_kwargs,
                 disable_progress=a.disable_tqdm,
             )
 
@@ -470,9 +467,17 @@ class ReasonMaxxerTrainer(_BaseTrainer):
             # NaN rewards are ignored by selection; rows stay in place because cached scores are keyed by row id
             if r["reward"] is None or (a.mask_truncated_completions and r["truncated"]):
                 r["reward"] = float("nan")
+        warn_if_truncated([r["truncated"] for r in rows], a.max_completion_length)
         prompt_index = [r["prompt_index"] for r in rows]
         rewards = [r["reward"] for r in rows]
-        report = selection.select_problems(prompt_index, rewards, a.max_problems)
+        report = selection.select_problems(
+            prompt_index,
+            rewards,
+            a.max_problems,
+            a.success_threshold,
+            truncated=[r["truncated"] for r in rows],
+            lengths=[len(r["completion_ids"]) for r in rows],
+        )
         if not report.selected:
             raise ValueError(
                 f"No prompt has mixed success, so there is no contrast to learn from. {report.summary()} "
@@ -481,10 +486,13 @@ class ReasonMaxxerTrainer(_BaseTrainer):
             )
         keep = set(report.selected)
         row_ids = [i for i, r in enumerate(rows) if r["prompt_index"] in keep]
-        selected = [rows[i] for i in row_ids]
         advantages = selection.group_advantages(
-            [r["prompt_index"] for r in selected], [r["reward"] for r in selected], a.advantage_clip
+            [rows[i]["prompt_index"] for i in row_ids], [rows[i]["reward"] for i in row_ids], a.advantage_clip
         )
+        # rows with A = 0 (NaN reward) never train: leave them out of scoring and of the τ calibration
+        kept = [(i, adv) for i, adv in zip(row_ids, advantages, strict=True) if adv != 0]
+        row_ids, advantages = [i for i, _ in kept], [adv for _, adv in kept]
+        selected = [rows[i] for i in row_ids]
         scores = self._scores(rows, row_ids)
         entropies = [scores[i][0] for i in row_ids]
         masks, tau = gating.build_fork_masks(
@@ -492,24 +500,24 @@ class ReasonMaxxerTrainer(_BaseTrainer):
         )
         for row, i, adv, mask in zip(selected, row_ids, advantages, masks, strict=True):
             row.update(advantage=adv, fork_mask=mask, logps=scores[i][1])
-        pairs = build_pairs(selected, seed=a.seed)
+        pairs = build_pairs(selected, seed=a.seed, preference=a.loss_type == "fork_dpo")
         per_step = a.per_device_train_batch_size * a.world_size
         if not pairs or (a.dataloader_drop_last and len(pairs) < per_step):
             too_few = (
-                "no preference pair"
+                "no training item"
                 if not pairs
-                else f"{len(pairs)} preference pairs, fewer than one batch ({per_step}) with dataloader_drop_last"
+                else f"{len(pairs)} training items, fewer than one batch ({per_step}) with dataloader_drop_last"
             )
             raise ValueError(
-                f"The offline phase left {too_few} to train on. {report.summary()} A pair needs a rollout above and "
-                "one below its prompt's mean reward. Use more problems (train_dataset, max_problems) or more "
+                f"The offline phase left {too_few} to train on. {report.summary()} Only rollouts with a non-zero "
+                "advantage (a reward off their prompt's mean) train. Use more problems (train_dataset, max_problems) or more "
                 f"generations{', or dataloader_drop_last=False' if pairs else ''}. The rollouts are kept in "
                 f"{self._kept_in()}."
             )
         self.pool_stats = _pool_stats(rows, selected, entropies, masks, tau, report, len(pairs))
         for key, value in self.pool_stats.items():  # logged with the first training step
             self._metrics["train"][key].append(value)
-        logger.info("ReasonMaxxer pool: %s %d preference pairs.", report.summary(), len(pairs))
+        logger.info("ReasonMaxxer pool: %s %d training items (rollout pairs).", report.summary(), len(pairs))
         return Dataset.from_list(pairs)
 
     def _kept_in(self) -> str:
@@ -581,8 +589,13 @@ class ReasonMaxxerTrainer(_BaseTrainer):
             self._lm_head_checked = True
         ref_hidden = None
         if a.beta > 0:
-            with torch.no_grad(), use_adapter(unwrapped, None), disable_gradient_checkpointing(unwrapped):
-                ref_hidden = final_hidden_states(unwrapped, input_ids, attention_mask)[0][:, :-1]
+            was_training = unwrapped.training
+            unwrapped.eval()  # the reference is the base model's deterministic distribution, dropout on or off
+            try:
+                with torch.no_grad(), use_adapter(unwrapped, None), disable_gradient_checkpointing(unwrapped):
+                    ref_hidden = final_hidden_states(unwrapped, input_ids, attention_mask)[0][:, :-1]
+            finally:
+                unwrapped.train(was_training)
         # position t of every shifted tensor is the distribution that predicts input token t + 1
         targets = input_ids[:, 1:]
         # the reference's head is the base head even when the LoRA adapts lm_head (chunks run outside the
@@ -843,6 +856,15 @@ def invalid_prompts(prompts) -> dict[str, list[int]]:
         else:
             problems[f"are {type(prompt).__name__}, not a string or a list of chat messages"].append(i)
     return dict(problems)
+
+
+def _disable_dropout(model) -> None:
+    """TRL's ``disable_dropout_in_model`` zeroes ``nn.Dropout`` modules; most attention classes (Llama, Qwen2,
+    Mistral) read their dropout from a float ``attention_dropout`` at forward time instead, so zero those too."""
+    disable_dropout_in_model(model)
+    for module in model.modules():
+        if isinstance(getattr(module, "attention_dropout", None), float):
+            module.attention_dropout = 0.0
 
 
 def _check_prompt_dataset(dataset) -> None:

@@ -58,7 +58,7 @@ def sampling_kwargs(args, eos_ids: set[int]) -> dict:
     kwargs = dict(
         temperature=args.temperature,
         top_p=args.top_p,
-        top_k=args.top_k,
+        top_k=args.top_k or 0,  # vLLM: 0 disables top-k (None is GRPO-style "off" too)
         min_p=0.0 if args.min_p is None else args.min_p,
         repetition_penalty=args.repetition_penalty,
         max_tokens=args.max_completion_length,
