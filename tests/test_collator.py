@@ -271,3 +271,10 @@ def test_an_epoch_of_80_rollouts_at_8_per_step_is_10_optimiser_steps(tmp_path):
         model, args=tiny_config(tmp_path / "dpo", loss_type="fork_dpo", **args), rollout_dataset=pool
     )
     assert len(dpo.prepare_training_data()) == 60
+
+
+def test_a_row_scored_on_other_ids_is_refused_before_its_mask_shifts():
+    row = rollout(0, 1, advantage=1.0, length=3)
+    row.update(fork_mask=[True, False], logps=[0.0, 0.0])  # scored with one token fewer (an empty prompt)
+    with pytest.raises(ValueError, match="prompt 0 has 3 completion tokens but 2 fork_mask entries, 2 logps entries"):
+        build_pairs([row, rollout(0, 2, advantage=-1.0)], seed=0)

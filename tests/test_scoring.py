@@ -132,10 +132,9 @@ def test_the_trainer_refuses_a_pool_with_an_empty_prompt(tmp_path):
     trainer = ReasonMaxxerTrainer(model, args=tiny_config(tmp_path / "run", fork_gate="all"), rollout_dataset=pool)
     with pytest.raises(ValueError, match="empty prompt"):
         trainer.prepare_training_data()
-    # a pool scored elsewhere with rows of the wrong length is caught where the rows become training items
+    # a pool scored elsewhere with rows of the wrong length is refused when it is passed in
     scored = make_pool({0: [(1.0, [0.1, 2.0, 0.3]), (0.0, [2.0, 0.1, 0.3])]}, prompt_len=2).map(
         lambda row: {"entropy": row["entropy"][1:], "logps": row["logps"][1:]}
     )
-    trainer = ReasonMaxxerTrainer(model, args=tiny_config(tmp_path / "run2", fork_gate="all"), rollout_dataset=scored)
-    with pytest.raises(ValueError, match="prompt 0 has 3 completion tokens but 2 fork_mask entries, 2 logps"):
-        trainer.prepare_training_data()
+    with pytest.raises(ValueError, match=r"rows \[0, 1\]: `entropy` and `completion_ids` differ in length"):
+        ReasonMaxxerTrainer(model, args=tiny_config(tmp_path / "run2", fork_gate="all"), rollout_dataset=scored)
