@@ -266,6 +266,23 @@ def test_unsupported_settings_raise_one_clear_error(kwargs, targets, setting, tm
     assert not (tmp_path / "lora.gguf").exists()
 
 
+def test_untrained_lora_bias_is_dropped(tmp_path):
+    """lora_bias=True whose biases stayed zero exports exactly (PEFT saves them even for bias-free layers)."""
+    model, _ = make_base("llama")
+    model.save_pretrained(tmp_path / "base")
+    adapter = make_adapter(tmp_path / "base", tmp_path / "adapter", lora_bias=True)
+    from safetensors.torch import load_file, save_file
+
+    tensors = load_file(str(adapter / "adapter_model.safetensors"))
+    assert any(k.endswith("lora_B.bias") for k in tensors)
+    save_file(
+        {k: (v * 0 if k.endswith("lora_B.bias") else v) for k, v in tensors.items()},
+        adapter / "adapter_model.safetensors",
+    )
+    _, written = read_gguf(peft_to_gguf_lora(adapter, tmp_path / "lora.gguf"))
+    assert len(written) == 2 * 2 * len(ATTN)
+
+
 def test_several_problems_are_listed_in_one_error(tmp_path):
     model, _ = make_base("qwen2")
     model.save_pretrained(tmp_path / "base")
@@ -365,6 +382,30 @@ def test_merged_gguf_matches_peft_merge(base, tmp_path, dtype):
     assert norm.tensor_type == gguf.GGMLQuantizationType.F32
     q_type = tensors[gguf_name(arch, "self_attn.q_proj", 0)].tensor_type
     assert q_type.name == dtype.upper()
+
+
+def test_merge_keeps_a_trained_lm_head_of_a_tied_base(tmp_path):
+    """A tied base GGUF has no output.weight: a trained lm_head (modules_to_save) is added as one, not dropped."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    model, tokenizer = make_base("qwen2")
+    model.save_pretrained(tmp_path / "base")
+    base_gguf = write_tiny_gguf(model, tokenizer, tmp_path / "base" / "tiny.gguf")
+    adapter = make_adapter(tmp_path / "base", tmp_path / "adapter", modules_to_save=["lm_head"])
+    from safetensors.torch import load_file, save_file
+
+    tensors = load_file(str(adapter / "adapter_model.safetensors"))
+    save_file(
+        {k: (v + 0.5 if "lm_head" in k else v) for k, v in tensors.items()}, adapter / "adapter_model.safetensors"
+    )
+    out = Path(merge_to_gguf(str(base_gguf), adapter, tmp_path / "out" / "m.gguf", dtype="f32"))
+    assert "output.weight" in read_gguf(out)[1]
+    reference = PeftModel.from_pretrained(
+        AutoModelForCausalLM.from_pretrained(str(tmp_path / "base"), dtype=torch.float32), str(adapter)
+    ).merge_and_unload()
+    merged = AutoModelForCausalLM.from_pretrained(str(out.parent), gguf_file=out.name, dtype=torch.float32)
+    torch.testing.assert_close(logits_of(merged), logits_of(reference), rtol=0, atol=1e-4)
 
 
 def test_merge_refuses_a_model_that_was_never_gguf(tmp_path):

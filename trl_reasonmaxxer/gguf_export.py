@@ -204,10 +204,6 @@ def adapter_problems(config: dict, tensors: dict, name_map) -> list[str]:
         )
     if config.get("trainable_token_indices"):
         problems.append(f"trainable_token_indices is set: trained embedding rows have no LoRA form; {merged}.")
-    if config.get("lora_bias"):
-        problems.append(f"lora_bias=True: llama.cpp LoRAs have no bias; retrain with lora_bias=False, {merged}.")
-    if config.get("bias", "none") != "none":
-        problems.append(f"bias={config['bias']!r}: trained base biases have no LoRA form; use bias='none', {merged}.")
     if config.get("fan_in_fan_out"):
         problems.append("fan_in_fan_out=True (Conv1D layers): not a supported layout; use a Linear-layer model.")
     if config.get("layer_replication"):
@@ -216,8 +212,8 @@ def adapter_problems(config: dict, tensors: dict, name_map) -> list[str]:
         problems.append(f"target_parameters is set: only Linear modules can be exported; {merged}.")
 
     targets = _lora_targets()
-    unsupported, other = set(), set()
-    for key in tensors:
+    unsupported, other, lora_biases, base_biases = set(), set(), set(), set()
+    for key, value in tensors.items():
         module, role = _split_key(key)
         if role in ("A", "B"):
             hit = name_map.get_type_and_name(module + ".weight", try_suffixes=(".weight",))
@@ -225,8 +221,21 @@ def adapter_problems(config: dict, tensors: dict, name_map) -> list[str]:
                 unsupported.add(module.rsplit(".", 1)[-1])
         elif role == "embedding":
             unsupported.add(module.rsplit(".", 1)[-1])
-        elif role == "other" and not config.get("modules_to_save") and config.get("bias", "none") == "none":
+        elif role == "lora_bias" and bool(value.any()):  # an all-zero lora_B bias is dropped: exact
+            lora_biases.add(module.rsplit(".", 1)[-1])
+        elif role == "other" and key.endswith(".bias") and config.get("bias", "none") != "none":
+            base_biases.add(key)
+        elif role == "other" and not config.get("modules_to_save"):
             other.add(key)
+    if lora_biases:
+        problems.append(
+            f"lora_bias=True (trained on {', '.join(sorted(lora_biases))}): llama.cpp LoRAs have no bias; retrain "
+            f"with lora_bias=False, {merged}."
+        )
+    if base_biases:
+        problems.append(
+            f"bias={config['bias']!r}: trained base biases have no LoRA form; retrain with bias='none', {merged}."
+        )
     if unsupported:
         problems.append(
             f"target_modules includes {', '.join(sorted(unsupported))}: llama.cpp LoRA export supports q_proj, "
@@ -325,7 +334,8 @@ def lora_gguf_tensors(adapter_config: dict, tensors: dict, arch: str, base_confi
     pairs: dict[str, dict] = {}
     for key, value in tensors.items():
         module, role = _split_key(key)
-        pairs.setdefault(module, {})[role] = value
+        if role != "lora_bias":  # all zero here (adapter_problems refuses the others)
+            pairs.setdefault(module, {})[role] = value
     out = []
     for module, pair in pairs.items():
         if set(pair) != {"A", "B"}:
@@ -559,6 +569,7 @@ def merged_gguf_tensors(state_dict: dict, reader, dtype: str) -> list[tuple[str,
     counterpart are only allowed for a tied ``lm_head`` (the GGUF then has no ``output.weight``).
     """
     import gguf
+    import torch
 
     arch = gguf_field(reader, gguf.Keys.General.ARCHITECTURE)
     gguf_arch(arch)  # refuse architectures whose q/k layout is unknown here
@@ -578,7 +589,16 @@ def merged_gguf_tensors(state_dict: dict, reader, dtype: str) -> list[tuple[str,
         if arch in QK_PERMUTED_ARCHS and kind in (gguf.MODEL_TENSOR.ATTN_Q, gguf.MODEL_TENSOR.ATTN_K):
             tensor = permute_qk_rows(tensor, n_head if kind == gguf.MODEL_TENSOR.ATTN_Q else n_kv)
         produced[name] = tensor.detach().float().cpu()
-    tied = [n for n in unmatched if n == "lm_head.weight" and "output.weight" not in wanted]
+    embedding = next((v for k, v in state_dict.items() if k.endswith("embed_tokens.weight")), None)
+    tied = []
+    if "lm_head.weight" in unmatched and "output.weight" not in wanted and embedding is not None:
+        tied = ["lm_head.weight"]
+        head = state_dict["lm_head.weight"]
+        if not torch.equal(head, embedding):
+            # a trained lm_head (modules_to_save) on a tied base: add an untied output.weight, which llama.cpp
+            # (qwen2, qwen3, llama) prefers over token_embd and transformers loads as tie_word_embeddings=False
+            wanted = {**wanted, "output.weight": tuple(head.shape)}
+            produced["output.weight"] = head.detach().float().cpu()
     unmatched = [n for n in unmatched if n not in tied]
     missing = [n for n in wanted if n not in produced]
     wrong = [
