@@ -42,6 +42,7 @@ CONVERT_HF_HINT = (
     ".save_pretrained(dir)`, then `python convert_hf_to_gguf.py dir --outtype f16`)"
 )
 PEFT_PREFIX = "base_model.model."
+SUPPORTED_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 
 class GGUFExportError(ValueError):
@@ -90,7 +91,7 @@ def permute_qk_rows(weight, n_head: int):
     if rows % (2 * n_head):
         raise GGUFExportError(f"cannot split {rows} rows into {n_head} heads of rotary pairs")
     half = rows // n_head // 2
-    return weight.reshape(n_head, 2, half, *weight.shape[1:]).transpose(1, 2).reshape(weight.shape)
+    return weight.reshape(n_head, 2, half, *weight.shape[1:]).swapaxes(1, 2).reshape(weight.shape)
 
 
 def effective_scale(alpha: float, r: int, use_rslora: bool = False) -> float:
@@ -212,12 +213,14 @@ def adapter_problems(config: dict, tensors: dict, name_map) -> list[str]:
         problems.append(f"target_parameters is set: only Linear modules can be exported; {merged}.")
 
     targets = _lora_targets()
-    unsupported, other, lora_biases, base_biases = set(), set(), set(), set()
+    unsupported, unknown_paths, other, lora_biases, base_biases = set(), set(), set(), set(), set()
     for key, value in tensors.items():
         module, role = _split_key(key)
         if role in ("A", "B"):
             hit = name_map.get_type_and_name(module + ".weight", try_suffixes=(".weight",))
-            if hit is None or hit[0] not in targets:
+            if hit is None and module.rsplit(".", 1)[-1] in SUPPORTED_MODULES:
+                unknown_paths.add(module)
+            elif hit is None or hit[0] not in targets:
                 unsupported.add(module.rsplit(".", 1)[-1])
         elif role == "embedding":
             unsupported.add(module.rsplit(".", 1)[-1])
@@ -238,8 +241,13 @@ def adapter_problems(config: dict, tensors: dict, name_map) -> list[str]:
         )
     if unsupported:
         problems.append(
-            f"target_modules includes {', '.join(sorted(unsupported))}: llama.cpp LoRA export supports q_proj, "
-            f"k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj; retrain with target_modules among those, {merged}."
+            f"target_modules includes {', '.join(sorted(unsupported))}: llama.cpp LoRA export supports "
+            f"{', '.join(SUPPORTED_MODULES)}; retrain with target_modules among those, {merged}."
+        )
+    if unknown_paths:
+        problems.append(
+            f"module paths not in the gguf package's tensor map for this architecture (a wrapped or multimodal "
+            f"model?): {', '.join(sorted(unknown_paths)[:3])}; export from the plain text model, {merged}."
         )
     if other:
         problems.append(
