@@ -208,7 +208,7 @@ def test_quick_comparison_runs_end_to_end_on_the_tiny_model(tiny_model_dir, tmp_
             "--dataset",
             str(data),
             "--reward",
-            "helpers.alternating_reward",
+            "tests.helpers.alternating_reward",
             "--max-new-tokens",
             "6",
             "--output-dir",

@@ -10,7 +10,6 @@ from pathlib import Path
 import pytest
 import yaml
 from datasets import Dataset, DatasetDict
-from helpers import LocalHub
 
 from trl_reasonmaxxer import cli
 from trl_reasonmaxxer.train import (
@@ -23,6 +22,8 @@ from trl_reasonmaxxer.train import (
     run,
 )
 
+from .helpers import LocalHub
+
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 PROMPTS = [f"what is {i} plus {i} ?" for i in range(4)]
@@ -32,7 +33,7 @@ def write_recipe(path: Path, model_dir: str, dataset: Path, output_dir: Path, **
     recipe = dict(
         model_name_or_path=model_dir,
         dataset_name=str(dataset),
-        reward_funcs=["helpers.alternating_reward"],
+        reward_funcs=["tests.helpers.alternating_reward"],
         output_dir=str(output_dir),
         num_generations=4,
         max_completion_length=3,
