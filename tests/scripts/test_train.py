@@ -12,7 +12,7 @@ import yaml
 from datasets import Dataset, DatasetDict
 
 from trl_reasonmaxxer import cli
-from trl_reasonmaxxer.train import (
+from trl_reasonmaxxer.scripts.train import (
     QUICK,
     apply_quick,
     checkpoint_to_resume,
@@ -22,10 +22,10 @@ from trl_reasonmaxxer.train import (
     run,
 )
 
-from .helpers import LocalHub
+from ..helpers import LocalHub
 
 
-EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 PROMPTS = [f"what is {i} plus {i} ?" for i in range(4)]
 
 
@@ -166,7 +166,7 @@ def test_arguments_without_effect_are_named(tmp_path):
 
 
 def test_streaming_dataset_is_refused_with_the_fix(tmp_path):
-    from trl_reasonmaxxer.train import main
+    from trl_reasonmaxxer.scripts.train import main
 
     with pytest.raises(ValueError, match="dataset_streaming is not supported.*Drop --dataset_streaming"):
         main(*parse("--output_dir", str(tmp_path), "--use_cpu", "--dataset_streaming"))
