@@ -168,7 +168,7 @@ def worker(spec: dict) -> dict:
     """One measurement in this (fresh) process: build, settle, reset the peak, run once, read the peak."""
     import torch
 
-    from trl_reasonmaxxer.ledger import peak_memory, reset_peak_memory
+    from trl_reasonmaxxer.benchmarking.ledger import peak_memory, reset_peak_memory
 
     torch.set_num_threads(spec["threads"])
     device = "cuda" if torch.cuda.is_available() and not spec["cpu"] else "cpu"

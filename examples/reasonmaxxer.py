@@ -17,7 +17,7 @@ Any option of ReasonMaxxerConfig (and GRPOConfig/TrainingArguments), trl.ModelCo
 ReasonMaxxerScriptArguments is a flag: `python examples/reasonmaxxer.py --help`.
 """
 
-from trl_reasonmaxxer.train import main, make_parser
+from trl_reasonmaxxer.scripts.train import main, make_parser
 
 
 if __name__ == "__main__":

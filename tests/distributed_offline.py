@@ -2,7 +2,8 @@
 
 ``tests/test_distributed.py`` calls :func:`run` in-process (one process) and runs this file under
 ``torchrun --nproc_per_node 2`` (CPU, gloo), where each process writes ``<output_dir>/rank<k>.json``.
-Usage: ``torchrun --standalone --nproc_per_node 2 tests/distributed_offline.py MODEL_DIR OUTPUT_DIR``.
+Usage, from the repository root: ``torchrun --standalone --nproc_per_node 2 -m tests.distributed_offline MODEL_DIR
+OUTPUT_DIR``.
 """
 
 from __future__ import annotations
@@ -12,9 +13,10 @@ import os
 import sys
 
 import torch
-from helpers import chat_prompts, tiny_config
 
 from trl_reasonmaxxer import ReasonMaxxerTrainer
+
+from .helpers import chat_prompts, tiny_config
 
 
 def first_token_parity_reward(completion_ids, **kwargs):

@@ -11,10 +11,11 @@ from pathlib import Path
 
 import pytest
 from datasets import load_from_disk
-from distributed_offline import run
-from helpers import CallCounter, alternating_reward, chat_prompts, is_close_list, tiny_config
 
 from trl_reasonmaxxer import ReasonMaxxerTrainer, pool
+
+from .distributed_offline import run
+from .helpers import CallCounter, alternating_reward, chat_prompts, is_close_list, tiny_config
 
 
 TESTS = Path(__file__).parent
@@ -118,7 +119,8 @@ def test_torchrun_two_processes_build_the_one_process_pool_and_train_on_it(tiny_
         "--standalone",
         "--nproc_per_node",
         "2",
-        str(TESTS / "distributed_offline.py"),
+        "--module",
+        "tests.distributed_offline",
         tiny_model_dir,
         str(two_dir),
     ]

@@ -6,13 +6,14 @@ import os
 
 import pytest
 import torch
-from helpers import LocalHub, alternating_reward, chat_prompts, tiny_config
 from peft import PeftModel
 from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 
 from trl_reasonmaxxer import ReasonMaxxerTrainer
 from trl_reasonmaxxer.hub import HubPushError, card_settings, describe_precision
 from trl_reasonmaxxer.trainer import check_quantization_supported
+
+from .helpers import LocalHub, alternating_reward, chat_prompts, tiny_config
 
 
 REPO = "someone/tiny-reasonmaxxer"

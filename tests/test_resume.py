@@ -7,11 +7,12 @@ import os
 
 import pytest
 import torch
-from helpers import CallCounter, SimulatedCrash, alternating_reward, chat_prompts, tiny_config
 from transformers import TrainerCallback
 
 import trl_reasonmaxxer.trainer as trainer_module
 from trl_reasonmaxxer import ReasonMaxxerTrainer
+
+from .helpers import CallCounter, SimulatedCrash, alternating_reward, chat_prompts, tiny_config
 
 
 class CrashAtStep(TrainerCallback):

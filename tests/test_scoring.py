@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import pytest
 import torch
-from helpers import softcapped_model
 
 from trl_reasonmaxxer.scoring import score_rollouts
 from trl_reasonmaxxer.testing import make_tiny_model, make_tiny_tokenizer
+
+from .helpers import softcapped_model
 
 
 @pytest.fixture(scope="module")

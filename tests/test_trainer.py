@@ -12,16 +12,6 @@ from pathlib import Path
 import pytest
 import torch
 from datasets import Dataset, load_from_disk
-from helpers import (
-    CallCounter,
-    SimulatedCrash,
-    alternating_reward,
-    chat_prompts,
-    make_pool,
-    pool_key,
-    softcapped_model,
-    tiny_config,
-)
 from peft import LoraConfig
 from transformers import AutoModelForCausalLM
 from trl.trainer.utils import selective_log_softmax, use_adapter
@@ -31,6 +21,17 @@ from trl_reasonmaxxer import ReasonMaxxerConfig, ReasonMaxxerTrainer
 from trl_reasonmaxxer.losses import reasonmaxxer_loss, token_kl
 from trl_reasonmaxxer.scoring import score_rollouts
 from trl_reasonmaxxer.testing import make_tiny_tokenizer
+
+from .helpers import (
+    CallCounter,
+    SimulatedCrash,
+    alternating_reward,
+    chat_prompts,
+    make_pool,
+    pool_key,
+    softcapped_model,
+    tiny_config,
+)
 
 
 # ------------------------------------------------------------------------------------------------ helpers

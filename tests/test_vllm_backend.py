@@ -10,13 +10,14 @@ import types
 from collections import Counter
 
 import pytest
-from helpers import CallCounter, alternating_reward, chat_prompts, pool_key, tiny_config
 from trl.generation import vllm_client  # before any test puts a fake `vllm` in sys.modules
 
 import trl_reasonmaxxer.trainer as trainer_module
 from trl_reasonmaxxer import ReasonMaxxerConfig, ReasonMaxxerTrainer
 from trl_reasonmaxxer.testing import make_tiny_model, make_tiny_tokenizer
 from trl_reasonmaxxer.vllm_backend import VLLMRollouts, model_path
+
+from .helpers import CallCounter, alternating_reward, chat_prompts, pool_key, tiny_config
 
 
 EOS = make_tiny_tokenizer().eos_token_id

@@ -12,7 +12,7 @@ PROMPT_STYLES = ("paper", "brief")  # tasks.PROMPT_TEMPLATES, without importing 
 
 
 def _demo(ns: argparse.Namespace) -> None:
-    from .demo import DemoBudget, run_demo
+    from .scripts.demo import DemoBudget, run_demo
 
     budget = DemoBudget.quick() if ns.quick else DemoBudget()
     for field in (
@@ -136,7 +136,7 @@ def _analyze(ns: argparse.Namespace) -> None:
 
 
 def _compare(ns: argparse.Namespace) -> None:
-    from .compare import CompareBudget, run_comparison
+    from .benchmarking.compare import CompareBudget, run_comparison
     from .trainer import resolve_reward_func
 
     budget = CompareBudget.quick() if ns.quick else CompareBudget()
@@ -159,7 +159,7 @@ def _compare(ns: argparse.Namespace) -> None:
 
 
 def _train(argv: list[str]) -> None:
-    from .train import run
+    from .scripts.train import run
 
     run(argv, prog="trl-reasonmaxxer train")
 
@@ -238,7 +238,7 @@ def main(argv: list[str] | None = None) -> None:
     cmp.add_argument("--split-seed", type=int, default=0, help="Seed of the pool/validation/test split.")
     cmp.add_argument("--gate-ablation", action="store_true", help="Also train ReasonMaxxer with random and all gates.")
     cmp.add_argument("--output-dir", default=None)
-    from .compare import CompareBudget
+    from .benchmarking.compare import CompareBudget
 
     for field in fields(CompareBudget):
         choices = PROMPT_STYLES if field.name == "prompt_style" else None

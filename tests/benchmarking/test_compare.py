@@ -8,7 +8,7 @@ import os
 import pytest
 
 from trl_reasonmaxxer import cli
-from trl_reasonmaxxer.compare import (
+from trl_reasonmaxxer.benchmarking.compare import (
     CompareBudget,
     eval_generated_tokens,
     first_crossing,
@@ -168,7 +168,7 @@ def test_quick_budget_is_smaller():
 
 
 def test_cli_overrides_budget_fields(monkeypatch):
-    from trl_reasonmaxxer import compare
+    from trl_reasonmaxxer.benchmarking import compare
 
     calls = []
     monkeypatch.setattr(compare, "run_comparison", lambda *a: calls.append(a))
@@ -183,7 +183,7 @@ def test_cli_overrides_budget_fields(monkeypatch):
 
 
 def test_local_dataset_without_solution_is_refused(tmp_path):
-    from trl_reasonmaxxer.compare import load_splits
+    from trl_reasonmaxxer.benchmarking.compare import load_splits
 
     path = tmp_path / "d.jsonl"
     path.write_text("".join(json.dumps({"prompt": "what is 1 plus 1 ?"}) + "\n" for _ in range(6)))
@@ -208,7 +208,7 @@ def test_quick_comparison_runs_end_to_end_on_the_tiny_model(tiny_model_dir, tmp_
             "--dataset",
             str(data),
             "--reward",
-            "helpers.alternating_reward",
+            "tests.helpers.alternating_reward",
             "--max-new-tokens",
             "6",
             "--output-dir",
@@ -248,7 +248,7 @@ def test_quick_comparison_runs_end_to_end_on_the_tiny_model(tiny_model_dir, tmp_
 
 
 def test_interrupted_comparison_keeps_the_methods_already_measured(tmp_path, monkeypatch):
-    from trl_reasonmaxxer import compare
+    from trl_reasonmaxxer.benchmarking import compare
 
     fake_eval = {"summary": {"pass@1": 0.25}}
     monkeypatch.setattr(compare, "load_splits", lambda *a: {"pool": [], "validation": [], "test": []})

@@ -16,7 +16,7 @@ import random
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 
-from .evaluation import mean_and_stderr
+from ..evaluation import mean_and_stderr
 from .ledger import COMPUTE_UNITS
 
 
@@ -293,7 +293,7 @@ def load_splits(task: str, dataset: str | None, budget: CompareBudget, split_see
     """
     from datasets import Dataset
 
-    from .tasks import load_task
+    from ..tasks import load_task
 
     if dataset is not None:
         data = Dataset.from_json(dataset)
@@ -326,12 +326,12 @@ class _Runner:
         self.use_cpu = not torch.cuda.is_available()
 
     def load(self):
-        from .evaluation import load_model_for_eval
+        from ..evaluation import load_model_for_eval
 
         return load_model_for_eval(self.model_path)
 
     def evaluate(self, model, tokenizer, split: str, desc: str, ledger=None) -> dict:
-        from .evaluation import evaluate
+        from ..evaluation import evaluate
 
         b = self.budget
         samples, greedy = (b.eval_samples, True) if split == "test" else (b.val_samples, False)
@@ -384,7 +384,7 @@ class _Runner:
         from transformers import TrainerCallback
         from trl import GRPOConfig, GRPOTrainer
 
-        from .trainer import default_lora_config
+        from ..trainer import default_lora_config
 
         b, runner = self.budget, self
         model, tokenizer = self.load()
@@ -435,8 +435,8 @@ class _Runner:
         return {"test": test, "validation_curve": curve, "ledger": ledger.to_dict()}
 
     def run_reasonmaxxer(self, seed: int, gate: str, with_validation: bool) -> dict:
-        from .config import ReasonMaxxerConfig
-        from .trainer import ReasonMaxxerTrainer
+        from ..config import ReasonMaxxerConfig
+        from ..trainer import ReasonMaxxerTrainer
 
         b = self.budget
         model, tokenizer = self.load()
@@ -499,10 +499,10 @@ def run_comparison(
 ) -> dict:
     """Run the whole comparison, print the table, write ``compare.json``, ``compare_pass1.png`` and
     ``compare_curve.png`` (and ``compare_curve_tokens.png``) under ``output_dir``; return the report."""
-    from .evaluation import plot_comparison
+    from ..evaluation import plot_comparison
+    from ..models import DEFAULT_MODEL, resolve_model
+    from ..rewards import math_accuracy_reward
     from .ledger import CostLedger, device_name
-    from .models import DEFAULT_MODEL, resolve_model
-    from .rewards import math_accuracy_reward
 
     budget = budget or CompareBudget()
     seeds = list(seeds)

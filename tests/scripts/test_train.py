@@ -10,10 +10,9 @@ from pathlib import Path
 import pytest
 import yaml
 from datasets import Dataset, DatasetDict
-from helpers import LocalHub
 
 from trl_reasonmaxxer import cli
-from trl_reasonmaxxer.train import (
+from trl_reasonmaxxer.scripts.train import (
     QUICK,
     apply_quick,
     checkpoint_to_resume,
@@ -23,8 +22,10 @@ from trl_reasonmaxxer.train import (
     run,
 )
 
+from ..helpers import LocalHub
 
-EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 PROMPTS = [f"what is {i} plus {i} ?" for i in range(4)]
 
 
@@ -32,7 +33,7 @@ def write_recipe(path: Path, model_dir: str, dataset: Path, output_dir: Path, **
     recipe = dict(
         model_name_or_path=model_dir,
         dataset_name=str(dataset),
-        reward_funcs=["helpers.alternating_reward"],
+        reward_funcs=["tests.helpers.alternating_reward"],
         output_dir=str(output_dir),
         num_generations=4,
         max_completion_length=3,
@@ -165,7 +166,7 @@ def test_arguments_without_effect_are_named(tmp_path):
 
 
 def test_streaming_dataset_is_refused_with_the_fix(tmp_path):
-    from trl_reasonmaxxer.train import main
+    from trl_reasonmaxxer.scripts.train import main
 
     with pytest.raises(ValueError, match="dataset_streaming is not supported.*Drop --dataset_streaming"):
         main(*parse("--output_dir", str(tmp_path), "--use_cpu", "--dataset_streaming"))

@@ -1,6 +1,7 @@
 """The demo's command line and report, without the real model (the real run is recorded in docs/benchmarks.md)."""
 
-from trl_reasonmaxxer import cli, demo
+from trl_reasonmaxxer import cli
+from trl_reasonmaxxer.scripts import demo
 
 
 def test_quick_budget_is_smaller_in_every_dimension():

@@ -23,10 +23,10 @@ from pathlib import Path
 from datasets import Dataset, DatasetDict, load_dataset, load_from_disk
 from trl import ModelConfig, ScriptArguments, TrlParser, get_peft_config, get_quantization_config
 
-from .config import ReasonMaxxerConfig
-from .models import resolve_model
-from .tasks import TASKS, load_task
-from .trainer import ReasonMaxxerTrainer
+from ..config import ReasonMaxxerConfig
+from ..models import resolve_model
+from ..tasks import TASKS, load_task
+from ..trainer import ReasonMaxxerTrainer
 
 
 logger = logging.getLogger(__name__)

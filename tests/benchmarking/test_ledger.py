@@ -3,7 +3,13 @@
 import pytest
 import torch
 
-from trl_reasonmaxxer.ledger import CostLedger, backbone, forward_token_count, peak_memory, reset_peak_memory
+from trl_reasonmaxxer.benchmarking.ledger import (
+    CostLedger,
+    backbone,
+    forward_token_count,
+    peak_memory,
+    reset_peak_memory,
+)
 from trl_reasonmaxxer.testing import make_tiny_model, make_tiny_tokenizer
 
 

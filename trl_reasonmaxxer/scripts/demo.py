@@ -12,12 +12,12 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-from .config import ReasonMaxxerConfig
-from .evaluation import evaluate, plot_comparison
-from .models import DEFAULT_MODEL, resolve_model
-from .rewards import math_accuracy_reward
-from .tasks import load_task
-from .trainer import ReasonMaxxerTrainer
+from ..config import ReasonMaxxerConfig
+from ..evaluation import evaluate, plot_comparison
+from ..models import DEFAULT_MODEL, resolve_model
+from ..rewards import math_accuracy_reward
+from ..tasks import load_task
+from ..trainer import ReasonMaxxerTrainer
 
 
 @dataclass

@@ -1,0 +1,1 @@
+"""The benchmark harness: GRPO against ReasonMaxxer (``compare``) and its cost ledger (``ledger``)."""

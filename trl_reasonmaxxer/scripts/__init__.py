@@ -1,0 +1,1 @@
+"""The command-line apps, one TRL-style script per ``trl-reasonmaxxer`` command."""
