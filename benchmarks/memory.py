@@ -88,8 +88,8 @@ def _training_step(kind: str, model, pad_id: int, length: int, device: str):
     from datasets import Dataset
 
     from trl_reasonmaxxer import DataCollatorForForkPairs, ReasonMaxxerConfig, ReasonMaxxerTrainer
+    from trl_reasonmaxxer.config import default_lora_config
     from trl_reasonmaxxer.testing import make_tiny_tokenizer
-    from trl_reasonmaxxer.trainer import default_lora_config
 
     prompt_len = length // 4
     comp_len = length - prompt_len

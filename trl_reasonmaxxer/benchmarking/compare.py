@@ -384,7 +384,7 @@ class _Runner:
         from transformers import TrainerCallback
         from trl import GRPOConfig, GRPOTrainer
 
-        from ..trainer import default_lora_config
+        from ..config import default_lora_config
 
         b, runner = self.budget, self
         model, tokenizer = self.load()
