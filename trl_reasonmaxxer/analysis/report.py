@@ -14,6 +14,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 
 from ..evaluation import grade_completions, mean_and_stderr, plot_comparison
+from ..plotting import new_figure, save_figure
 from ..rewards import math_accuracy_reward
 from ..rollouts import eos_token_ids, generate_completions, tokenize_prompt
 from .calibration import calibration_report
@@ -248,23 +249,6 @@ def save_report(report: dict, output_dir: str) -> dict[str, str]:
     return paths
 
 
-def _figure(width: float = 6.0, height: float = 4.0):
-    """A matplotlib figure on the Agg canvas (no display, pyplot's global state untouched), as evaluation does."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(width, height))
-    FigureCanvasAgg(fig)
-    return fig, fig.add_subplot()
-
-
-def _save(fig, path: str) -> str:
-    fig.tight_layout()
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    fig.savefig(path, dpi=150)
-    return path
-
-
 def plot_entropy_by_class(report: dict, path: str) -> str:
     """Histogram (density) of base entropy at unshifted, reranked and shifted positions of the base decode."""
     top_k = report["divergence"]["top_k"]
@@ -272,7 +256,7 @@ def plot_entropy_by_class(report: dict, path: str) -> str:
     for record in report["records"]:
         for h, r in zip(record["base"]["entropy"], record["base"]["teacher_rank"]):
             by_class[classify_rank(r, top_k)].append(h)
-    fig, ax = _figure()
+    fig, ax = new_figure()
     top = max((h for hs in by_class.values() for h in hs), default=1.0) or 1.0
     bins = [top * i / 30 for i in range(31)]
     for name, color in zip(CLASSES, ("#4C72B0", "#DD8452", "#C44E52")):
@@ -290,13 +274,13 @@ def plot_entropy_by_class(report: dict, path: str) -> str:
     ax.set_xlabel("base entropy (nats)")
     ax.set_ylabel("density")
     ax.legend()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_rank_histogram(divergence: dict, path: str) -> str:
     """Counts of the teacher token's base rank at the positions where the two models disagree (rank ≥ 2)."""
     hist = {k: v for k, v in divergence["rank_histogram"].items() if k != "1"}
-    fig, ax = _figure()
+    fig, ax = new_figure()
     ax.bar(range(len(hist)), list(hist.values()), color="#4C72B0")
     ax.set_xticks(range(len(hist)), list(hist), rotation=90, fontsize=8)
     ax.axvline(divergence["top_k"] - 1.5, color="black", linestyle="--", linewidth=1)  # between rank top_k and top_k+1
@@ -308,12 +292,12 @@ def plot_rank_histogram(divergence: dict, path: str) -> str:
         + (f" (reranked mean {mean:.2f})" if mean else ""),
         fontsize=10,
     )
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_tau_curve(calibration: dict, path: str, tau: float | None = None) -> str:
     """Gated share of completion tokens against τ, with the calibrated τ (and the interventions' τ) marked."""
-    fig, ax = _figure()
+    fig, ax = new_figure()
     curve = calibration["curve"]
     ax.plot(curve["tau"], [100 * f for f in curve["fraction"]], color="#4C72B0")
     t = calibration["tau_for_target"]
@@ -327,4 +311,4 @@ def plot_tau_curve(calibration: dict, path: str, tau: float | None = None) -> st
     ax.set_ylabel("completion tokens with H > τ (%)")
     ax.set_title(f"τ calibration on {calibration['source']} ({calibration['tokens']} tokens)")
     ax.legend()
-    return _save(fig, path)
+    return save_figure(fig, path)

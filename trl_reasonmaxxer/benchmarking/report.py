@@ -6,12 +6,12 @@ their first crossing, the headline ratio, seed pooling, the JSON report, the tab
 
 from __future__ import annotations
 
-import os
 import random
 from collections.abc import Sequence
 from dataclasses import asdict
 
 from ..evaluation import mean_and_stderr
+from ..plotting import new_figure, save_figure
 from .ledger import COMPUTE_UNITS
 
 
@@ -193,12 +193,7 @@ def plot_curve(
     curves: dict[str, list[tuple[float, float]]], points: dict[str, tuple[float, float]], path: str, unit: str
 ) -> str:
     """Validation gain vs compute: a line per curve (GRPO), a marker per single point (ReasonMaxxer)."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(6.0, 4.0))
-    FigureCanvasAgg(fig)
-    ax = fig.add_subplot()
+    fig, ax = new_figure()
     for name, curve in curves.items():
         ax.plot([x for x, _ in curve], [y for _, y in curve], marker="o", label=name)
     for name, (x, y) in points.items():
@@ -209,10 +204,7 @@ def plot_curve(
     ax.set_ylabel("validation pass@1 gain over base")
     ax.legend()
     ax.set_title("Accuracy vs compute (validation set)")
-    fig.tight_layout()
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    fig.savefig(path, dpi=150)
-    return path
+    return save_figure(fig, path)
 
 
 def method_paths(gate_ablation: bool) -> list[tuple[str, tuple[str, ...]]]:
