@@ -17,7 +17,6 @@ from trl_reasonmaxxer.scripts.train import (
     apply_quick,
     checkpoint_to_resume,
     ignored_arguments,
-    load_prompts,
     make_parser,
     run,
 )
@@ -127,17 +126,6 @@ def test_load_in_4bit_on_this_cpu_machine_gives_one_clear_error(tiny_model_dir, 
         run(["--config", str(recipe), "--load_in_4bit"])
     assert "drop --load_in_4bit" in str(info.value)
     assert not (tmp_path / "out" / "rollouts").exists()  # failed before any work
-
-
-def test_packaged_task_and_dataset_errors(tmp_path):
-    svamp = load_prompts("svamp", "train", num_problems=3, seed=1)
-    assert len(svamp) == 3 and {"prompt", "solution"} <= set(svamp.column_names)
-    with pytest.raises(ValueError, match="neither a packaged task") as info:
-        load_prompts("someone/hub-dataset", "train")
-    assert "save_to_disk(DIR)" in str(info.value) and "svamp" in str(info.value)
-    DatasetDict({"train": Dataset.from_dict({"prompt": ["a"]})}).save_to_disk(str(tmp_path / "d"))
-    with pytest.raises(ValueError, match=r"has splits \['train'\], not 'validation'"):
-        load_prompts(str(tmp_path / "d"), "validation")
 
 
 def test_arguments_without_effect_are_named(tmp_path):

@@ -91,14 +91,13 @@ def load_splits(task: str, dataset: str | None, budget: CompareBudget, split_see
     """``{"pool", "validation", "test"}`` datasets with ``prompt`` and ``solution`` columns, pairwise disjoint.
 
     A packaged ``task``: pool and validation come from its train split, test from its test split. A local
-    ``dataset`` (a JSON/JSONL file with ``prompt`` and ``solution`` columns): all three from its rows.
+    ``dataset`` (a ``save_to_disk`` folder or a json/jsonl/parquet/csv file with ``prompt`` and ``solution``
+    columns, read by :func:`~trl_reasonmaxxer.tasks.load_local_dataset`): all three from its rows.
     """
-    from datasets import Dataset
-
-    from ..tasks import load_task
+    from ..tasks import load_local_dataset, load_task
 
     if dataset is not None:
-        data = Dataset.from_json(dataset)
+        data = load_local_dataset(dataset)
         missing = {"prompt", "solution"} - set(data.column_names)
         if missing:
             raise ValueError(f"{dataset} lacks the columns {sorted(missing)}: give every row a prompt and a solution.")

@@ -20,18 +20,16 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from datasets import Dataset, DatasetDict, load_dataset, load_from_disk
 from trl import ModelConfig, ScriptArguments, TrlParser, get_peft_config, get_quantization_config
 
 from ..config import ReasonMaxxerConfig
 from ..models import resolve_model
-from ..tasks import TASKS, load_task
+from ..tasks import TASKS, load_prompts
 from ..trainer import ReasonMaxxerTrainer
 
 
 logger = logging.getLogger(__name__)
 
-FILE_BUILDERS = {".json": "json", ".jsonl": "json", ".parquet": "parquet", ".csv": "csv"}
 QUICK = dict(num_problems=8, num_generations=4, max_completion_length=64, max_problems=4, max_steps=2)
 
 
@@ -71,32 +69,6 @@ def make_parser(prog: str | None = None) -> TrlParser:
         description="Train a ReasonMaxxer LoRA. `--config recipe.yaml` sets defaults for any flag below (flags win); "
         "launch with `accelerate launch --config_file examples/accelerate_configs/<name>.yaml` for several GPUs.",
     )
-
-
-def load_prompts(name: str, split: str, num_problems: int | None = None, seed: int = 0) -> Dataset:
-    """The training prompts: a packaged task by name, or a local dataset folder or file (never the Hub)."""
-    if name in TASKS:
-        return load_task(name, split, num_problems=num_problems, seed=seed)
-    path = Path(name).expanduser()
-    if path.is_dir():
-        data = load_from_disk(str(path))
-        if isinstance(data, DatasetDict):
-            if split not in data:
-                raise ValueError(
-                    f"{path} has splits {list(data)}, not {split!r}: pass --dataset_train_split with one of them."
-                )
-            data = data[split]
-    elif path.is_file() and path.suffix in FILE_BUILDERS:
-        data = load_dataset(FILE_BUILDERS[path.suffix], data_files=str(path), split="train")
-    else:
-        raise ValueError(
-            f"dataset_name {name!r} is neither a packaged task ({', '.join(TASKS)}) nor a local dataset folder or "
-            f"{'/'.join(FILE_BUILDERS)} file. Datasets are not downloaded at run time: on a connected machine run "
-            f"`datasets.load_dataset({name!r}, split={split!r}).save_to_disk(DIR)` and pass --dataset_name DIR."
-        )
-    if num_problems is not None:
-        data = data.select(range(min(num_problems, len(data))))
-    return data
 
 
 def ignored_arguments(script_args, training_args, model_args) -> list[str]:
