@@ -7,28 +7,7 @@ import os
 import pytest
 
 from trl_reasonmaxxer import cli
-from trl_reasonmaxxer.benchmarking.compare import CompareBudget
-
-
-def test_quick_budget_is_smaller():
-    quick, full = CompareBudget.quick(), CompareBudget()
-    for name in ("pool_problems", "test_problems", "num_generations", "max_new_tokens", "grpo_max_steps"):
-        assert getattr(quick, name) <= getattr(full, name)
-
-
-def test_cli_overrides_budget_fields(monkeypatch):
-    from trl_reasonmaxxer.benchmarking import compare
-
-    calls = []
-    monkeypatch.setattr(compare, "run_comparison", lambda *a: calls.append(a))
-    cli.main(["compare", "--quick", "--grpo-max-steps", "7", "--learning-rate", "0.01", "--seeds", "1", "2"])
-    output_dir, model, task, dataset, budget, seeds, ablation, reward, split_seed, label = calls[0]
-    assert output_dir == "runs/compare-quick" and model == "default" and task == "svamp" and dataset is None
-    assert budget.grpo_max_steps == 7 and budget.learning_rate == 0.01
-    assert budget.pool_problems == CompareBudget.quick().pool_problems
-    assert (
-        seeds == [1, 2] and not ablation and reward.__name__ == "math_accuracy_reward" and label == "quick smoke run"
-    )
+from trl_reasonmaxxer.benchmarking.compare import CompareConfig
 
 
 def test_local_dataset_without_solution_is_refused(tmp_path):
@@ -37,7 +16,7 @@ def test_local_dataset_without_solution_is_refused(tmp_path):
     path = tmp_path / "d.jsonl"
     path.write_text("".join(json.dumps({"prompt": "what is 1 plus 1 ?"}) + "\n" for _ in range(6)))
     with pytest.raises(ValueError, match=r"lacks the columns \['solution'\]"):
-        load_splits("svamp", str(path), CompareBudget.quick(), 0)
+        load_splits(str(path), CompareConfig(num_pool_problems=2, num_validation_problems=2, num_test_problems=2), 0)
 
 
 @pytest.mark.slow
@@ -52,21 +31,21 @@ def test_quick_comparison_runs_end_to_end_on_the_tiny_model(tiny_model_dir, tmp_
         [
             "compare",
             "--quick",
-            "--model",
+            "--model_name_or_path",
             tiny_model_dir,
-            "--dataset",
+            "--dataset_name",
             str(data),
-            "--reward",
+            "--reward_func",
             "tests.helpers.alternating_reward",
-            "--max-new-tokens",
+            "--max_completion_length",
             "6",
-            "--output-dir",
+            "--output_dir",
             str(out),
-            "--gate-ablation",
+            "--gate_ablation",
         ]
     )
     table = capsys.readouterr().out
-    assert "1 seed(s) [0]" in table and "ReasonMaxxer gate=random" in table and "headline (wall_s)" in table
+    assert "1 seed(s) [42]" in table and "ReasonMaxxer gate=random" in table and "headline (wall_s)" in table
     for name in ("compare.json", "compare_pass1.png", "compare_curve.png", "compare_curve_tokens.png"):
         assert os.path.getsize(out / name) > 0
     report = json.loads((out / "compare.json").read_text())

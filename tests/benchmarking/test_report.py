@@ -138,7 +138,7 @@ def test_format_table_shows_every_method_the_seed_count_and_the_headline():
             "task": "svamp",
             "seeds": [0, 1],
             "device": "cpu",
-            "budget": {"eval_samples": 4},
+            "budget": {"num_samples": 4},
             "sizes": {"pool": 8, "validation": 6, "test": 12},
         },
         "summary": {

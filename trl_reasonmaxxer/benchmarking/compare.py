@@ -13,8 +13,9 @@ import gc
 import json
 import os
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
+from ..tasks import PROMPT_TEMPLATES
 from .ledger import COMPUTE_UNITS
 from .report import (
     build_report,
@@ -31,87 +32,113 @@ PARTIAL_JSON = "compare.partial.json"
 
 
 @dataclass
-class CompareBudget:
-    """How much the comparison does. The default (one seed) took ≈ 54 minutes on a 2-core CPU with the 0.5B default
-    model, 78 with ``--gate-ablation`` (docs/benchmarks.md); its 6-problem validation set is too small for a
-    headline ratio, so raise ``val_problems`` where compute allows. ``quick`` is a smoke run, not a measurement.
+class CompareConfig:
+    """
+    How much the comparison does (the budget flags of ``trl-reasonmaxxer compare``). The default (one seed) took
+    ≈ 54 minutes on a 2-core CPU with the 0.5B default model, 78 with ``--gate_ablation`` (docs/benchmarks.md); its
+    6-problem validation set is too small for a headline ratio, so raise ``num_validation_problems`` where compute
+    allows.
 
-    > Data
-    pool_problems / val_problems / test_problems: training pool (both methods), validation set (GRPO checkpoint
-        curve, ReasonMaxxer's gain for the headline), held-out test set (final numbers only).
+    Parameters:
+        > Data
 
-    > Shared by both methods
-    num_generations: rollouts per prompt (GRPO's group size, ReasonMaxxer's offline samples).
-    max_new_tokens: completion budget for rollouts and evaluation. learning_rate: AdamW, for both LoRAs.
-    prompt_style: "brief" (short reasoning; what a CPU can afford with the 0.5B default) or "paper" (tasks.py).
+        num_pool_problems (`int`, *optional*, defaults to `8`):
+            Training pool of both methods.
+        num_validation_problems (`int`, *optional*, defaults to `6`):
+            Validation set: GRPO's checkpoint curve and ReasonMaxxer's gain for the headline.
+        num_test_problems (`int`, *optional*, defaults to `12`):
+            Held-out test set (final numbers only).
 
-    > Evaluation (same protocol for every model; T=0.6, top-p 0.95)
-    eval_samples: samples per test problem (pass@1 is unbiased from them), plus one greedy completion.
-    val_samples: samples per validation problem (no greedy).
+        > Shared by both methods
 
-    > GRPO
-    grpo_max_steps: optimiser steps (its budget B). grpo_eval_every: validation evaluation every N steps.
-    grpo_prompts_per_step: prompts per step (each with num_generations completions).
+        num_generations (`int`, *optional*, defaults to `6`):
+            Rollouts per prompt (GRPO's group size, ReasonMaxxer's offline samples).
+        max_completion_length (`int`, *optional*, defaults to `224`):
+            Completion budget of rollouts and evaluation (160 truncated 79% of the 0.5B default's SVAMP rollouts).
+        learning_rate (`float`, *optional*, defaults to `2e-4`):
+            AdamW, for both LoRAs.
+        prompt_style (`str`, *optional*, defaults to `"brief"`):
+            `"brief"` (short reasoning; what a CPU can afford with the 0.5B default) or `"paper"` (tasks.py).
 
-    > ReasonMaxxer
-    max_problems: mixed-success problems kept.
+        > Evaluation (same protocol for every model; T=0.6, top-p 0.95)
+
+        num_samples (`int`, *optional*, defaults to `2`):
+            Samples per test problem (pass@1 is unbiased from them), plus one greedy completion.
+        num_validation_samples (`int`, *optional*, defaults to `2`):
+            Samples per validation problem (no greedy).
+
+        > GRPO
+
+        grpo_max_steps (`int`, *optional*, defaults to `4`):
+            Optimiser steps (GRPO's budget B).
+        grpo_eval_every (`int`, *optional*, defaults to `2`):
+            Validation evaluation every N steps (and after the last).
+        grpo_prompts_per_step (`int`, *optional*, defaults to `1`):
+            Prompts per step, each with `num_generations` completions.
+
+        > ReasonMaxxer
+
+        max_problems (`int`, *optional*, defaults to `8`):
+            Mixed-success problems kept.
     """
 
-    pool_problems: int = 8
-    val_problems: int = 6
-    test_problems: int = 12
-    num_generations: int = 6
-    max_new_tokens: int = 224  # 160 truncated 79% of the 0.5B default's SVAMP rollouts (docs/benchmarks.md)
-    learning_rate: float = 2e-4
-    eval_samples: int = 2
-    val_samples: int = 2
-    grpo_max_steps: int = 4
-    grpo_eval_every: int = 2
-    grpo_prompts_per_step: int = 1
-    max_problems: int = 8
-    prompt_style: str = "brief"
-
-    @classmethod
-    def quick(cls) -> CompareBudget:
-        return cls(
-            pool_problems=4,
-            val_problems=2,
-            test_problems=2,
-            num_generations=4,
-            max_new_tokens=48,
-            eval_samples=2,
-            val_samples=1,
-            grpo_max_steps=2,
-            grpo_eval_every=1,
-            max_problems=4,
-        )
+    num_pool_problems: int = field(default=8, metadata={"help": "Training pool of both methods."})
+    num_validation_problems: int = field(
+        default=6, metadata={"help": "Validation set: GRPO's curve and ReasonMaxxer's gain for the headline."}
+    )
+    num_test_problems: int = field(default=12, metadata={"help": "Held-out test set (final numbers only)."})
+    num_generations: int = field(default=6, metadata={"help": "Rollouts per prompt, for both methods."})
+    max_completion_length: int = field(default=224, metadata={"help": "Completion budget of rollouts and evaluation."})
+    learning_rate: float = field(default=2e-4, metadata={"help": "AdamW learning rate of both LoRAs."})
+    num_samples: int = field(default=2, metadata={"help": "Samples per test problem, plus one greedy completion."})
+    num_validation_samples: int = field(default=2, metadata={"help": "Samples per validation problem (no greedy)."})
+    grpo_max_steps: int = field(default=4, metadata={"help": "GRPO's optimiser steps (its budget B)."})
+    grpo_eval_every: int = field(default=2, metadata={"help": "GRPO validation evaluation every N steps."})
+    grpo_prompts_per_step: int = field(
+        default=1, metadata={"help": "GRPO prompts per step, each with num_generations completions."}
+    )
+    max_problems: int = field(default=8, metadata={"help": "Mixed-success problems ReasonMaxxer keeps."})
+    prompt_style: str = field(
+        default="brief", metadata={"help": "brief (short reasoning) or paper.", "choices": list(PROMPT_TEMPLATES)}
+    )
 
 
-def load_splits(task: str, dataset: str | None, budget: CompareBudget, split_seed: int) -> dict:
+def load_splits(dataset_name: str, budget: CompareConfig, split_seed: int) -> dict:
     """``{"pool", "validation", "test"}`` datasets with ``prompt`` and ``solution`` columns, pairwise disjoint.
 
-    A packaged ``task``: pool and validation come from its train split, test from its test split. A local
-    ``dataset`` (a ``save_to_disk`` folder or a json/jsonl/parquet/csv file with ``prompt`` and ``solution``
-    columns, read by :func:`~trl_reasonmaxxer.tasks.load_local_dataset`): all three from its rows.
+    A packaged task: pool and validation come from its train split, test from its test split. A local dataset (a
+    ``save_to_disk`` folder or a json/jsonl/parquet/csv file with ``prompt`` and ``solution`` columns, read by
+    :func:`~trl_reasonmaxxer.tasks.load_local_dataset`): all three from its rows.
     """
-    from ..tasks import load_local_dataset, load_task
+    from ..tasks import TASKS, load_local_dataset, load_task
 
-    if dataset is not None:
-        data = load_local_dataset(dataset)
+    if dataset_name not in TASKS:
+        data = load_local_dataset(dataset_name)
         missing = {"prompt", "solution"} - set(data.column_names)
         if missing:
-            raise ValueError(f"{dataset} lacks the columns {sorted(missing)}: give every row a prompt and a solution.")
+            raise ValueError(
+                f"{dataset_name} lacks the columns {sorted(missing)}: give every row a prompt and a solution."
+            )
         if "id" not in data.column_names:
-            data = data.add_column("id", [f"{os.path.basename(dataset)}/{i}" for i in range(len(data))])
-        sizes = {"pool": budget.pool_problems, "validation": budget.val_problems, "test": budget.test_problems}
+            data = data.add_column("id", [f"{os.path.basename(dataset_name)}/{i}" for i in range(len(data))])
+        sizes = {
+            "pool": budget.num_pool_problems,
+            "validation": budget.num_validation_problems,
+            "test": budget.num_test_problems,
+        }
         return {name: data.select(idx) for name, idx in split_indices(len(data), sizes, split_seed).items()}
-    train = load_task(task, "train", prompt_style=budget.prompt_style)
-    parts = split_indices(len(train), {"pool": budget.pool_problems, "validation": budget.val_problems}, split_seed)
+    train = load_task(dataset_name, "train", prompt_style=budget.prompt_style)
+    sizes = {"pool": budget.num_pool_problems, "validation": budget.num_validation_problems}
+    parts = split_indices(len(train), sizes, split_seed)
     return {
         "pool": train.select(parts["pool"]),
         "validation": train.select(parts["validation"]),
         "test": load_task(
-            task, "test", num_problems=budget.test_problems, seed=split_seed, prompt_style=budget.prompt_style
+            dataset_name,
+            "test",
+            num_problems=budget.num_test_problems,
+            seed=split_seed,
+            prompt_style=budget.prompt_style,
         ),
     }
 
@@ -135,14 +162,14 @@ class _Runner:
         from ..evaluation import evaluate
 
         b = self.budget
-        samples, greedy = (b.eval_samples, True) if split == "test" else (b.val_samples, False)
+        samples, greedy = (b.num_samples, True) if split == "test" else (b.num_validation_samples, False)
         run = lambda: evaluate(
             model,
             tokenizer,
             self.splits[split],
             num_samples=samples,
             greedy=greedy,
-            max_new_tokens=b.max_new_tokens,
+            max_new_tokens=b.max_completion_length,
             seed=self.eval_seed,
             batch_size=32,
             reward_fn=self.reward_fn,
@@ -167,7 +194,7 @@ class _Runner:
         b = self.budget
         # no warm-up: with a handful of optimiser steps a linear warm-up spends the first one at lr 0
         return dict(
-            max_completion_length=b.max_new_tokens,
+            max_completion_length=b.max_completion_length,
             temperature=0.6,
             top_p=0.95,
             learning_rate=b.learning_rate,
@@ -289,13 +316,12 @@ def _free(*objects) -> None:
 def run_comparison(
     output_dir: str = "runs/compare",
     model: str = "default",
-    task: str = "svamp",
-    dataset: str | None = None,
-    budget: CompareBudget | None = None,
-    seeds: Sequence[int] = (0,),
+    dataset_name: str = "svamp",
+    budget: CompareConfig | None = None,
+    seeds: Sequence[int] = (42,),
     gate_ablation: bool = False,
     reward_fn: Callable | None = None,
-    split_seed: int = 0,
+    split_seed: int = 42,
     label: str = "default",
 ) -> dict:
     """Run the whole comparison, print the table, write ``compare.json``, ``compare_pass1.png`` and
@@ -305,13 +331,13 @@ def run_comparison(
     from ..rewards import math_accuracy_reward
     from .ledger import CostLedger, device_name
 
-    budget = budget or CompareBudget()
+    budget = budget or CompareConfig()
     seeds = list(seeds)
     if not seeds:
-        raise ValueError("Give at least one seed (--seeds 0).")
+        raise ValueError("Give at least one seed (--seeds 42).")
     reward_fn = reward_fn or math_accuracy_reward
     os.makedirs(output_dir, exist_ok=True)
-    splits = load_splits(task, dataset, budget, split_seed)
+    splits = load_splits(dataset_name, budget, split_seed)
     runner = _Runner(resolve_model(model), splits, budget, reward_fn, output_dir, seeds[0], COMPUTE_UNITS[0])
 
     base_model, tokenizer = runner.load()
@@ -339,10 +365,10 @@ def run_comparison(
                 run["gate_ablation"][gate] = runner.run_reasonmaxxer(seed, gate, with_validation=False)
         runs.append(run)
         _save_json(
-            build_report(budget, model, task, dataset, seeds, splits, base, runs, gate_ablation, label), output_dir
+            build_report(budget, model, dataset_name, seeds, splits, base, runs, gate_ablation, label), output_dir
         )
 
-    report = build_report(budget, model, task, dataset, seeds, splits, base, runs, gate_ablation, label)
+    report = build_report(budget, model, dataset_name, seeds, splits, base, runs, gate_ablation, label)
     _save_json(report, output_dir)
     os.remove(os.path.join(output_dir, PARTIAL_JSON))
     methods = report["summary"]["methods"]

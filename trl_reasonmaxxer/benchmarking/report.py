@@ -165,7 +165,7 @@ def mean_ledger(ledgers: Sequence[dict]) -> dict:
 def format_table(report: dict) -> str:
     """The comparison as a plain-text table: held-out pass@1 and greedy, cost, and the headline."""
     c, s = report["config"], report["summary"]
-    k = c["budget"]["eval_samples"]
+    k = c["budget"]["num_samples"]
     lines = [
         f"GRPO vs ReasonMaxxer: {c['model']} on {c['task']}; pool {c['sizes']['pool']} / validation "
         f"{c['sizes']['validation']} / held-out test {c['sizes']['test']} problems; {len(c['seeds'])} seed(s) "
@@ -225,7 +225,7 @@ def collect(runs: list[dict], path: tuple[str, ...], key: str) -> list[dict]:
     return out
 
 
-def build_report(budget, model, task, dataset, seeds, splits, base, runs, gate_ablation, label) -> dict:
+def build_report(budget, model, dataset_name, seeds, splits, base, runs, gate_ablation, label) -> dict:
     """The JSON report: configuration, splits, every run, and the seed-pooled summary with the headline."""
     methods = {
         "base": {"pass@1": pooled_metric([base["test"]]), "greedy": pooled_metric([base["test"]], "greedy_accuracy")}
@@ -248,7 +248,7 @@ def build_report(budget, model, task, dataset, seeds, splits, base, runs, gate_a
         "config": {
             "label": label,
             "model": model,
-            "task": task if dataset is None else dataset,
+            "task": dataset_name,
             "seeds": seeds,
             "budget": asdict(budget),
             "device": runs[0]["grpo"]["ledger"]["device"],
@@ -257,9 +257,9 @@ def build_report(budget, model, task, dataset, seeds, splits, base, runs, gate_a
             "eval_protocol": {
                 "temperature": 0.6,
                 "top_p": 0.95,
-                "test_samples": budget.eval_samples,
+                "test_samples": budget.num_samples,
                 "greedy": True,
-                "validation_samples": budget.val_samples,
+                "validation_samples": budget.num_validation_samples,
             },
         },
         "splits": {k: list(v["id"]) for k, v in splits.items()},
