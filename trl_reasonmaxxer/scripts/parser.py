@@ -43,6 +43,12 @@ class ScriptParser(TrlParser):
 
     def __init__(self, dataclass_types, **kwargs):
         super().__init__(dataclass_types, **kwargs)
+        quick = next((t for t in self.dataclass_types if issubclass(t, QuickArguments) and t.QUICK), None)
+        for action in self._actions:
+            if quick is not None and action.dest == "quick":  # --help shows what --quick sets
+                action.help = (
+                    (action.help or "") + " Sets: " + ", ".join(f"{k}={v}" for k, v in quick.QUICK.items()) + "."
+                )
         # TrlParser reads `--config FILE` itself before argparse runs; this entry only documents it in --help
         self.add_argument(
             "--config",
