@@ -3,7 +3,8 @@
 The same command as ``trl-reasonmaxxer compare``; see ``--help`` and docs/benchmarks.md.
 
     HF_HUB_OFFLINE=1 python benchmarks/compare_grpo.py --quick
-    HF_HUB_OFFLINE=1 python benchmarks/compare_grpo.py --seeds 0 1 --gate-ablation
+    HF_HUB_OFFLINE=1 python benchmarks/compare_grpo.py --seeds 0 1 --gate_ablation
+    HF_HUB_OFFLINE=1 python benchmarks/compare_grpo.py --config examples/recipes/compare.yaml
 """
 
 import sys

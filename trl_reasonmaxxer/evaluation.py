@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterable, Sequence
 
 import torch
 
+from .plotting import new_figure, save_figure
 from .rewards import canonical_answer, extract_answer, math_accuracy_reward
 from .rollouts import generate_completions, tokenize_prompt
 
@@ -254,12 +255,8 @@ def save_results(results: dict, path: str) -> str:
 def plot_comparison(results_by_name: dict[str, dict], path: str, metric: str = "pass@1") -> str:
     """Bar chart of ``metric`` per model, with its stderr as error bars, saved as an image at ``path``.
 
-    Each value is an :func:`evaluate` result (or its ``summary``). Uses matplotlib's Agg canvas directly, so
-    it needs no display and leaves pyplot's global state alone.
+    Each value is an :func:`evaluate` result (or its ``summary``); drawn with :mod:`.plotting` (no display needed).
     """
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
     if not results_by_name:
         raise ValueError("plot_comparison needs at least one result to plot.")
     summaries = {name: r.get("summary", r) for name, r in results_by_name.items()}
@@ -271,9 +268,7 @@ def plot_comparison(results_by_name: dict[str, dict], path: str, metric: str = "
     values = [summaries[n][metric] for n in names]
     errors = [summaries[n].get(f"{metric}_stderr", 0.0) for n in names]
 
-    fig = Figure(figsize=(max(4.0, 1.3 * len(names) + 1.5), 4.0))
-    FigureCanvasAgg(fig)
-    ax = fig.add_subplot()
+    fig, ax = new_figure(max(4.0, 1.3 * len(names) + 1.5), 4.0)
     bars = ax.bar(range(len(names)), values, yerr=errors, capsize=5, color="#4C72B0", ecolor="black")
     ax.bar_label(bars, labels=[f"{v:.3f}" for v in values], label_type="center", color="white", fontsize=9)
     ax.set_xticks(range(len(names)), names, rotation=20, ha="right")
@@ -282,10 +277,7 @@ def plot_comparison(results_by_name: dict[str, dict], path: str, metric: str = "
         ax.set_ylim(0.0, 1.05)
     problems = sorted({s.get("num_problems") for s in summaries.values()} - {None})
     ax.set_title(f"{metric} ± stderr over problems" + (f" (n={'/'.join(map(str, problems))})" if problems else ""))
-    fig.tight_layout()
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    fig.savefig(path, dpi=150)
-    return path
+    return save_figure(fig, path)
 
 
 def check_model_path(model_path: str) -> None:

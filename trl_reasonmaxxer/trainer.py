@@ -24,7 +24,7 @@ import torch
 from accelerate import PartialState
 from accelerate.utils import gather_object
 from datasets import Dataset, DatasetDict, IterableDataset
-from peft import LoraConfig, PeftConfig, get_peft_model, prepare_model_for_kbit_training
+from peft import PeftConfig, get_peft_model, prepare_model_for_kbit_training
 from torch.utils.data import SequentialSampler
 from transformers import AutoTokenizer, PreTrainedTokenizerBase, ProcessorMixin
 from transformers.trainer_utils import IntervalStrategy, enable_full_determinism, set_seed
@@ -36,7 +36,7 @@ from trl.trainer.utils import create_model_from_path, disable_dropout_in_model, 
 
 from . import gating, hub, pool, selection
 from .collator import DataCollatorForForkPairs, build_pairs
-from .config import ReasonMaxxerConfig
+from .config import ReasonMaxxerConfig, default_lora_config
 from .evaluation import check_model_path
 from .losses import chunked_logps_and_kl, reasonmaxxer_loss
 from .rollouts import generate_completions, tokenize_prompt, warn_if_truncated
@@ -46,21 +46,8 @@ from .vllm_backend import VLLMRollouts, resolve_use_vllm
 
 logger = logging.getLogger(__name__)
 
-PAPER_LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj"]
 # Tokens whose full-vocabulary fp32 logits the loss holds at once (≈ 78 MiB each with a 151,936-token vocabulary)
 LOSS_CHUNK_TOKENS = 128
-
-
-def default_lora_config(model) -> LoraConfig:
-    """The paper's adapter: rank 32, alpha 64, no dropout, on the attention q/k/v/o projections."""
-    names = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
-    missing = [t for t in PAPER_LORA_TARGETS if t not in names]
-    if missing:
-        raise ValueError(
-            f"The default LoRA targets {PAPER_LORA_TARGETS} but this model has no {missing} modules. Pass "
-            "peft_config=LoraConfig(target_modules=[...]) naming this architecture's attention projections."
-        )
-    return LoraConfig(r=32, lora_alpha=64, lora_dropout=0.0, target_modules=PAPER_LORA_TARGETS, task_type="CAUSAL_LM")
 
 
 def check_quantization_supported(has_bitsandbytes: bool, has_cuda: bool) -> None:

@@ -4,30 +4,32 @@ from trl_reasonmaxxer import cli
 from trl_reasonmaxxer.scripts import demo
 
 
+def parse(*argv):
+    (config,) = demo.make_parser().parse_args_and_config(args=list(argv))
+    return config
+
+
 def test_quick_budget_is_smaller_in_every_dimension():
-    quick, full = demo.DemoBudget.quick(), demo.DemoBudget()
-    for field in ("train_problems", "test_problems", "num_generations", "max_new_tokens"):
+    quick, full = parse("--quick"), parse()
+    for field in ("num_train_problems", "num_test_problems", "num_generations", "max_completion_length"):
         assert getattr(quick, field) <= getattr(full, field)
-    assert quick.train_problems * quick.num_generations < full.train_problems * full.num_generations
+    assert quick.num_train_problems * quick.num_generations < full.num_train_problems * full.num_generations
+    assert (quick.output_dir, full.output_dir) == ("runs/demo-quick", "runs/demo")
 
 
 def test_cli_passes_quick_budget_and_overrides(monkeypatch):
     calls = []
-    monkeypatch.setattr(demo, "run_demo", lambda *a, **kw: calls.append((a, kw)))
-    cli.main(["demo", "--quick", "--test-problems", "3", "--task", "gsm8k", "--seed", "7"])
-    (output_dir, model, task, budget, seed), kw = calls[0]
-    assert output_dir == "runs/demo-quick" and model == "default" and task == "gsm8k" and seed == 7
-    assert budget.test_problems == 3 and budget.train_problems == demo.DemoBudget.quick().train_problems
-    assert kw["label"] == "quick smoke run"
-    assert budget.prompt_style == "brief"
-    cli.main(["demo", "--prompt-style", "paper"])
-    assert calls[1][0][3].prompt_style == "paper" and calls[1][0][3].max_new_tokens == demo.DemoBudget().max_new_tokens
-
-
-def test_cli_prompt_styles_match_the_task_templates():
-    from trl_reasonmaxxer.tasks import PROMPT_TEMPLATES
-
-    assert set(cli.PROMPT_STYLES) == set(PROMPT_TEMPLATES)
+    monkeypatch.setattr(demo, "run_demo", lambda config: calls.append(config))
+    cli.main(["demo", "--quick", "--num_test_problems", "3", "--dataset_name", "gsm8k", "--seed", "7"])
+    config = calls[0]
+    assert config.output_dir == "runs/demo-quick" and config.model_name_or_path == "default"
+    assert config.dataset_name == "gsm8k" and config.seed == 7 and config.quick
+    assert config.num_test_problems == 3 and config.num_train_problems == demo.DemoConfig.QUICK["num_train_problems"]
+    assert config.prompt_style == "brief"
+    cli.main(["demo", "--prompt_style", "paper"])
+    assert (
+        calls[1].prompt_style == "paper" and calls[1].max_completion_length == demo.DemoConfig().max_completion_length
+    )
 
 
 def test_format_table_shows_both_models_with_stderr():
@@ -44,7 +46,7 @@ def test_format_table_shows_both_models_with_stderr():
         "task": "svamp",
         "seed": 1,
         "device": "cpu",
-        "budget": {"eval_samples": 2, "test_problems": 16},
+        "budget": {"num_samples": 2, "num_test_problems": 16},
         "pool": {"pool/prompts_selected": 5},
         "wall_time_s": {"eval_base": 12.0},
         "base": summary,

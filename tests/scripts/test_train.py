@@ -13,13 +13,11 @@ from datasets import Dataset, DatasetDict
 
 from trl_reasonmaxxer import cli
 from trl_reasonmaxxer.scripts.train import (
-    QUICK,
-    apply_quick,
+    ReasonMaxxerScriptArguments,
     checkpoint_to_resume,
     ignored_arguments,
-    load_prompts,
+    main,
     make_parser,
-    run,
 )
 
 from ..helpers import LocalHub
@@ -59,6 +57,10 @@ def write_recipe(path: Path, model_dir: str, dataset: Path, output_dir: Path, **
 
 def parse(*argv):
     return make_parser().parse_args_and_config(args=list(argv))
+
+
+def run(argv):
+    return main(*parse(*argv))
 
 
 def test_train_command_runs_a_yaml_recipe_on_a_local_jsonl_dataset(tiny_model_dir, tmp_path, caplog):
@@ -129,17 +131,6 @@ def test_load_in_4bit_on_this_cpu_machine_gives_one_clear_error(tiny_model_dir, 
     assert not (tmp_path / "out" / "rollouts").exists()  # failed before any work
 
 
-def test_packaged_task_and_dataset_errors(tmp_path):
-    svamp = load_prompts("svamp", "train", num_problems=3, seed=1)
-    assert len(svamp) == 3 and {"prompt", "solution"} <= set(svamp.column_names)
-    with pytest.raises(ValueError, match="neither a packaged task") as info:
-        load_prompts("someone/hub-dataset", "train")
-    assert "save_to_disk(DIR)" in str(info.value) and "svamp" in str(info.value)
-    DatasetDict({"train": Dataset.from_dict({"prompt": ["a"]})}).save_to_disk(str(tmp_path / "d"))
-    with pytest.raises(ValueError, match=r"has splits \['train'\], not 'validation'"):
-        load_prompts(str(tmp_path / "d"), "validation")
-
-
 def test_arguments_without_effect_are_named(tmp_path):
     script_args, training_args, model_args = parse(
         "--output_dir",
@@ -166,25 +157,27 @@ def test_arguments_without_effect_are_named(tmp_path):
 
 
 def test_streaming_dataset_is_refused_with_the_fix(tmp_path):
-    from trl_reasonmaxxer.scripts.train import main
-
     with pytest.raises(ValueError, match="dataset_streaming is not supported.*Drop --dataset_streaming"):
         main(*parse("--output_dir", str(tmp_path), "--use_cpu", "--dataset_streaming"))
 
 
-def test_quick_and_resume_flags(tmp_path):
+def test_quick_shrinks_the_recipe_but_flags_win(tmp_path):
+    quick = ReasonMaxxerScriptArguments.QUICK
+    recipe = EXAMPLES / "recipes" / "svamp.yaml"
+    script_args, training_args, _ = parse("--config", str(recipe), "--use_cpu", "--quick")
+    assert script_args.num_problems == quick["num_problems"]  # the recipe's 300 gives way to the smoke run
+    assert (training_args.num_generations, training_args.max_steps) == (quick["num_generations"], quick["max_steps"])
+    assert (
+        training_args.learning_rate == 1e-4 and training_args.output_dir == "runs/svamp-reasonmaxxer"
+    )  # the rest stays
     script_args, training_args, _ = parse(
-        "--output_dir", str(tmp_path), "--use_cpu", "--quick", "--num_problems", "50"
+        "--config", str(recipe), "--use_cpu", "--quick", "--num_generations", "2", "--max_completion_length", "3"
     )
-    apply_quick(script_args, training_args)
-    assert script_args.num_problems == QUICK["num_problems"]
-    assert (training_args.num_generations, training_args.max_steps) == (QUICK["num_generations"], QUICK["max_steps"])
-    script_args, training_args, _ = parse(
-        "--output_dir", str(tmp_path), "--use_cpu", "--num_generations", "2", "--max_completion_length", "3"
-    )
-    apply_quick(script_args, training_args)  # a budget already below the quick one is kept
     assert (training_args.num_generations, training_args.max_completion_length) == (2, 3)
-    assert script_args.num_problems == QUICK["num_problems"] and training_args.max_problems == QUICK["max_problems"]
+    assert script_args.num_problems == quick["num_problems"] and training_args.max_problems == quick["max_problems"]
+
+
+def test_resume_flag_values():
     assert checkpoint_to_resume("true") is True and checkpoint_to_resume("last") is True
     assert (
         checkpoint_to_resume("runs/x/checkpoint-20") == "runs/x/checkpoint-20" and checkpoint_to_resume(None) is None

@@ -11,9 +11,10 @@ import json
 import os
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 from ..evaluation import grade_completions, mean_and_stderr, plot_comparison
+from ..plotting import new_figure, save_figure
 from ..rewards import math_accuracy_reward
 from ..rollouts import eos_token_ids, generate_completions, tokenize_prompt
 from .calibration import calibration_report
@@ -29,56 +30,79 @@ ORDER = (BASE, RANDOM, ENTROPY, ORACLE, TEACHER)
 @dataclass
 class AnalysisConfig:
     r"""
-    Settings of :func:`run_analysis`. Defaults follow the paper (method.md §2–3).
+    Settings of :func:`run_analysis` (and flags of ``trl-reasonmaxxer analyze``). Defaults follow the paper
+    (method.md §2–3).
 
-    > Decoding
+    Parameters:
+        > Decoding
 
-    max_new_tokens (`int`, *optional*, defaults to `256`):
-        Maximum completion tokens per prompt; a completion without EOS by then is truncated (and graded as it is).
-    batch_size (`int`, *optional*, defaults to `8`):
-        Prompts decoded together (left-padded). Greedy results do not depend on it beyond float rounding.
+        max_completion_length (`int`, *optional*, defaults to `256`):
+            Maximum completion tokens per prompt; a completion without EOS by then is truncated (and graded as it
+            is).
+        batch_size (`int`, *optional*, defaults to `8`):
+            Prompts decoded together (left-padded). Greedy results do not depend on it beyond float rounding.
 
-    > Divergence
+        > Divergence
 
-    top_k (`int`, *optional*, defaults to `5`):
-        A position where the teacher's greedy token is in the base top-`top_k` but not top-1 is *reranked*; outside
-        it, *shifted*.
+        top_k (`int`, *optional*, defaults to `5`):
+            A position where the teacher's greedy token is in the base top-`top_k` but not top-1 is *reranked*;
+            outside it, *shifted*.
 
-    > Interventions
+        > Interventions
 
-    policies (`tuple[str, ...]`, *optional*, defaults to `("base", "random", "entropy", "oracle")`):
-        Which guided decodes to run (`base` is always run: it gives the divergence statistics).
-    tau (`float`, *optional*, defaults to `1.2`):
-        Entropy gate in nats: the `entropy` policy inserts the teacher's token wherever base entropy > τ.
-    random_top (`int`, *optional*, defaults to `20`):
-        The random control inserts a token drawn uniformly from base ranks 2..`random_top` at the oracle's positions.
-    seed (`int`, *optional*, defaults to `0`):
-        Seed of the random control.
-    run_teacher (`bool`, *optional*, defaults to `True`):
-        Also decode the teacher alone (its pass@1, and the check that the oracle reproduces it).
+        policies (`list[str]`, *optional*, defaults to `["base", "random", "entropy", "oracle"]`):
+            Which guided decodes to run (`base` is always run: it gives the divergence statistics).
+        tau (`float`, *optional*, defaults to `1.2`):
+            Entropy gate in nats: the `entropy` policy inserts the teacher's token wherever base entropy > τ.
+        random_top (`int`, *optional*, defaults to `20`):
+            The random control inserts a token drawn uniformly from base ranks 2..`random_top` at the oracle's
+            positions.
+        seed (`int`, *optional*, defaults to `42`):
+            Seed of the random control.
+        run_teacher (`bool`, *optional*, defaults to `True`):
+            Also decode the teacher alone (its pass@1, and the check that the oracle reproduces it).
 
-    > τ calibration
+        > τ calibration
 
-    target_fraction (`float`, *optional*, defaults to `0.03`):
-        The share of completion tokens the calibrated τ should gate (the trainer's `fork_fraction`).
+        target_fraction (`float`, *optional*, defaults to `0.03`):
+            The share of completion tokens the calibrated τ should gate (the trainer's `fork_fraction`).
     """
 
-    max_new_tokens: int = 256
-    batch_size: int = 8
-    top_k: int = 5
-    policies: tuple[str, ...] = (BASE, RANDOM, ENTROPY, ORACLE)
-    tau: float = 1.2
-    random_top: int = 20
-    seed: int = 0
-    run_teacher: bool = True
-    target_fraction: float = 0.03
+    # Parameters that control decoding
+    max_completion_length: int = field(
+        default=256,
+        metadata={"help": "Maximum completion tokens per prompt (a completion cut there is graded as is)."},
+    )
+    batch_size: int = field(default=8, metadata={"help": "Prompts decoded together (left-padded)."})
+    # Parameters that control the divergence statistics
+    top_k: int = field(
+        default=5,
+        metadata={"help": "The teacher's token in the base top-k but not top-1 is reranked; outside it, shifted."},
+    )
+    # Parameters that control the interventions
+    policies: list[str] = field(
+        default_factory=lambda: [BASE, RANDOM, ENTROPY, ORACLE],
+        metadata={"help": "Guided decodes to run (base always runs: it gives the divergence).", "choices": POLICIES},
+    )
+    tau: float = field(
+        default=1.2, metadata={"help": "Entropy gate (nats) of the entropy-gated intervention (the paper's τ)."}
+    )
+    random_top: int = field(
+        default=20, metadata={"help": "The random control draws from base ranks 2..random_top at the oracle's spots."}
+    )
+    seed: int = field(default=42, metadata={"help": "Seed of the random control (and of the problem subset)."})
+    run_teacher: bool = field(default=True, metadata={"help": "Also decode the teacher alone."})
+    # Parameters that control the τ calibration
+    target_fraction: float = field(
+        default=0.03, metadata={"help": "Share of completion tokens the calibrated τ should gate (fork_fraction)."}
+    )
 
     def __post_init__(self):
         unknown = [p for p in self.policies if p not in POLICIES]
         if unknown:
             raise ValueError(f"Unknown policies {unknown}; choose from: {', '.join(POLICIES)}.")
         if BASE not in self.policies:
-            self.policies = (BASE, *self.policies)
+            self.policies = [BASE, *self.policies]
 
 
 def intervention_summary(decoded: Sequence[dict], graded: Sequence[dict]) -> dict:
@@ -128,7 +152,15 @@ def run_analysis(
     for name in config.policies:
         policy = make_policy(name, tau=config.tau, random_top=config.random_top, seed=config.seed)
         decoded[name] = guided_greedy(
-            base, teacher, prompt_ids, policy, eos_ids, pad_id, config.max_new_tokens, config.batch_size, desc=name
+            base,
+            teacher,
+            prompt_ids,
+            policy,
+            eos_ids,
+            pad_id,
+            config.max_completion_length,
+            config.batch_size,
+            desc=name,
         )
     if config.run_teacher:
         decoded[TEACHER] = [
@@ -138,7 +170,7 @@ def run_analysis(
                 tokenizer,
                 prompt_ids,
                 1,
-                config.max_new_tokens,
+                config.max_completion_length,
                 do_sample=False,
                 batch_size=config.batch_size,
                 seed=None,
@@ -248,23 +280,6 @@ def save_report(report: dict, output_dir: str) -> dict[str, str]:
     return paths
 
 
-def _figure(width: float = 6.0, height: float = 4.0):
-    """A matplotlib figure on the Agg canvas (no display, pyplot's global state untouched), as evaluation does."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(width, height))
-    FigureCanvasAgg(fig)
-    return fig, fig.add_subplot()
-
-
-def _save(fig, path: str) -> str:
-    fig.tight_layout()
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    fig.savefig(path, dpi=150)
-    return path
-
-
 def plot_entropy_by_class(report: dict, path: str) -> str:
     """Histogram (density) of base entropy at unshifted, reranked and shifted positions of the base decode."""
     top_k = report["divergence"]["top_k"]
@@ -272,7 +287,7 @@ def plot_entropy_by_class(report: dict, path: str) -> str:
     for record in report["records"]:
         for h, r in zip(record["base"]["entropy"], record["base"]["teacher_rank"]):
             by_class[classify_rank(r, top_k)].append(h)
-    fig, ax = _figure()
+    fig, ax = new_figure()
     top = max((h for hs in by_class.values() for h in hs), default=1.0) or 1.0
     bins = [top * i / 30 for i in range(31)]
     for name, color in zip(CLASSES, ("#4C72B0", "#DD8452", "#C44E52")):
@@ -290,13 +305,13 @@ def plot_entropy_by_class(report: dict, path: str) -> str:
     ax.set_xlabel("base entropy (nats)")
     ax.set_ylabel("density")
     ax.legend()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_rank_histogram(divergence: dict, path: str) -> str:
     """Counts of the teacher token's base rank at the positions where the two models disagree (rank ≥ 2)."""
     hist = {k: v for k, v in divergence["rank_histogram"].items() if k != "1"}
-    fig, ax = _figure()
+    fig, ax = new_figure()
     ax.bar(range(len(hist)), list(hist.values()), color="#4C72B0")
     ax.set_xticks(range(len(hist)), list(hist), rotation=90, fontsize=8)
     ax.axvline(divergence["top_k"] - 1.5, color="black", linestyle="--", linewidth=1)  # between rank top_k and top_k+1
@@ -308,12 +323,12 @@ def plot_rank_histogram(divergence: dict, path: str) -> str:
         + (f" (reranked mean {mean:.2f})" if mean else ""),
         fontsize=10,
     )
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_tau_curve(calibration: dict, path: str, tau: float | None = None) -> str:
     """Gated share of completion tokens against τ, with the calibrated τ (and the interventions' τ) marked."""
-    fig, ax = _figure()
+    fig, ax = new_figure()
     curve = calibration["curve"]
     ax.plot(curve["tau"], [100 * f for f in curve["fraction"]], color="#4C72B0")
     t = calibration["tau_for_target"]
@@ -327,4 +342,4 @@ def plot_tau_curve(calibration: dict, path: str, tau: float | None = None) -> st
     ax.set_ylabel("completion tokens with H > τ (%)")
     ax.set_title(f"τ calibration on {calibration['source']} ({calibration['tokens']} tokens)")
     ax.legend()
-    return _save(fig, path)
+    return save_figure(fig, path)

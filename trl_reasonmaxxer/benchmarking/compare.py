@@ -12,305 +12,133 @@ from __future__ import annotations
 import gc
 import json
 import os
-import random
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, field
 
-from ..evaluation import mean_and_stderr
+from ..tasks import PROMPT_TEMPLATES
 from .ledger import COMPUTE_UNITS
+from .report import (
+    build_report,
+    eval_generated_tokens,
+    format_table,
+    mean_curve,
+    plot_curve,
+    split_indices,
+)
 
 
-# ---------------------------------------------------------------------------------------------------------
-# Pure logic: splits, curves, the headline ratio, aggregation over seeds
-
-
-def split_indices(num_rows: int, sizes: dict[str, int], seed: int = 0) -> dict[str, list[int]]:
-    """Disjoint index lists of the requested ``sizes`` (name → count), drawn from a seeded permutation of
-    ``range(num_rows)``; each list is sorted."""
-    need = sum(sizes.values())
-    if any(n < 1 for n in sizes.values()) or need > num_rows:
-        raise ValueError(
-            f"Cannot split {num_rows} problems into {sizes}: every part needs at least 1 problem and together at "
-            f"most {num_rows}. Lower the sizes or use a larger dataset."
-        )
-    order = list(range(num_rows))
-    random.Random(seed).shuffle(order)
-    out, start = {}, 0
-    for name, n in sizes.items():
-        out[name] = sorted(order[start : start + n])
-        start += n
-    return out
-
-
-def first_crossing(curve: Sequence[tuple[float, float]], target: float, interpolate: bool = True) -> float | None:
-    """Compute at which a ``(compute, gain)`` curve first reaches ``target``, or None if it never does.
-
-    With ``interpolate``, linear interpolation between the last point below the target and the first point at or
-    above it (an estimate: the gain between evaluations is unknown); without, that first point (an upper bound).
-    """
-    computes = [c for c, _ in curve]
-    if any(b < a for a, b in zip(computes, computes[1:])):
-        raise ValueError(f"The curve must be sorted by compute; got computes {computes}.")
-    previous = None
-    for c, g in curve:
-        if g >= target:
-            if previous is None or not interpolate:
-                return c
-            c0, g0 = previous
-            return c0 + (target - g0) * (c - c0) / (g - g0)
-        previous = (c, g)
-    return None
-
-
-def headline_ratio(grpo_curve: Sequence[tuple[float, float]], rm_gain: float, rm_compute: float, unit: str) -> dict:
-    """GRPO compute to reach ReasonMaxxer's gain ÷ ReasonMaxxer compute.
-
-    ``grpo_curve``: ``(compute, gain over base)`` points, starting with ``(0, 0)`` for the base model. Returns
-    ``reached`` (None when ReasonMaxxer did not improve, so there is no gain to reach), the interpolated and the
-    checkpoint crossing, ``ratio`` (interpolated), ``budget`` (GRPO's last compute), ``ratio_lower_bound`` when
-    GRPO never reached it (budget ÷ ReasonMaxxer compute) and a one-line ``text``.
-    """
-    if rm_compute <= 0:
-        raise ValueError(f"ReasonMaxxer's compute must be positive, got {rm_compute} {unit}.")
-    if not grpo_curve:
-        raise ValueError("The GRPO curve is empty: evaluate at least the base model and one checkpoint.")
-    budget = grpo_curve[-1][0]
-    out = {
-        "unit": unit,
-        "target_gain": rm_gain,
-        "rm_compute": rm_compute,
-        "grpo_budget": budget,
-        "ratio": None,
-        "grpo_compute": None,
-        "grpo_compute_checkpoint": None,
-        "ratio_lower_bound": None,
-    }
-    if rm_gain <= 0:
-        out["reached"] = None
-        out["text"] = (
-            f"ReasonMaxxer did not improve on the base model (validation gain {rm_gain:+.3f}): no gain to reach, "
-            "no ratio."
-        )
-        return out
-    crossing = first_crossing(grpo_curve, rm_gain)
-    if crossing is None:
-        out["reached"] = False
-        out["ratio_lower_bound"] = budget / rm_compute
-        out["text"] = (
-            f"GRPO never reached ReasonMaxxer's validation gain ({rm_gain:+.3f}) within budget B = {budget:.4g} "
-            f"{unit}: ratio > {budget / rm_compute:.3g}."
-        )
-        return out
-    checkpoint = first_crossing(grpo_curve, rm_gain, interpolate=False)
-    out |= {
-        "reached": True,
-        "grpo_compute": crossing,
-        "grpo_compute_checkpoint": checkpoint,
-        "ratio": crossing / rm_compute,
-    }
-    out["text"] = (
-        f"GRPO reached ReasonMaxxer's validation gain ({rm_gain:+.3f}) after {crossing:.4g} {unit} (interpolated; "
-        f"first checkpoint at or above it: {checkpoint:.4g}); ReasonMaxxer used {rm_compute:.4g}: "
-        f"ratio {crossing / rm_compute:.3g}."
-    )
-    return out
-
-
-def mean_curve(curves: Sequence[Sequence[dict]], unit: str) -> list[tuple[float, float]]:
-    """Seed-averaged ``(compute, gain)`` from per-seed curves of ``{"step", "compute": {unit: ...}, "gain"}``
-    points, over the steps every seed evaluated."""
-    if not curves:
-        raise ValueError("mean_curve needs at least one curve.")
-    steps = sorted(set.intersection(*({p["step"] for p in c} for c in curves)))
-    by_step = [{p["step"]: p for p in c} for c in curves]
-    return [
-        (sum(c[s]["compute"][unit] for c in by_step) / len(by_step), sum(c[s]["gain"] for c in by_step) / len(by_step))
-        for s in steps
-    ]
-
-
-def pooled_metric(results: Sequence[dict], metric: str = "pass@1") -> tuple[float, float]:
-    """Mean and stderr over problems of ``metric`` averaged over seeds (the problem is the unit of variance).
-
-    ``results`` are :func:`~.evaluation.evaluate` outputs on the same problems; ``metric`` is ``pass@1`` (each
-    problem's fraction of correct samples) or ``greedy_accuracy``.
-    """
-    per_problem: dict[str, list[float]] = {}
-    for result in results:
-        for r in result["records"]:
-            if metric == "pass@1":
-                value = r["num_correct"] / len(r["correct"])
-            elif metric == "greedy_accuracy":
-                value = float(r["greedy_correct"])
-            else:
-                raise ValueError(f"pooled_metric supports pass@1 and greedy_accuracy, not {metric!r}.")
-            per_problem.setdefault(r["id"], []).append(value)
-    return mean_and_stderr(sum(v) / len(v) for v in per_problem.values())
-
-
-def eval_generated_tokens(summary: dict) -> int:
-    """Tokens an :func:`~.evaluation.evaluate` call generated (sampled and greedy), from its summary."""
-    n = summary["num_problems"]
-    tokens = summary.get("mean_completion_tokens", 0.0) * n * summary["num_samples"]
-    tokens += summary.get("greedy_mean_completion_tokens", 0.0) * n
-    return round(tokens)
-
-
-def mean_ledger(ledgers: Sequence[dict]) -> dict:
-    """Seed-averaged seconds per phase, compute, token totals and the largest peak memory."""
-    n = len(ledgers)
-    first = ledgers[0]
-    return {
-        "seconds": {p: sum(lg["seconds"][p] for lg in ledgers) / n for p in first["seconds"]},
-        "compute_wall_s": sum(lg["compute_wall_s"] for lg in ledgers) / n,
-        "compute_tokens": sum(lg["compute_tokens"] for lg in ledgers) / n,
-        "token_totals": {k: sum(lg["token_totals"][k] for lg in ledgers) / n for k in first["token_totals"]},
-        "peak_memory_bytes": max((lg["peak_memory_bytes"] or 0) for lg in ledgers),
-        "peak_memory_kind": first["peak_memory_kind"],
-        "device": first["device"],
-    }
-
-
-def format_table(report: dict) -> str:
-    """The comparison as a plain-text table: held-out pass@1 and greedy, cost, and the headline."""
-    c, s = report["config"], report["summary"]
-    k = c["budget"]["eval_samples"]
-    lines = [
-        f"GRPO vs ReasonMaxxer: {c['model']} on {c['task']}; pool {c['sizes']['pool']} / validation "
-        f"{c['sizes']['validation']} / held-out test {c['sizes']['test']} problems; {len(c['seeds'])} seed(s) "
-        f"{c['seeds']}; {c['device']}",
-        f"{'method':<26}{'test pass@1 (k=' + str(k) + ')':>20}{'greedy':>16}{'compute s':>11}{'gen tok':>9}"
-        f"{'fwd tok':>9}{'bwd tok':>9}{'peak GB':>9}",
-    ]
-    for name, row in s["methods"].items():
-        ledger = row.get("ledger")
-        cost = (
-            f"{ledger['compute_wall_s']:>11.0f}{ledger['token_totals']['generated']:>9.0f}"
-            f"{ledger['token_totals']['forwarded']:>9.0f}{ledger['token_totals']['backpropagated']:>9.0f}"
-            f"{(ledger['peak_memory_bytes'] or 0) / 1e9:>9.2f}"
-            if ledger
-            else f"{'—':>11}{'—':>9}{'—':>9}{'—':>9}{'—':>9}"
-        )
-        greedy = f"{row['greedy'][0]:.3f} ± {row['greedy'][1]:.3f}" if row.get("greedy") else "—"
-        lines.append(f"{name:<26}{row['pass@1'][0]:>12.3f} ± {row['pass@1'][1]:.3f}{greedy:>16}{cost}")
-    for unit, headline in s["headline"].items():
-        lines.append(f"headline ({unit}): {headline['text']}")
-    return "\n".join(lines)
-
-
-def plot_curve(
-    curves: dict[str, list[tuple[float, float]]], points: dict[str, tuple[float, float]], path: str, unit: str
-) -> str:
-    """Validation gain vs compute: a line per curve (GRPO), a marker per single point (ReasonMaxxer)."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(6.0, 4.0))
-    FigureCanvasAgg(fig)
-    ax = fig.add_subplot()
-    for name, curve in curves.items():
-        ax.plot([x for x, _ in curve], [y for _, y in curve], marker="o", label=name)
-    for name, (x, y) in points.items():
-        ax.scatter([x], [y], marker="*", s=160, zorder=3, label=name)
-        ax.axhline(y, linestyle=":", color="grey", linewidth=1)
-    ax.axhline(0.0, color="black", linewidth=0.8)
-    ax.set_xlabel("compute (seconds)" if unit == "wall_s" else "compute (token units: gen + fwd + 2·bwd)")
-    ax.set_ylabel("validation pass@1 gain over base")
-    ax.legend()
-    ax.set_title("Accuracy vs compute (validation set)")
-    fig.tight_layout()
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    fig.savefig(path, dpi=150)
-    return path
-
-
-# ---------------------------------------------------------------------------------------------------------
-# The run
+# raw results so far, rewritten after every method; removed once compare.json is written
+PARTIAL_JSON = "compare.partial.json"
 
 
 @dataclass
-class CompareBudget:
-    """How much the comparison does. The default (one seed) took ≈ 54 minutes on a 2-core CPU with the 0.5B default
-    model, 78 with ``--gate-ablation`` (docs/benchmarks.md); its 6-problem validation set is too small for a
-    headline ratio, so raise ``val_problems`` where compute allows. ``quick`` is a smoke run, not a measurement.
+class CompareConfig:
+    """
+    How much the comparison does (the budget flags of ``trl-reasonmaxxer compare``). The default (one seed) took
+    ≈ 54 minutes on a 2-core CPU with the 0.5B default model, 78 with ``--gate_ablation`` (docs/benchmarks.md); its
+    6-problem validation set is too small for a headline ratio, so raise ``num_validation_problems`` where compute
+    allows.
 
-    > Data
-    pool_problems / val_problems / test_problems: training pool (both methods), validation set (GRPO checkpoint
-        curve, ReasonMaxxer's gain for the headline), held-out test set (final numbers only).
+    Parameters:
+        > Data
 
-    > Shared by both methods
-    num_generations: rollouts per prompt (GRPO's group size, ReasonMaxxer's offline samples).
-    max_new_tokens: completion budget for rollouts and evaluation. learning_rate: AdamW, for both LoRAs.
-    prompt_style: "brief" (short reasoning; what a CPU can afford with the 0.5B default) or "paper" (tasks.py).
+        num_pool_problems (`int`, *optional*, defaults to `8`):
+            Training pool of both methods.
+        num_validation_problems (`int`, *optional*, defaults to `6`):
+            Validation set: GRPO's checkpoint curve and ReasonMaxxer's gain for the headline.
+        num_test_problems (`int`, *optional*, defaults to `12`):
+            Held-out test set (final numbers only).
 
-    > Evaluation (same protocol for every model; T=0.6, top-p 0.95)
-    eval_samples: samples per test problem (pass@1 is unbiased from them), plus one greedy completion.
-    val_samples: samples per validation problem (no greedy).
+        > Shared by both methods
 
-    > GRPO
-    grpo_max_steps: optimiser steps (its budget B). grpo_eval_every: validation evaluation every N steps.
-    grpo_prompts_per_step: prompts per step (each with num_generations completions).
+        num_generations (`int`, *optional*, defaults to `6`):
+            Rollouts per prompt (GRPO's group size, ReasonMaxxer's offline samples).
+        max_completion_length (`int`, *optional*, defaults to `224`):
+            Completion budget of rollouts and evaluation (160 truncated 79% of the 0.5B default's SVAMP rollouts).
+        learning_rate (`float`, *optional*, defaults to `2e-4`):
+            AdamW, for both LoRAs.
+        prompt_style (`str`, *optional*, defaults to `"brief"`):
+            `"brief"` (short reasoning; what a CPU can afford with the 0.5B default) or `"paper"` (tasks.py).
 
-    > ReasonMaxxer
-    max_problems: mixed-success problems kept.
+        > Evaluation (same protocol for every model; T=0.6, top-p 0.95)
+
+        num_samples (`int`, *optional*, defaults to `2`):
+            Samples per test problem (pass@1 is unbiased from them), plus one greedy completion.
+        num_validation_samples (`int`, *optional*, defaults to `2`):
+            Samples per validation problem (no greedy).
+
+        > GRPO
+
+        grpo_max_steps (`int`, *optional*, defaults to `4`):
+            Optimiser steps (GRPO's budget B).
+        grpo_eval_every (`int`, *optional*, defaults to `2`):
+            Validation evaluation every N steps (and after the last).
+        grpo_prompts_per_step (`int`, *optional*, defaults to `1`):
+            Prompts per step, each with `num_generations` completions.
+
+        > ReasonMaxxer
+
+        max_problems (`int`, *optional*, defaults to `8`):
+            Mixed-success problems kept.
     """
 
-    pool_problems: int = 8
-    val_problems: int = 6
-    test_problems: int = 12
-    num_generations: int = 6
-    max_new_tokens: int = 224  # 160 truncated 79% of the 0.5B default's SVAMP rollouts (docs/benchmarks.md)
-    learning_rate: float = 2e-4
-    eval_samples: int = 2
-    val_samples: int = 2
-    grpo_max_steps: int = 4
-    grpo_eval_every: int = 2
-    grpo_prompts_per_step: int = 1
-    max_problems: int = 8
-    prompt_style: str = "brief"
-
-    @classmethod
-    def quick(cls) -> CompareBudget:
-        return cls(
-            pool_problems=4,
-            val_problems=2,
-            test_problems=2,
-            num_generations=4,
-            max_new_tokens=48,
-            eval_samples=2,
-            val_samples=1,
-            grpo_max_steps=2,
-            grpo_eval_every=1,
-            max_problems=4,
-        )
+    num_pool_problems: int = field(default=8, metadata={"help": "Training pool of both methods."})
+    num_validation_problems: int = field(
+        default=6, metadata={"help": "Validation set: GRPO's curve and ReasonMaxxer's gain for the headline."}
+    )
+    num_test_problems: int = field(default=12, metadata={"help": "Held-out test set (final numbers only)."})
+    num_generations: int = field(default=6, metadata={"help": "Rollouts per prompt, for both methods."})
+    max_completion_length: int = field(default=224, metadata={"help": "Completion budget of rollouts and evaluation."})
+    learning_rate: float = field(default=2e-4, metadata={"help": "AdamW learning rate of both LoRAs."})
+    num_samples: int = field(default=2, metadata={"help": "Samples per test problem, plus one greedy completion."})
+    num_validation_samples: int = field(default=2, metadata={"help": "Samples per validation problem (no greedy)."})
+    grpo_max_steps: int = field(default=4, metadata={"help": "GRPO's optimiser steps (its budget B)."})
+    grpo_eval_every: int = field(default=2, metadata={"help": "GRPO validation evaluation every N steps."})
+    grpo_prompts_per_step: int = field(
+        default=1, metadata={"help": "GRPO prompts per step, each with num_generations completions."}
+    )
+    max_problems: int = field(default=8, metadata={"help": "Mixed-success problems ReasonMaxxer keeps."})
+    prompt_style: str = field(
+        default="brief", metadata={"help": "brief (short reasoning) or paper.", "choices": list(PROMPT_TEMPLATES)}
+    )
 
 
-def load_splits(task: str, dataset: str | None, budget: CompareBudget, split_seed: int) -> dict:
+def load_splits(dataset_name: str, budget: CompareConfig, split_seed: int) -> dict:
     """``{"pool", "validation", "test"}`` datasets with ``prompt`` and ``solution`` columns, pairwise disjoint.
 
-    A packaged ``task``: pool and validation come from its train split, test from its test split. A local
-    ``dataset`` (a JSON/JSONL file with ``prompt`` and ``solution`` columns): all three from its rows.
+    A packaged task: pool and validation come from its train split, test from its test split. A local dataset (a
+    ``save_to_disk`` folder or a json/jsonl/parquet/csv file with ``prompt`` and ``solution`` columns, read by
+    :func:`~trl_reasonmaxxer.tasks.load_local_dataset`): all three from its rows.
     """
-    from datasets import Dataset
+    from ..tasks import TASKS, load_local_dataset, load_task
 
-    from ..tasks import load_task
-
-    if dataset is not None:
-        data = Dataset.from_json(dataset)
+    if dataset_name not in TASKS:
+        data = load_local_dataset(dataset_name)
         missing = {"prompt", "solution"} - set(data.column_names)
         if missing:
-            raise ValueError(f"{dataset} lacks the columns {sorted(missing)}: give every row a prompt and a solution.")
+            raise ValueError(
+                f"{dataset_name} lacks the columns {sorted(missing)}: give every row a prompt and a solution."
+            )
         if "id" not in data.column_names:
-            data = data.add_column("id", [f"{os.path.basename(dataset)}/{i}" for i in range(len(data))])
-        sizes = {"pool": budget.pool_problems, "validation": budget.val_problems, "test": budget.test_problems}
+            data = data.add_column("id", [f"{os.path.basename(dataset_name)}/{i}" for i in range(len(data))])
+        sizes = {
+            "pool": budget.num_pool_problems,
+            "validation": budget.num_validation_problems,
+            "test": budget.num_test_problems,
+        }
         return {name: data.select(idx) for name, idx in split_indices(len(data), sizes, split_seed).items()}
-    train = load_task(task, "train", prompt_style=budget.prompt_style)
-    parts = split_indices(len(train), {"pool": budget.pool_problems, "validation": budget.val_problems}, split_seed)
+    train = load_task(dataset_name, "train", prompt_style=budget.prompt_style)
+    sizes = {"pool": budget.num_pool_problems, "validation": budget.num_validation_problems}
+    parts = split_indices(len(train), sizes, split_seed)
     return {
         "pool": train.select(parts["pool"]),
         "validation": train.select(parts["validation"]),
         "test": load_task(
-            task, "test", num_problems=budget.test_problems, seed=split_seed, prompt_style=budget.prompt_style
+            dataset_name,
+            "test",
+            num_problems=budget.num_test_problems,
+            seed=split_seed,
+            prompt_style=budget.prompt_style,
         ),
     }
 
@@ -334,14 +162,14 @@ class _Runner:
         from ..evaluation import evaluate
 
         b = self.budget
-        samples, greedy = (b.eval_samples, True) if split == "test" else (b.val_samples, False)
+        samples, greedy = (b.num_samples, True) if split == "test" else (b.num_validation_samples, False)
         run = lambda: evaluate(
             model,
             tokenizer,
             self.splits[split],
             num_samples=samples,
             greedy=greedy,
-            max_new_tokens=b.max_new_tokens,
+            max_new_tokens=b.max_completion_length,
             seed=self.eval_seed,
             batch_size=32,
             reward_fn=self.reward_fn,
@@ -366,7 +194,7 @@ class _Runner:
         b = self.budget
         # no warm-up: with a handful of optimiser steps a linear warm-up spends the first one at lr 0
         return dict(
-            max_completion_length=b.max_new_tokens,
+            max_completion_length=b.max_completion_length,
             temperature=0.6,
             top_p=0.95,
             learning_rate=b.learning_rate,
@@ -384,7 +212,7 @@ class _Runner:
         from transformers import TrainerCallback
         from trl import GRPOConfig, GRPOTrainer
 
-        from ..trainer import default_lora_config
+        from ..config import default_lora_config
 
         b, runner = self.budget, self
         model, tokenizer = self.load()
@@ -488,13 +316,12 @@ def _free(*objects) -> None:
 def run_comparison(
     output_dir: str = "runs/compare",
     model: str = "default",
-    task: str = "svamp",
-    dataset: str | None = None,
-    budget: CompareBudget | None = None,
-    seeds: Sequence[int] = (0,),
+    dataset_name: str = "svamp",
+    budget: CompareConfig | None = None,
+    seeds: Sequence[int] = (42,),
     gate_ablation: bool = False,
     reward_fn: Callable | None = None,
-    split_seed: int = 0,
+    split_seed: int = 42,
     label: str = "default",
 ) -> dict:
     """Run the whole comparison, print the table, write ``compare.json``, ``compare_pass1.png`` and
@@ -504,13 +331,13 @@ def run_comparison(
     from ..rewards import math_accuracy_reward
     from .ledger import CostLedger, device_name
 
-    budget = budget or CompareBudget()
+    budget = budget or CompareConfig()
     seeds = list(seeds)
     if not seeds:
-        raise ValueError("Give at least one seed (--seeds 0).")
+        raise ValueError("Give at least one seed (--seeds 42).")
     reward_fn = reward_fn or math_accuracy_reward
     os.makedirs(output_dir, exist_ok=True)
-    splits = load_splits(task, dataset, budget, split_seed)
+    splits = load_splits(dataset_name, budget, split_seed)
     runner = _Runner(resolve_model(model), splits, budget, reward_fn, output_dir, seeds[0], COMPUTE_UNITS[0])
 
     base_model, tokenizer = runner.load()
@@ -537,9 +364,11 @@ def run_comparison(
                 _save_json({"base": base, "runs": runs + [run]}, output_dir, PARTIAL_JSON)
                 run["gate_ablation"][gate] = runner.run_reasonmaxxer(seed, gate, with_validation=False)
         runs.append(run)
-        _save_json(_report(budget, model, task, dataset, seeds, splits, base, runs, gate_ablation, label), output_dir)
+        _save_json(
+            build_report(budget, model, dataset_name, seeds, splits, base, runs, gate_ablation, label), output_dir
+        )
 
-    report = _report(budget, model, task, dataset, seeds, splits, base, runs, gate_ablation, label)
+    report = build_report(budget, model, dataset_name, seeds, splits, base, runs, gate_ablation, label)
     _save_json(report, output_dir)
     os.remove(os.path.join(output_dir, PARTIAL_JSON))
     methods = report["summary"]["methods"]
@@ -560,76 +389,6 @@ def run_comparison(
     report["config"]["model"] = DEFAULT_MODEL if model == "default" else model
     print(format_table(report), flush=True)
     return report
-
-
-PARTIAL_JSON = "compare.partial.json"  # raw results so far, rewritten after every method; gone once the report is
-
-
-def _method_paths(gate_ablation: bool) -> list[tuple[str, tuple[str, ...]]]:
-    paths = [("GRPO", ("grpo",)), ("ReasonMaxxer", ("reasonmaxxer",))]
-    if gate_ablation:
-        paths += [(f"ReasonMaxxer gate={g}", ("gate_ablation", g)) for g in ("random", "all")]
-    return paths
-
-
-def _collect(runs: list[dict], path: tuple[str, ...], key: str) -> list[dict]:
-    """``key`` ("test" or "ledger") of the method at ``path`` in every seed's run."""
-    out = []
-    for run in runs:
-        node = run
-        for step in path:
-            node = node[step]
-        out.append(node[key])
-    return out
-
-
-def _report(budget, model, task, dataset, seeds, splits, base, runs, gate_ablation, label) -> dict:
-    """The JSON report: configuration, splits, every run, and the seed-pooled summary with the headline."""
-    methods = {
-        "base": {"pass@1": pooled_metric([base["test"]]), "greedy": pooled_metric([base["test"]], "greedy_accuracy")}
-    }
-    for name, path in _method_paths(gate_ablation):
-        tests = _collect(runs, path, "test")
-        methods[name] = {
-            "pass@1": pooled_metric(tests),
-            "greedy": pooled_metric(tests, "greedy_accuracy"),
-            "ledger": mean_ledger(_collect(runs, path, "ledger")),
-        }
-    base_val = base["validation"]["summary"]["pass@1"]
-    rm_gain = sum(r["reasonmaxxer"]["validation"]["summary"]["pass@1"] for r in runs) / len(runs) - base_val
-    rm_compute = {u: sum(r["reasonmaxxer"]["ledger"][f"compute_{u}"] for r in runs) / len(runs) for u in COMPUTE_UNITS}
-    headline = {
-        u: headline_ratio(mean_curve([r["grpo"]["validation_curve"] for r in runs], u), rm_gain, rm_compute[u], u)
-        for u in COMPUTE_UNITS
-    }
-    return {
-        "config": {
-            "label": label,
-            "model": model,
-            "task": task if dataset is None else dataset,
-            "seeds": seeds,
-            "budget": asdict(budget),
-            "device": runs[0]["grpo"]["ledger"]["device"],
-            "sizes": {k: len(v) for k, v in splits.items()},
-            "gate_ablation": gate_ablation,
-            "eval_protocol": {
-                "temperature": 0.6,
-                "top_p": 0.95,
-                "test_samples": budget.eval_samples,
-                "greedy": True,
-                "validation_samples": budget.val_samples,
-            },
-        },
-        "splits": {k: list(v["id"]) for k, v in splits.items()},
-        "summary": {
-            "methods": methods,
-            "headline": headline,
-            "reasonmaxxer_validation": {"gain": rm_gain, "compute": rm_compute},
-            "base_validation_pass@1": base_val,
-        },
-        "base": base,
-        "runs": runs,
-    }
 
 
 def _save_json(report: dict, output_dir: str, name: str = "compare.json") -> str:

@@ -1,6 +1,12 @@
 """The embedded-default demo: base evaluation → ReasonMaxxer (rollouts, selection, training) → adapter evaluation.
 
 Runs on a real pretrained model and a real math task that both ship inside PyPI packages, so it needs no model hub.
+
+```bash
+trl-reasonmaxxer demo                                    # make demo: the default budget
+trl-reasonmaxxer demo --quick                            # a smoke run in minutes
+trl-reasonmaxxer demo --config examples/recipes/demo.yaml
+```
 """
 
 from __future__ import annotations
@@ -8,7 +14,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 import torch
 
@@ -16,56 +22,114 @@ from ..config import ReasonMaxxerConfig
 from ..evaluation import evaluate, plot_comparison
 from ..models import DEFAULT_MODEL, resolve_model
 from ..rewards import math_accuracy_reward
-from ..tasks import load_task
+from ..tasks import PROMPT_TEMPLATES, load_prompts
 from ..trainer import ReasonMaxxerTrainer
+from .parser import QuickArguments, ScriptParser
 
 
 @dataclass
-class DemoBudget:
-    """How much the demo does; ``quick`` is a smoke run, not a measurement."""
+class DemoConfig(QuickArguments):
+    """
+    Arguments of ``trl-reasonmaxxer demo``. The default budget takes about 45–65 minutes on a 2-core CPU
+    (docs/benchmarks.md); ``--quick`` is a smoke run of every step in about 10 minutes, not a measurement.
 
-    train_problems: int = 10
-    test_problems: int = 16
-    num_generations: int = 6
-    eval_samples: int = 2
-    max_new_tokens: int = 224
-    max_problems: int = 10
-    learning_rate: float = 2e-4
-    num_train_epochs: float = 1.0
-    max_steps: int = -1  # > 0 caps the optimiser steps (--quick: one step shows training runs, nothing more)
-    gradient_accumulation_steps: int = 4  # pairs per step: the paper's 8 rollouts
-    warmup_steps: float = 0  # a few steps only: a linear warm-up would run the first of them at lr 0
-    # "brief" asks for short reasoning: the paper's wording makes the 0.5B write >128 tokens 90% of the time,
-    # which a 2-core CPU cannot afford (tasks.BRIEF_PROMPT_TEMPLATE)
-    prompt_style: str = "brief"
+    Parameters:
+        > Model, data and output
 
-    @classmethod
-    def quick(cls) -> DemoBudget:
-        # one generate call per phase (24 and 8 sequences) and one small optimiser step: ~10 minutes on 2 cores
-        return cls(
-            train_problems=6,
-            test_problems=4,
-            num_generations=4,
-            eval_samples=2,
-            max_new_tokens=192,
-            max_problems=2,
-            max_steps=1,
-            gradient_accumulation_steps=2,
-        )
+        model_name_or_path (`str`, *optional*, defaults to `"default"`):
+            `"default"` (the embedded Qwen2.5-Coder-0.5B-Instruct) or a local model folder.
+        dataset_name (`str`, *optional*, defaults to `"svamp"`):
+            A packaged task with a train and a test split, or a local `DatasetDict` folder with both.
+        prompt_style (`str`, *optional*, defaults to `"brief"`):
+            `"brief"` asks for short reasoning (the paper's wording makes the 0.5B write more than 128 tokens 90% of
+            the time, which a 2-core CPU cannot afford) or `"paper"`.
+        output_dir (`str`, *optional*, defaults to `"runs/demo"`):
+            Where `demo.json`, `demo.png` and the adapter go (`"runs/demo-quick"` with `--quick`).
+        seed (`int`, *optional*, defaults to `42`):
+            Seed of the problem subsets, sampling and training.
+
+        > Budget
+
+        num_train_problems (`int`, *optional*, defaults to `10`):
+            Problems of the train split the offline phase samples.
+        num_test_problems (`int`, *optional*, defaults to `16`):
+            Held-out problems of the test split both models are evaluated on.
+        num_generations (`int`, *optional*, defaults to `6`):
+            Rollouts per training problem.
+        num_samples (`int`, *optional*, defaults to `2`):
+            Samples per test problem (T=0.6, top-p 0.95); pass@1 is unbiased from them.
+        max_completion_length (`int`, *optional*, defaults to `224`):
+            Maximum tokens of every rollout and evaluation completion.
+        max_problems (`int`, *optional*, defaults to `10`):
+            Mixed-success problems kept for training.
+        learning_rate (`float`, *optional*, defaults to `2e-4`):
+            AdamW learning rate of the LoRA.
+        num_train_epochs (`float`, *optional*, defaults to `1.0`):
+            Epochs over the preference pairs.
+        max_steps (`int`, *optional*, defaults to `-1`):
+            When > 0, caps the optimiser steps (`--quick`: one step shows that training runs, nothing more).
+        gradient_accumulation_steps (`int`, *optional*, defaults to `4`):
+            Pairs per optimiser step: the paper's 8 rollouts.
+        warmup_steps (`float`, *optional*, defaults to `0`):
+            The pairs give a few optimiser steps only: a linear warm-up would run the first of them at learning
+            rate 0.
+    """
+
+    # one generate call per phase (24 and 8 sequences) and one small optimiser step: ~10 minutes on 2 cores
+    QUICK = dict(
+        num_train_problems=6,
+        num_test_problems=4,
+        num_generations=4,
+        num_samples=2,
+        max_completion_length=192,
+        max_problems=2,
+        max_steps=1,
+        gradient_accumulation_steps=2,
+        output_dir="runs/demo-quick",
+    )
+
+    model_name_or_path: str = field(
+        default="default", metadata={"help": "'default' (the embedded 0.5B) or a local model folder."}
+    )
+    dataset_name: str = field(
+        default="svamp", metadata={"help": "Packaged task (train and test splits) or a local DatasetDict folder."}
+    )
+    prompt_style: str = field(
+        default="brief",
+        metadata={"help": "brief (short reasoning, what a CPU affords) or paper.", "choices": list(PROMPT_TEMPLATES)},
+    )
+    output_dir: str = field(default="runs/demo", metadata={"help": "Where the report, plot and adapter go."})
+    seed: int = field(default=42, metadata={"help": "Seed of the problem subsets, sampling and training."})
+    num_train_problems: int = field(default=10, metadata={"help": "Train-split problems the offline phase samples."})
+    num_test_problems: int = field(
+        default=16, metadata={"help": "Held-out test problems both models are evaluated on."}
+    )
+    num_generations: int = field(default=6, metadata={"help": "Rollouts per training problem."})
+    num_samples: int = field(default=2, metadata={"help": "Samples per test problem (pass@1 is unbiased from them)."})
+    max_completion_length: int = field(default=224, metadata={"help": "Maximum tokens per rollout and completion."})
+    max_problems: int = field(default=10, metadata={"help": "Mixed-success problems kept for training."})
+    learning_rate: float = field(default=2e-4, metadata={"help": "AdamW learning rate of the LoRA."})
+    num_train_epochs: float = field(default=1.0, metadata={"help": "Epochs over the preference pairs."})
+    max_steps: int = field(default=-1, metadata={"help": "> 0 caps the optimiser steps."})
+    gradient_accumulation_steps: int = field(default=4, metadata={"help": "Pairs per optimiser step."})
+    warmup_steps: float = field(default=0, metadata={"help": "Warm-up steps (a ratio if < 1); a few steps only: 0."})
 
 
-def run_demo(
-    output_dir: str = "runs/demo",
-    model: str = "default",
-    task: str = "svamp",
-    budget: DemoBudget | None = None,
-    seed: int = 42,
-    label: str = "default",
-) -> dict:
+def make_parser(prog: str | None = None) -> ScriptParser:
+    return ScriptParser(DemoConfig, prog=prog, description=__doc__.split("\n\n")[0])
+
+
+def main(config: DemoConfig) -> dict:
+    return run_demo(config)
+
+
+def run_demo(config: DemoConfig | None = None) -> dict:
     """Run the whole method once and return (and save) the comparison table."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    budget = budget or DemoBudget()
+    budget = config or DemoConfig()
+    output_dir, model, task, seed = budget.output_dir, budget.model_name_or_path, budget.dataset_name, budget.seed
+    label = "quick smoke run" if budget.quick else "default"
     os.makedirs(output_dir, exist_ok=True)
     times: dict[str, float] = {}
     use_cpu = not torch.cuda.is_available()
@@ -75,13 +139,17 @@ def run_demo(
     tokenizer = AutoTokenizer.from_pretrained(path)
     base = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32 if use_cpu else torch.bfloat16)
     base.to("cpu" if use_cpu else "cuda")
-    train = load_task(task, "train", num_problems=budget.train_problems, seed=seed, prompt_style=budget.prompt_style)
-    test = load_task(task, "test", num_problems=budget.test_problems, seed=seed, prompt_style=budget.prompt_style)
+    train = load_prompts(task, "train", budget.num_train_problems, seed=seed, prompt_style=budget.prompt_style)
+    test = load_prompts(task, "test", budget.num_test_problems, seed=seed, prompt_style=budget.prompt_style)
     times["load"] = time.perf_counter() - start
 
     # 32 sequences per generate call: CPU decoding of a 0.5B model is memory-bound, so wide batches are ~4x faster
     eval_kwargs = dict(
-        num_samples=budget.eval_samples, max_new_tokens=budget.max_new_tokens, seed=seed, greedy=False, batch_size=32
+        num_samples=budget.num_samples,
+        max_new_tokens=budget.max_completion_length,
+        seed=seed,
+        greedy=False,
+        batch_size=32,
     )
     start = time.perf_counter()
     base_results = evaluate(base, tokenizer, test, desc="Base model", **eval_kwargs)
@@ -90,7 +158,7 @@ def run_demo(
     args = ReasonMaxxerConfig(
         output_dir=os.path.join(output_dir, "reasonmaxxer"),
         num_generations=budget.num_generations,
-        max_completion_length=budget.max_new_tokens,
+        max_completion_length=budget.max_completion_length,
         max_problems=budget.max_problems,
         learning_rate=budget.learning_rate,
         num_train_epochs=budget.num_train_epochs,
@@ -150,11 +218,11 @@ def run_demo(
 
 def format_table(report: dict) -> str:
     """A plain-text table of the demo's result."""
-    k = report["budget"]["eval_samples"]
+    k = report["budget"]["num_samples"]
     lines = [
         f"ReasonMaxxer demo ({report['label']}): {report['model']} on {report['task']} "
         f"(train split → {report['pool'].get('pool/prompts_selected', 0)} selected problems; "
-        f"{report['budget']['test_problems']} held-out test problems), seed {report['seed']}, {report['device']}",
+        f"{report['budget']['num_test_problems']} held-out test problems), seed {report['seed']}, {report['device']}",
         f"{'model':<14}{'pass@1 (k=' + str(k) + ')':>20}{'extraction':>12}{'truncated':>11}{'mean tokens':>13}",
     ]
     for name in ("base", "reasonmaxxer"):
@@ -165,3 +233,7 @@ def format_table(report: dict) -> str:
         )
     lines.append("wall time: " + ", ".join(f"{k} {v:.0f}s" for k, v in report["wall_time_s"].items()))
     return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main(*make_parser().parse_args_and_config())

@@ -8,35 +8,31 @@ accelerate launch --config_file examples/accelerate_configs/multi_gpu.yaml examp
 
 Arguments come from three dataclasses, as in TRL's scripts: [`ReasonMaxxerScriptArguments`] (data, rewards),
 [`ReasonMaxxerConfig`] (every GRPOConfig/TrainingArguments option plus ReasonMaxxer's) and `trl.ModelConfig`
-(model, dtype, `--use_peft`/`--lora_*`, `--load_in_4bit`). A `--config recipe.yaml` gives defaults; flags win.
+(model, dtype, `--use_peft`/`--lora_*`, `--load_in_4bit`). A `--config recipe.yaml` gives defaults; flags win;
+`--quick` shrinks the run to a smoke test (:mod:`.parser`).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
-import os
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from datasets import Dataset, DatasetDict, load_dataset, load_from_disk
-from trl import ModelConfig, ScriptArguments, TrlParser, get_peft_config, get_quantization_config
+from trl import ModelConfig, ScriptArguments, get_peft_config, get_quantization_config
 
 from ..config import ReasonMaxxerConfig
 from ..models import resolve_model
-from ..tasks import TASKS, load_task
+from ..tasks import TASKS, load_prompts
 from ..trainer import ReasonMaxxerTrainer
+from .parser import QuickArguments, ScriptParser
 
 
 logger = logging.getLogger(__name__)
 
-FILE_BUILDERS = {".json": "json", ".jsonl": "json", ".parquet": "parquet", ".csv": "csv"}
-QUICK = dict(num_problems=8, num_generations=4, max_completion_length=64, max_problems=4, max_steps=2)
-
 
 @dataclass
-class ReasonMaxxerScriptArguments(ScriptArguments):
+class ReasonMaxxerScriptArguments(ScriptArguments, QuickArguments):
     """
     Script arguments of the ReasonMaxxer training script (besides TRL's `ScriptArguments`).
 
@@ -53,6 +49,8 @@ class ReasonMaxxerScriptArguments(ScriptArguments):
             A smoke run in minutes (8 problems, 4 rollouts of 64 tokens, 2 steps): checks the setup, measures nothing.
     """
 
+    QUICK = dict(num_problems=8, num_generations=4, max_completion_length=64, max_problems=4, max_steps=2)
+
     dataset_name: str | None = field(
         default="svamp", metadata={"help": "Packaged task name, local dataset folder, or json/jsonl/parquet/csv file."}
     )
@@ -61,42 +59,15 @@ class ReasonMaxxerScriptArguments(ScriptArguments):
         default_factory=lambda: ["math_accuracy_reward"],
         metadata={"help": "Reward functions: names in trl_reasonmaxxer.rewards / trl.rewards, or dotted paths."},
     )
-    quick: bool = field(default=False, metadata={"help": "Smoke run: tiny budget, minutes, not a measurement."})
 
 
-def make_parser(prog: str | None = None) -> TrlParser:
-    return TrlParser(
+def make_parser(prog: str | None = None) -> ScriptParser:
+    return ScriptParser(
         (ReasonMaxxerScriptArguments, ReasonMaxxerConfig, ModelConfig),
         prog=prog,
         description="Train a ReasonMaxxer LoRA. `--config recipe.yaml` sets defaults for any flag below (flags win); "
         "launch with `accelerate launch --config_file examples/accelerate_configs/<name>.yaml` for several GPUs.",
     )
-
-
-def load_prompts(name: str, split: str, num_problems: int | None = None, seed: int = 0) -> Dataset:
-    """The training prompts: a packaged task by name, or a local dataset folder or file (never the Hub)."""
-    if name in TASKS:
-        return load_task(name, split, num_problems=num_problems, seed=seed)
-    path = Path(name).expanduser()
-    if path.is_dir():
-        data = load_from_disk(str(path))
-        if isinstance(data, DatasetDict):
-            if split not in data:
-                raise ValueError(
-                    f"{path} has splits {list(data)}, not {split!r}: pass --dataset_train_split with one of them."
-                )
-            data = data[split]
-    elif path.is_file() and path.suffix in FILE_BUILDERS:
-        data = load_dataset(FILE_BUILDERS[path.suffix], data_files=str(path), split="train")
-    else:
-        raise ValueError(
-            f"dataset_name {name!r} is neither a packaged task ({', '.join(TASKS)}) nor a local dataset folder or "
-            f"{'/'.join(FILE_BUILDERS)} file. Datasets are not downloaded at run time: on a connected machine run "
-            f"`datasets.load_dataset({name!r}, split={split!r}).save_to_disk(DIR)` and pass --dataset_name DIR."
-        )
-    if num_problems is not None:
-        data = data.select(range(min(num_problems, len(data))))
-    return data
 
 
 def ignored_arguments(script_args, training_args, model_args) -> list[str]:
@@ -124,17 +95,6 @@ def ignored_arguments(script_args, training_args, model_args) -> list[str]:
     return messages
 
 
-def apply_quick(script_args, training_args) -> None:
-    """Shrink the run to a smoke test (``--quick``); settings already smaller stay as they are."""
-
-    def capped(value, limit):
-        return limit if value is None or value <= 0 else min(value, limit)  # max_steps -1 means "not set"
-
-    script_args.num_problems = capped(script_args.num_problems, QUICK["num_problems"])
-    for name in ("num_generations", "max_completion_length", "max_problems", "max_steps"):
-        setattr(training_args, name, capped(getattr(training_args, name), QUICK[name]))
-
-
 def main(script_args, training_args, model_args) -> ReasonMaxxerTrainer:
     """Offline phase, training, then the adapter saved to ``output_dir`` (and pushed with ``--push_to_hub``)."""
     if script_args.dataset_streaming:
@@ -142,8 +102,6 @@ def main(script_args, training_args, model_args) -> ReasonMaxxerTrainer:
             "dataset_streaming is not supported: the offline phase samples every prompt once, so it needs a "
             "map-style dataset. Drop --dataset_streaming (use --num_problems to take a subset)."
         )
-    if script_args.quick:
-        apply_quick(script_args, training_args)
     for message in ignored_arguments(script_args, training_args, model_args):
         logger.warning(message)
     dataset = load_prompts(
@@ -186,7 +144,5 @@ def checkpoint_to_resume(value: str | bool | None) -> str | bool | None:
     return value
 
 
-def run(argv: Sequence[str] | None = None, prog: str | None = None) -> ReasonMaxxerTrainer:
-    os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
-    script_args, training_args, model_args = make_parser(prog).parse_args_and_config(args=argv)
-    return main(script_args, training_args, model_args)
+if __name__ == "__main__":
+    main(*make_parser().parse_args_and_config())

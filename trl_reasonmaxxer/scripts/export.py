@@ -12,9 +12,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from trl import TrlParser
-
-from .gguf_export import (
+from ..gguf_export import (
     MERGED_DTYPES,
     GGUFExportError,
     find_base_gguf,
@@ -23,6 +21,7 @@ from .gguf_export import (
     merge_to_gguf,
     peft_to_gguf_lora,
 )
+from .parser import ScriptParser
 
 
 logger = logging.getLogger(__name__)
@@ -34,7 +33,7 @@ class ExportArguments:
     output_dir: str | None = field(
         default=None, metadata={"help": "Where to write the GGUF files; default: <adapter>/gguf."}
     )
-    model: str = field(
+    model_name_or_path: str = field(
         default="default",
         metadata={
             "help": "The base the adapter was trained on: 'default' (the embedded Qwen2.5-Coder-0.5B-Instruct, whose "
@@ -56,12 +55,12 @@ class ExportArguments:
         metadata={"help": "llama.cpp architecture (qwen2, llama) when the base's config.json cannot be found."},
     )
     base_gguf: str | None = field(
-        default=None, metadata={"help": "The base's GGUF file, when --model is a folder without one."}
+        default=None, metadata={"help": "The base's GGUF file, when --model_name_or_path is a folder without one."}
     )
 
 
-def make_parser(prog: str | None = None) -> TrlParser:
-    return TrlParser(
+def make_parser(prog: str | None = None) -> ScriptParser:
+    return ScriptParser(
         (ExportArguments,),
         prog=prog,
         description="Export a ReasonMaxxer adapter for llama.cpp / Ollama as a GGUF LoRA (and optionally a merged "
@@ -71,10 +70,10 @@ def make_parser(prog: str | None = None) -> TrlParser:
 
 def _base_gguf(args: ExportArguments) -> str | None:
     """The base GGUF for the printed commands, or ``None`` (never converts the embedded model to float32)."""
-    from .models import MissingModelPartsError
+    from ..models import MissingModelPartsError
 
     try:
-        return find_base_gguf(args.model, args.base_gguf)
+        return find_base_gguf(args.model_name_or_path, args.base_gguf)
     except MissingModelPartsError as err:
         logger.warning("the embedded model's GGUF is not available: %s", err)
         return None
@@ -108,7 +107,11 @@ def main(args: ExportArguments) -> dict[str, str]:
             raise GGUFExportError(f"{paths['lora']} does not fit the base {base}: " + "; ".join(problems[:5]))
     if args.merged:
         paths["merged"] = merge_to_gguf(
-            args.model, args.adapter, out_dir / f"merged-{args.merged_dtype}.gguf", args.merged_dtype, args.base_gguf
+            args.model_name_or_path,
+            args.adapter,
+            out_dir / f"merged-{args.merged_dtype}.gguf",
+            args.merged_dtype,
+            args.base_gguf,
         )
     if base:
         paths["base_gguf"] = base

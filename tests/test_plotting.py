@@ -1,0 +1,13 @@
+"""The one figure helper every report draws with."""
+
+from trl_reasonmaxxer.plotting import new_figure, save_figure
+
+
+def test_saved_figure_is_a_png_in_a_folder_created_for_it(tmp_path):
+    fig, ax = new_figure(3.0, 2.0)
+    ax.plot([0, 1], [1, 0])
+    path = save_figure(fig, str(tmp_path / "new" / "folder" / "line.png"))
+    assert path.endswith("line.png")
+    with open(path, "rb") as f:
+        assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+    assert tuple(fig.get_size_inches()) == (3.0, 2.0)

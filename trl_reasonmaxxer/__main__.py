@@ -1,0 +1,6 @@
+"""``python -m trl_reasonmaxxer <command>``: the same as ``trl-reasonmaxxer <command>``."""
+
+from .cli import main
+
+
+main()
