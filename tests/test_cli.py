@@ -14,7 +14,9 @@ def test_every_command_shows_snake_case_flags_and_config_in_help(command, capsys
     assert info.value.code == 0
     text = capsys.readouterr().out
     assert text.startswith(f"usage: trl-reasonmaxxer {command} ")
-    assert "--config FILE.yaml" in text and "--output_dir" in text and "--max_completion_length" in text
+    assert "--config FILE.yaml" in text and "--output_dir" in text
+    if command != "export":  # the commands that generate share GRPOConfig's name for the token budget
+        assert "--max_completion_length" in text
 
 
 def test_every_command_module_is_a_script():

@@ -248,10 +248,10 @@ def test_preference_pairs_keep_the_pair_as_the_unit_for_fork_dpo():
 def test_an_epoch_of_80_rollouts_at_8_per_step_is_10_optimiser_steps(tmp_path):
     """The trainer sizes the epoch by rollouts: 80 selected rollouts, 1 item (2 rollouts) per batch, GA 4 → 10
     steps, each rollout seen once (the old pairs made 60 items → 15 steps); fork_dpo keeps its 60 pairs."""
-    from helpers import make_pool, tiny_config
-
     from trl_reasonmaxxer import ReasonMaxxerTrainer
     from trl_reasonmaxxer.testing import save_tiny_model
+
+    from .helpers import make_pool, tiny_config
 
     groups = {p: [(1.0, [0.5, 2.0, 0.5, 0.5])] * c + [(0.0, [2.0, 0.5, 0.5, 0.5])] * r for p, (c, r) in SPLITS.items()}
     pool = make_pool(groups, prompt_len=2, vocab=39)

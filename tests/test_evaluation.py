@@ -308,10 +308,10 @@ def test_eval_cli_checks_adapters_before_the_base_evaluation_and_saves_each_mode
     monkeypatch.setattr(evaluation, "evaluate", fake_evaluate)
     monkeypatch.setattr(evaluation, "load_model_for_eval", lambda model, adapter: (None, None))
     out = tmp_path / "ev"
-    argv = ["eval", "--model", tiny_model_dir, "--num-problems", "2", "--output-dir", str(out)]
+    argv = ["eval", "--model_name_or_path", tiny_model_dir, "--num_problems", "2", "--output_dir", str(out)]
     good = save_adapter(tiny_model_dir, tmp_path / "good")
     with pytest.raises(FileNotFoundError, match="'nope' does not exist"):
-        cli.main([*argv, "--adapter", good, "--adapter", "nope"])
+        cli.main([*argv, "--adapter", good, "nope"])
     assert calls == [] and not out.exists()
     with pytest.raises(RuntimeError, match="stand-in"):
         cli.main([*argv, "--adapter", good])

@@ -207,10 +207,10 @@ def test_gated_fraction():
 def test_tau_is_calibrated_on_the_rollouts_that_train_only(tmp_path):
     """A rollout with no reward (NaN, A = 0) never trains, so its entropies must not move τ (audit F9): here its
     four 9-nat tokens would have taken the whole 25% budget (τ 0.8 instead of 0.6)."""
-    from helpers import make_pool, tiny_config
-
     from trl_reasonmaxxer import ReasonMaxxerTrainer
     from trl_reasonmaxxer.testing import save_tiny_model
+
+    from .helpers import make_pool, tiny_config
 
     rows = [(1.0, [0.1, 0.2, 0.3, 0.4]), (0.0, [0.5, 0.6, 0.7, 0.8]), (None, [9.0, 9.0, 9.0, 9.0])]
     pool = make_pool({0: rows}, prompt_len=2, vocab=39)

@@ -428,7 +428,7 @@ def test_export_command(base, tmp_path, capsys):
     arch, folder, base_gguf = base
     adapter = make_adapter(folder, tmp_path / "adapter")
     recipe = tmp_path / "export.yaml"
-    recipe.write_text(f"adapter: {adapter}\nmodel: {base_gguf}\nmerged: true\nmerged_dtype: f32\n")
+    recipe.write_text(f"adapter: {adapter}\nmodel_name_or_path: {base_gguf}\nmerged: true\nmerged_dtype: f32\n")
     (args,) = make_parser().parse_args_and_config(["--config", str(recipe), "--output_dir", str(tmp_path / "out")])
     assert isinstance(args, ExportArguments) and args.merged and args.merged_dtype == "f32"
     paths = main(args)

@@ -16,7 +16,6 @@ from pathlib import Path
 import pytest
 import torch
 from datasets import Dataset, DatasetDict, IterableDataset
-from helpers import CallCounter, alternating_reward, chat_prompts, make_pool, tiny_config
 from transformers import AutoConfig, AutoModelForCausalLM
 
 import trl_reasonmaxxer.trainer as trainer_module
@@ -32,6 +31,8 @@ from trl_reasonmaxxer.trainer import (
     release_output_dir_lock,
     resolve_resume_checkpoint,
 )
+
+from .helpers import CallCounter, alternating_reward, chat_prompts, make_pool, tiny_config
 
 
 def make_trainer(model_dir, output_dir, dataset=None, reward=alternating_reward, **config):

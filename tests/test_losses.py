@@ -392,11 +392,12 @@ def test_masked_mean():
 
 def dropout_trainer(tmp_path, **overrides):
     """A tiny Llama with attention dropout 0.5 and the default (zero) LoRA, on a hand-made pool."""
-    from helpers import make_pool, tiny_config
     from transformers import AutoConfig, AutoModelForCausalLM
 
     from trl_reasonmaxxer import ReasonMaxxerTrainer
     from trl_reasonmaxxer.testing import make_tiny_tokenizer
+
+    from .helpers import make_pool, tiny_config
 
     tok = make_tiny_tokenizer()
     torch.manual_seed(0)

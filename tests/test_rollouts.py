@@ -199,10 +199,10 @@ def test_a_truncation_rate_above_20_percent_warns_naming_max_completion_length(c
 
 
 def test_the_trainer_warns_about_a_truncated_pool(tmp_path, caplog):
-    from helpers import make_pool, tiny_config
-
     from trl_reasonmaxxer import ReasonMaxxerTrainer
     from trl_reasonmaxxer.testing import save_tiny_model
+
+    from .helpers import make_pool, tiny_config
 
     rows = [(1.0, [0.5, 2.0], True), (0.0, [2.0, 0.5], True), (1.0, [0.5, 2.0]), (0.0, [2.0, 0.5])]
     pool = make_pool({0: rows}, prompt_len=2, vocab=39)

@@ -122,10 +122,10 @@ def test_an_empty_prompt_is_refused_instead_of_shifting_every_entry(tiny):
 
 
 def test_the_trainer_refuses_a_pool_with_an_empty_prompt(tmp_path):
-    from helpers import make_pool, tiny_config
-
     from trl_reasonmaxxer import ReasonMaxxerTrainer
     from trl_reasonmaxxer.testing import save_tiny_model
+
+    from .helpers import make_pool, tiny_config
 
     model = save_tiny_model(str(tmp_path / "model"))
     # prompt 0 has no token, prompt 1 has 4; the pool is unscored, so the trainer scores it

@@ -164,10 +164,10 @@ def test_config_validates_success_threshold(tmp_path):
 
 
 def test_the_trainer_selects_scaled_rewards_and_honours_success_threshold(tmp_path):
-    from helpers import make_pool, tiny_config
-
     from trl_reasonmaxxer import ReasonMaxxerTrainer
     from trl_reasonmaxxer.testing import save_tiny_model
+
+    from .helpers import make_pool, tiny_config
 
     model = save_tiny_model(str(tmp_path / "model"))
     rollouts = [(0.4, [0.5, 2.0]), (0.0, [2.0, 0.5]), (0.4, [0.5, 2.0]), (0.0, [2.0, 0.5])]
