@@ -50,7 +50,7 @@ def setup(ns: argparse.Namespace, workdir: str):
         prompts = [[{"role": "user", "content": f"what is {i} plus {i} ?"}] for i in range(ns.num_problems)]
         data = Dataset.from_dict({"prompt": prompts, "solution": [str(2 * i) for i in range(ns.num_problems)]})
         return save_tiny_model(os.path.join(workdir, "tiny")), data
-    from trl_reasonmaxxer.models import resolve_model
+    from trl_reasonmaxxer.default_model import resolve_model
     from trl_reasonmaxxer.tasks import load_task
 
     return resolve_model(ns.model), load_task(ns.task, "train", num_problems=ns.num_problems, seed=0)

@@ -19,7 +19,7 @@ from datasets import Dataset, DatasetDict, IterableDataset
 from transformers import AutoConfig, AutoModelForCausalLM
 
 import trl_reasonmaxxer.trainer as trainer_module
-from trl_reasonmaxxer import ReasonMaxxerConfig, ReasonMaxxerTrainer, pool
+from trl_reasonmaxxer import ReasonMaxxerConfig, ReasonMaxxerTrainer, cache
 from trl_reasonmaxxer.testing import make_tiny_tokenizer
 from trl_reasonmaxxer.trainer import (
     LOCK_FILE,
@@ -278,12 +278,12 @@ def test_async_rewards_run_concurrently_even_inside_an_event_loop():
         raise KeyError("solution")
 
     async def inside_a_loop():  # as in Jupyter, where an event loop already runs
-        return pool.compute_rewards([slow, slow], [1.0, 0.5], ["p"] * 2, ["c"] * 2, [[1], [2]], {}, "here")
+        return cache.compute_rewards([slow, slow], [1.0, 0.5], ["p"] * 2, ["c"] * 2, [[1], [2]], {}, "here")
 
     totals, per_func = asyncio.run(inside_a_loop())
     assert totals == [1.5, 1.5] and list(per_func) == ["slow", "slow_2"] and started == [2, 2]
     with pytest.raises(RuntimeError, match=r"'failing' raised KeyError.*rollouts are kept in here"):
-        pool.compute_rewards([failing], None, ["p"], ["c"], [[1]], {}, "here")
+        cache.compute_rewards([failing], None, ["p"], ["c"], [[1]], {}, "here")
 
 
 def reward_returning(value):
@@ -306,7 +306,7 @@ def reward_returning(value):
 )
 def test_reward_outputs_are_checked_with_the_function_named(returned, error, message):  # R6-R10, R13
     with pytest.raises(error, match=rf"Reward function 'reward' {message}"):
-        pool.compute_rewards([reward_returning(returned)], None, ["p"] * 2, ["c"] * 2, [[1], [2]], {}, "here")
+        cache.compute_rewards([reward_returning(returned)], None, ["p"] * 2, ["c"] * 2, [[1], [2]], {}, "here")
 
 
 def test_reward_outputs_grpo_accepts_are_accepted():  # R1-R5, R7
@@ -318,7 +318,7 @@ def test_reward_outputs_grpo_accepts_are_accepted():  # R1-R5, R7
         lambda: [True, False, 1, 0],
     ]
     for make in outputs:
-        totals, _ = pool.compute_rewards(
+        totals, _ = cache.compute_rewards(
             [lambda completions, make=make, **kwargs: make()], None, ["p"] * n, ["c"] * n, [[1]] * n, {}, "here"
         )
         assert totals[:2] == [1.0, 0.0]
@@ -328,14 +328,14 @@ def test_one_reward_function_returning_only_none_is_allowed_with_others(caplog):
     def ungradable(completions, **kwargs):
         return [None] * len(completions)
 
-    with caplog.at_level(logging.WARNING, logger="trl_reasonmaxxer.pool"):
-        totals, per_func = pool.compute_rewards(
+    with caplog.at_level(logging.WARNING, logger="trl_reasonmaxxer.cache"):
+        totals, per_func = cache.compute_rewards(
             [alternating_reward, ungradable], None, ["p"] * 2, ["c"] * 2, [[1], [2]], {"solution": ["1", "2"]}, "x"
         )
     assert totals == [1.0, 0.0] and "'ungradable' returned None for every completion" in caplog.text
     kwargs = {"solution": ["1", "2"], "trainer_state": None, "log_metric": None, "log_extra": None}
     with pytest.raises(ValueError, match=r"only None/NaN for all 2 completions.*columns it reads \(solution\)"):
-        pool.compute_rewards([ungradable], None, ["p"] * 2, ["c"] * 2, [[1], [2]], kwargs, "x")
+        cache.compute_rewards([ungradable], None, ["p"] * 2, ["c"] * 2, [[1], [2]], kwargs, "x")
 
 
 def test_a_reward_function_that_edits_its_inputs_changes_nothing(tiny_model_dir, tmp_path):  # R24
@@ -453,15 +453,15 @@ def test_rewarded_pool_with_reward_funcs_warns(tiny_model_dir, tmp_path, caplog)
 
 def test_model_fingerprint_sees_every_base_weight(tiny_model_dir):  # D-1
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
-    before = pool.model_fingerprint(model)
-    assert pool.model_fingerprint(AutoModelForCausalLM.from_pretrained(tiny_model_dir)) == before
+    before = cache.model_fingerprint(model)
+    assert cache.model_fingerprint(AutoModelForCausalLM.from_pretrained(tiny_model_dir)) == before
     for name, param in model.named_parameters():  # one element of any tensor changes the fingerprint
         with torch.no_grad():
             original = param.view(-1)[-1].item()
             param.view(-1)[-1] += 1e-3
-            assert pool.model_fingerprint(model) != before, name
+            assert cache.model_fingerprint(model) != before, name
             param.view(-1)[-1] = original
-        assert pool.model_fingerprint(model) == before
+        assert cache.model_fingerprint(model) == before
 
 
 def test_a_model_changed_in_place_is_sampled_again(tiny_model_dir, tmp_path, monkeypatch, caplog):  # D-1, F13
@@ -492,7 +492,7 @@ def test_damaged_cache_chunks_are_made_again(tiny_model_dir, tmp_path, monkeypat
     score = CallCounter(trainer_module.score_rollouts)
     monkeypatch.setattr(trainer_module, "generate_completions", generate)
     monkeypatch.setattr(trainer_module, "score_rollouts", score)
-    with caplog.at_level(logging.WARNING, logger="trl_reasonmaxxer.pool"):
+    with caplog.at_level(logging.WARNING, logger="trl_reasonmaxxer.cache"):
         rerun = make_trainer(tiny_model_dir, tmp_path)
         rerun.train()
     assert generate.calls == 1 and score.calls >= 1 and rerun.state.global_step == 2

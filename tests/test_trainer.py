@@ -584,7 +584,7 @@ def test_cache_reuse_with_another_chunk_size_keeps_every_prompt(tiny_model_dir, 
 
 @pytest.mark.parametrize("per_call, expected", [(1, 8), (5, 10), (3, 9), (8, 8), (32, 32)])
 def test_default_chunk_size_ends_on_a_generate_call_boundary(per_call, expected):
-    from trl_reasonmaxxer.pool import default_chunk_size
+    from trl_reasonmaxxer.cache import default_chunk_size
 
     assert default_chunk_size(per_call) == expected
 

@@ -262,7 +262,7 @@ def adapter_problems(config: dict, tensors: dict, name_map) -> list[str]:
 
 def base_model_config(adapter_config: dict) -> dict | None:
     """The base model's ``config.json`` as a dict, from ``base_model_name_or_path`` when it can be found offline."""
-    from .models import DEFAULT_ALIASES, MODEL_DIRNAME, cache_root
+    from .default_model import DEFAULT_ALIASES, MODEL_DIRNAME, cache_root
 
     name = adapter_config.get("base_model_name_or_path")
     if not name:
@@ -433,7 +433,7 @@ def find_base_gguf(model_dir_or_name: str, base_gguf: str | None = None) -> str 
     ``base_gguf`` wins; ``"default"`` is the embedded model's joined GGUF (joined on first use, seconds); a
     ``.gguf`` path is itself; a folder is the embedded model's cache folder or holds exactly one ``*.gguf``.
     """
-    from .models import DEFAULT_ALIASES, GGUF_NAME, MODEL_DIRNAME, assemble_gguf, cache_root, locate_parts
+    from .default_model import DEFAULT_ALIASES, GGUF_NAME, MODEL_DIRNAME, assemble_gguf, cache_root, locate_parts
 
     if base_gguf:
         return str(Path(base_gguf).expanduser())
@@ -455,7 +455,7 @@ def resolve_merge_base(model_dir_or_name: str, base_gguf: str | None = None) -> 
     A model that was never a GGUF has no tokenizer metadata to copy: that case is refused, pointing to llama.cpp's
     converter.
     """
-    from .models import DEFAULT_ALIASES, default_model_path
+    from .default_model import DEFAULT_ALIASES, default_model_path
 
     gguf_file = find_base_gguf(model_dir_or_name, base_gguf)
     if gguf_file is None:
@@ -497,7 +497,7 @@ def load_float_model(model_path: str):
     import torch
     from transformers import AutoModelForCausalLM
 
-    from .models import _dense_gguf_options
+    from .default_model import _dense_gguf_options
 
     path = Path(model_path)
     if path.is_file():

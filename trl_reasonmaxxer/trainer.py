@@ -34,7 +34,8 @@ from trl.models.utils import disable_gradient_checkpointing
 from trl.trainer.base_trainer import _BaseTrainer
 from trl.trainer.utils import create_model_from_path, disable_dropout_in_model, use_adapter
 
-from . import gating, hub, pool, selection
+from . import cache as chunk_cache
+from . import gating, hub, selection
 from .collator import DataCollatorForForkPairs, build_pairs
 from .config import ReasonMaxxerConfig, default_lora_config
 from .evaluation import check_model_path
@@ -296,7 +297,7 @@ class ReasonMaxxerTrainer(_BaseTrainer):
         # a pool passed in is identified by its own fingerprint: only its scores get cached
         prompts = self._prompt_ids() if self.rollout_dataset is None else self.rollout_dataset._fingerprint
         backend = ["vllm"] if self._use_vllm else []  # HF-generated caches predate the vLLM backend: same keys
-        key = pool.fingerprint(
+        key = chunk_cache.fingerprint(
             self._model_fingerprint,
             prompts,
             a.num_generations,
@@ -319,12 +320,14 @@ class ReasonMaxxerTrainer(_BaseTrainer):
         if a.rollout_chunk_size is not None:
             return a.rollout_chunk_size
         # vLLM takes a whole chunk at once; HF generate takes it in calls of rollout_batch_size sequences
-        return pool.default_chunk_size(1 if self._use_vllm else max(1, a.rollout_batch_size // a.num_generations))
+        return chunk_cache.default_chunk_size(
+            1 if self._use_vllm else max(1, a.rollout_batch_size // a.num_generations)
+        )
 
     @cached_property
     def _model_fingerprint(self) -> str:
         # only the adapter trains and the checksum skips it, so the base weights' checksum is computed once
-        return pool.model_fingerprint(self.model)
+        return chunk_cache.model_fingerprint(self.model)
 
     def _prompt_ids(self) -> list[list[int]]:
         if not hasattr(self, "_cached_prompt_ids"):
@@ -338,8 +341,8 @@ class ReasonMaxxerTrainer(_BaseTrainer):
             self._cached_prompt_ids = ids
         return self._cached_prompt_ids
 
-    def _cache(self) -> pool.ChunkCache:
-        return pool.ChunkCache(self.rollout_cache_dir if self.args.rollout_cache else None)
+    def _cache(self) -> chunk_cache.ChunkCache:
+        return chunk_cache.ChunkCache(self.rollout_cache_dir if self.args.rollout_cache else None)
 
     def _generate(self, indices: list[int], engine: VLLMRollouts | None = None) -> list[list[dict]]:
         """Rollouts for a chunk of prompts: with vLLM when an engine is given (seeded per prompt), else with HF
@@ -367,13 +370,13 @@ class ReasonMaxxerTrainer(_BaseTrainer):
                 disable_progress=a.disable_tqdm,
             )
 
-    def _vllm_engine(self, cache: pool.ChunkCache, num_chunks: int) -> VLLMRollouts | None:
+    def _vllm_engine(self, cache: chunk_cache.ChunkCache, num_chunks: int) -> VLLMRollouts | None:
         """A vLLM engine when ``use_vllm`` and some process has chunks to generate; every process builds one then,
         because a colocated engine joins the launcher's process group."""
         if not self._use_vllm:
             return None
         acc = self.accelerator
-        mine = pool.shard(range(num_chunks), acc.process_index, acc.num_processes)
+        mine = chunk_cache.shard(range(num_chunks), acc.process_index, acc.num_processes)
         if not any(gather_object([any(not cache.has("generations", c) for c in mine)])):
             return None
         return VLLMRollouts(self.model, self._tokenizer, self.args, acc)
@@ -398,7 +401,7 @@ class ReasonMaxxerTrainer(_BaseTrainer):
         engine = self._vllm_engine(cache, math.ceil(len(prompt_ids) / chunk))
         generate = partial(self._generate, engine=engine)
         try:
-            rows = pool.generate_pool(generate, prompt_ids, cache, chunk, rank=rank, world=world)
+            rows = chunk_cache.generate_pool(generate, prompt_ids, cache, chunk, rank=rank, world=world)
         finally:
             if engine is not None:
                 engine.close()
@@ -406,7 +409,7 @@ class ReasonMaxxerTrainer(_BaseTrainer):
             self._add_rewards(rows, cache.root or "memory (rollout_cache=False)")
         rows = gather_object(rows)
         if cache.root is not None and acc.is_main_process:
-            dataset = pool.save_pool(rows, os.path.join(cache.root, "pool"))
+            dataset = chunk_cache.save_pool(rows, os.path.join(cache.root, "pool"))
         else:
             dataset = Dataset.from_list(rows)
         acc.wait_for_everyone()
@@ -426,7 +429,7 @@ class ReasonMaxxerTrainer(_BaseTrainer):
         kwargs["trainer_state"] = self.state
         kwargs["log_metric"] = lambda name, value: self._metrics["train"][name].append(value)
         kwargs["log_extra"] = lambda column, values: None
-        totals, per_func = pool.compute_rewards(
+        totals, per_func = chunk_cache.compute_rewards(
             self.reward_funcs,
             self.args.reward_weights,
             prompts,
@@ -526,7 +529,7 @@ class ReasonMaxxerTrainer(_BaseTrainer):
                 )
 
         acc = self.accelerator
-        mine = pool.score_pool(
+        mine = chunk_cache.score_pool(
             score,
             rows,
             row_ids,
@@ -904,12 +907,12 @@ def check_rollout_dataset(dataset, vocab_size: int | None, num_prompts: int | No
     if not isinstance(dataset, Dataset):
         hint = " (build it with Dataset.from_list(rows))" if isinstance(dataset, (list, tuple)) else ""
         raise TypeError(f"rollout_dataset must be a datasets.Dataset, got {type(dataset).__name__}{hint}.")
-    missing = [c for c in pool.POOL_COLUMNS if c not in dataset.column_names]
+    missing = [c for c in chunk_cache.POOL_COLUMNS if c not in dataset.column_names]
     if missing:
         raise ValueError(
             f"rollout_dataset has no {', '.join(missing)} column{'s' if len(missing) > 1 else ''} (columns: "
             f"{dataset.column_names}). Pass a pool built by ReasonMaxxerTrainer.build_rollout_dataset(), with "
-            f"{', '.join(pool.POOL_COLUMNS)} and either `reward` or reward_funcs."
+            f"{', '.join(chunk_cache.POOL_COLUMNS)} and either `reward` or reward_funcs."
         )
     if len(dataset) == 0 or vocab_size is None:
         return  # selection reports an empty pool

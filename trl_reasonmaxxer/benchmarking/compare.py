@@ -326,8 +326,8 @@ def run_comparison(
 ) -> dict:
     """Run the whole comparison, print the table, write ``compare.json``, ``compare_pass1.png`` and
     ``compare_curve.png`` (and ``compare_curve_tokens.png``) under ``output_dir``; return the report."""
+    from ..default_model import DEFAULT_MODEL, resolve_model
     from ..evaluation import plot_comparison
-    from ..models import DEFAULT_MODEL, resolve_model
     from ..rewards import math_accuracy_reward
     from .ledger import CostLedger, device_name
 

@@ -19,8 +19,8 @@ from dataclasses import asdict, dataclass, field
 import torch
 
 from ..config import ReasonMaxxerConfig
+from ..default_model import DEFAULT_MODEL, resolve_model
 from ..evaluation import evaluate, plot_comparison
-from ..models import DEFAULT_MODEL, resolve_model
 from ..rewards import math_accuracy_reward
 from ..tasks import PROMPT_TEMPLATES, load_prompts
 from ..trainer import ReasonMaxxerTrainer
