@@ -11,7 +11,7 @@ from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 
 from trl_reasonmaxxer import ReasonMaxxerTrainer
 from trl_reasonmaxxer.hub import HubPushError, card_settings, describe_precision
-from trl_reasonmaxxer.trainer import check_quantization_supported
+from trl_reasonmaxxer.inputs import check_quantization_supported
 
 from .helpers import LocalHub, alternating_reward, chat_prompts, tiny_config
 

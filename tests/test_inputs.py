@@ -20,10 +20,8 @@ from transformers import AutoConfig, AutoModelForCausalLM
 
 import trl_reasonmaxxer.trainer as trainer_module
 from trl_reasonmaxxer import ReasonMaxxerConfig, ReasonMaxxerTrainer, cache
-from trl_reasonmaxxer.testing import make_tiny_tokenizer
-from trl_reasonmaxxer.trainer import (
+from trl_reasonmaxxer.inputs import (
     LOCK_FILE,
-    _pool_diagnosis,
     acquire_output_dir_lock,
     check_prompt_lengths,
     invalid_prompts,
@@ -31,6 +29,8 @@ from trl_reasonmaxxer.trainer import (
     release_output_dir_lock,
     resolve_resume_checkpoint,
 )
+from trl_reasonmaxxer.testing import make_tiny_tokenizer
+from trl_reasonmaxxer.trainer import _pool_diagnosis
 
 from .helpers import CallCounter, alternating_reward, chat_prompts, make_pool, tiny_config
 
@@ -162,7 +162,7 @@ def test_a_grpo_config_is_refused_with_the_rename(tiny_model_dir, tmp_path):
 
 
 def test_eval_strategy_is_reset_to_no_and_training_runs(tiny_model_dir, tmp_path, caplog):  # C32, L15
-    with caplog.at_level(logging.WARNING, logger="trl_reasonmaxxer.trainer"):
+    with caplog.at_level(logging.WARNING, logger="trl_reasonmaxxer.inputs"):
         trainer = make_trainer(tiny_model_dir, tmp_path, eval_strategy="steps", eval_steps=1)
     assert "eval_strategy='steps' has no effect" in caplog.text and "trl-reasonmaxxer eval" in caplog.text
     assert trainer.args.eval_strategy == "no"
@@ -437,7 +437,7 @@ def test_unrewarded_pool_with_prompts_outside_train_dataset(tiny_model_dir, tmp_
 
 
 def test_rewarded_pool_with_reward_funcs_warns(tiny_model_dir, tmp_path, caplog):  # R26
-    with caplog.at_level(logging.WARNING, logger="trl_reasonmaxxer.trainer"):
+    with caplog.at_level(logging.WARNING, logger="trl_reasonmaxxer.inputs"):
         ReasonMaxxerTrainer(
             tiny_model_dir,
             alternating_reward,
@@ -552,7 +552,7 @@ def test_second_run_on_one_output_dir_is_refused_and_a_stale_lock_taken_over(tin
     finally:
         other.kill()
         other.wait()
-    with caplog.at_level(logging.WARNING, logger="trl_reasonmaxxer.trainer"):
+    with caplog.at_level(logging.WARNING, logger="trl_reasonmaxxer.inputs"):
         trainer = make_trainer(tiny_model_dir, tmp_path)  # the other run died: its lock is stale
     assert "left by a run that is no longer running" in caplog.text
     assert json.loads((tmp_path / LOCK_FILE).read_text())["pid"] == os.getpid()
@@ -589,7 +589,7 @@ def fake_checkpoints(output_dir: Path, complete: list[int], incomplete: list[int
 
 def test_resume_skips_checkpoints_cut_mid_write(tmp_path, caplog):  # D-8
     fake_checkpoints(tmp_path, complete=[2, 10], incomplete=[12, 14])
-    with caplog.at_level(logging.WARNING, logger="trl_reasonmaxxer.trainer"):
+    with caplog.at_level(logging.WARNING, logger="trl_reasonmaxxer.inputs"):
         assert resolve_resume_checkpoint(True, str(tmp_path)) == str(tmp_path / "checkpoint-10")
     assert "Skipping incomplete checkpoints" in caplog.text and "checkpoint-14" in caplog.text
     with pytest.raises(ValueError, match=r"checkpoint-12 is incomplete.*Resume from .*checkpoint-10"):

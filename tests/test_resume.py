@@ -84,7 +84,7 @@ def test_resume_skips_a_checkpoint_cut_off_mid_save(tiny_model_dir, tmp_path, ca
     resumed = make_trainer(tiny_model_dir, run_dir, save_strategy="steps", save_steps=2)
     with pytest.raises(ValueError, match=r"checkpoint-4 is incomplete.*Resume from .*checkpoint-2"):
         resumed.train(resume_from_checkpoint=str(run_dir / "checkpoint-4"))
-    with caplog.at_level("WARNING", logger="trl_reasonmaxxer.trainer"):
+    with caplog.at_level("WARNING", logger="trl_reasonmaxxer.inputs"):
         resumed.train(resume_from_checkpoint=True)
     assert "Skipping incomplete checkpoint" in caplog.text and "resuming from" in caplog.text
     assert resumed.state.global_step == 4
