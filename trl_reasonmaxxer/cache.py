@@ -12,10 +12,7 @@ boundaries do not depend on the number of processes, neither does the pool.
 
 from __future__ import annotations
 
-import asyncio
-import concurrent.futures
 import hashlib
-import inspect
 import json
 import logging
 import math
@@ -23,8 +20,7 @@ import os
 import shutil
 import tempfile
 import time
-from collections import Counter
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from datasets import Dataset
@@ -33,8 +29,6 @@ from datasets import Dataset
 logger = logging.getLogger(__name__)
 
 POOL_COLUMNS = ("prompt_index", "prompt_ids", "completion_ids", "truncated")
-# keyword arguments the trainer passes to reward functions besides the dataset columns (GRPOTrainer's)
-TRAINER_REWARD_KWARGS = ("trainer_state", "log_metric", "log_extra")
 
 
 def fingerprint(*parts) -> str:
@@ -257,136 +251,6 @@ def score_pool(
         cache.save("scores", ids[0], chunk)
         found.update({r["row"]: (r["entropy"], r["logps"]) for r in chunk})
     return {i: found[i] for i in mine}
-
-
-def reward_function_name(func) -> str:
-    func = getattr(func, "func", func)  # functools.partial
-    return getattr(func, "__name__", type(func).__name__)
-
-
-def reward_function_names(funcs: Sequence[Callable]) -> list[str]:
-    """One distinct name per function (``rewards/<name>`` columns): repeated names get ``_2``, ``_3``, ..."""
-    names, seen = [], Counter()
-    for func in funcs:
-        name = reward_function_name(func)
-        seen[name] += 1
-        names.append(name if seen[name] == 1 else f"{name}_{seen[name]}")
-    return names
-
-
-def _run_awaitables(awaitables: list) -> list:
-    """Await the coroutines of async reward functions concurrently, as GRPOTrainer does; in a thread of its own,
-    so it works where an event loop already runs (Jupyter). Exceptions are returned in place of results."""
-
-    async def gather():
-        return await asyncio.gather(*awaitables, return_exceptions=True)
-
-    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as executor:
-        return executor.submit(asyncio.run, gather()).result()
-
-
-def _reward_call_error(name: str, err: BaseException, cache_hint: str) -> RuntimeError:
-    return RuntimeError(
-        f"Reward function {name!r} raised {type(err).__name__}: {err}. The rollouts are kept in "
-        f"{cache_hint}; fix the function and run again: nothing will be generated twice."
-    )
-
-
-def reward_values(name: str, out, num_completions: int) -> list[float]:
-    """A reward function's output as one float per completion (None and NaN read as NaN), or one clear error.
-
-    Accepts what GRPOTrainer accepts (any sequence or iterable of numbers or None: lists, tuples, generators, numpy
-    arrays, torch tensors including ``[N, 1]``); refuses a single number, a string or a mapping (whose keys would be
-    read as rewards), values that are not numbers, and infinite rewards, which would turn advantages into NaN.
-    """
-    fix = f"it must return a list with one float (or None) per completion, {num_completions} here"
-    if out is None or isinstance(out, (str, bytes, Mapping)):
-        raise TypeError(f"Reward function {name!r} returned a {type(out).__name__}; {fix}.")
-    try:
-        values = list(out)
-    except TypeError:
-        raise TypeError(f"Reward function {name!r} returned {out!r:.60} ({type(out).__name__}); {fix}.") from None
-    if len(values) != num_completions:
-        raise ValueError(
-            f"Reward function {name!r} returned {len(values)} rewards for {num_completions} completions; it must "
-            "return one float (or None) per completion."
-        )
-    rewards = []
-    for i, value in enumerate(values):
-        try:
-            reward = float("nan") if value is None else float(value)
-        except (TypeError, ValueError):
-            raise TypeError(
-                f"Reward function {name!r} returned {value!r:.60} for completion {i}, which is not a number; {fix} "
-                "(None for a completion it cannot grade)."
-            ) from None
-        if math.isinf(reward):
-            raise ValueError(
-                f"Reward function {name!r} returned {reward} for completion {i}. Rewards must be finite (advantages "
-                "are z-scores within a prompt's rollouts); return None for a completion it cannot grade."
-            )
-        rewards.append(reward)
-    return rewards
-
-
-def compute_rewards(
-    reward_funcs: Sequence[Callable],
-    reward_weights: Sequence[float] | None,
-    prompts: list,
-    completions: list,
-    completion_ids: list[list[int]],
-    reward_kwargs: dict[str, list],
-    cache_hint: str,
-) -> tuple[list[float], dict[str, list[float]]]:
-    """Weighted sum of reward functions with TRL's GRPOTrainer calling convention.
-
-    Each function is called as ``f(prompts=, completions=, completion_ids=, **reward_kwargs)`` (``async``
-    functions are awaited concurrently, as in GRPO) and must return one float (or None, read as NaN) per completion;
-    each gets its own copy of the lists, so one that edits them cannot change what the others (or the pool) see. A
-    row where every function returned None gets a NaN reward, which selection ignores. Returns the totals and each
-    function's rewards by name.
-    """
-    weights = list(reward_weights) if reward_weights is not None else [1.0] * len(reward_funcs)
-    if len(weights) != len(reward_funcs):
-        raise ValueError(
-            f"reward_weights has {len(weights)} entries but there are {len(reward_funcs)} reward functions; "
-            "give one weight per function."
-        )
-    names = reward_function_names(reward_funcs)
-    outputs, pending = {}, {}
-    for name, func in zip(names, reward_funcs):
-        try:
-            out = func(
-                prompts=list(prompts),
-                completions=list(completions),
-                completion_ids=[list(ids) for ids in completion_ids],
-                **{key: list(value) if isinstance(value, list) else value for key, value in reward_kwargs.items()},
-            )
-        except Exception as err:
-            raise _reward_call_error(name, err, cache_hint) from err
-        (pending if inspect.isawaitable(out) else outputs)[name] = out
-    if pending:
-        for name, out in zip(pending, _run_awaitables(list(pending.values()))):
-            if isinstance(out, BaseException):
-                raise _reward_call_error(name, out, cache_hint) from out
-            outputs[name] = out
-    per_func = {name: reward_values(name, outputs[name], len(completions)) for name in names}
-    columns = torch.tensor(list(per_func.values()), dtype=torch.float64)  # [F, N]
-    weighted = columns * torch.tensor(weights, dtype=torch.float64)[:, None]
-    ungraded = columns.isnan().all(0)
-    totals = torch.where(ungraded, float("nan"), weighted.nansum(0))
-    if bool(ungraded.all()):
-        columns_read = sorted(k for k in reward_kwargs if k not in TRAINER_REWARD_KWARGS)
-        who = f"Reward function {names[0]!r}" if len(names) == 1 else f"The reward functions {', '.join(names)}"
-        raise ValueError(
-            f"{who} returned only None/NaN for all {len(completions)} completions. Check the dataset columns it "
-            f"reads ({', '.join(columns_read) or 'none'}) and its answer format. The rollouts are kept in "
-            f"{cache_hint}."
-        )
-    for name, values in per_func.items():
-        if len(names) > 1 and all(math.isnan(v) for v in values):
-            logger.warning("Reward function %r returned None for every completion; the others grade them.", name)
-    return totals.tolist(), per_func
 
 
 def save_pool(rows: list[dict], path: str) -> Dataset:

@@ -10,7 +10,6 @@ import os
 import textwrap
 import weakref
 from collections import defaultdict
-from collections.abc import Callable
 from functools import cached_property, partial
 from pathlib import Path
 
@@ -46,6 +45,7 @@ from .inputs import (
     resolve_resume_checkpoint,
 )
 from .losses import chunked_logps_and_kl, reasonmaxxer_loss
+from .rewards import compute_rewards, resolve_reward_funcs
 from .rollouts import generate_completions, tokenize_prompt, warn_if_truncated
 from .scoring import base_lm_head, check_lm_head, final_hidden_states, score_rollouts
 from .vllm_backend import VLLMRollouts, resolve_use_vllm
@@ -61,44 +61,6 @@ def quantized_device_map() -> dict[str, int]:
     """Each process loads its whole quantized copy on its own GPU: bitsandbytes weights cannot be moved after
     loading, and ``device_map="auto"`` would spread every rank's copy over all GPUs."""
     return {"": PartialState().local_process_index}
-
-
-def resolve_reward_func(func) -> Callable:
-    """A callable reward function, from a callable or a name: ``module.func``, or a function of
-    ``trl_reasonmaxxer.rewards`` / ``trl.rewards``."""
-    reward_models = (
-        "Reward models are not supported yet: wrap the model in a function that returns one float per completion."
-    )
-    if isinstance(func, torch.nn.Module):
-        raise ValueError(f"Reward function {type(func).__name__} is a model. {reward_models}")
-    if callable(func):
-        return func
-    if isinstance(func, str):
-        if "/" in func or os.path.isdir(func):
-            raise ValueError(
-                f"Reward function {func!r} looks like a reward model (a Hub id or a folder). {reward_models}"
-            )
-        if "." in func:
-            module, _, name = func.rpartition(".")
-            try:
-                found = getattr(importlib.import_module(module), name, None)
-            except ImportError as err:
-                raise ValueError(
-                    f"Reward function {func!r}: cannot import module {module!r} ({err}). Pass a dotted path "
-                    "'package.module.function' importable here (is the module on PYTHONPATH?)."
-                ) from err
-            if not callable(found):
-                what = "has no attribute" if found is None else f"has a non-callable {type(found).__name__}"
-                raise ValueError(f"Reward function {func!r}: module {module!r} {what} {name!r}; name a function.")
-            return found
-        for module in ("trl_reasonmaxxer.rewards", "trl.rewards"):
-            found = getattr(importlib.import_module(module), func, None)
-            if callable(found):
-                return found
-    raise ValueError(
-        f"Reward function {func!r} is not supported: pass a callable, a dotted path 'package.module.function', or "
-        "the name of a function in trl_reasonmaxxer.rewards or trl.rewards. Reward models are not supported yet."
-    )
 
 
 class ReasonMaxxerTrainer(_BaseTrainer):
@@ -171,8 +133,7 @@ class ReasonMaxxerTrainer(_BaseTrainer):
             args, tools, rollout_func, environment_factory, reward_processing_classes, eval_dataset
         )
         needs_rewards = check_datasets(train_dataset, rollout_dataset)
-        funcs = reward_funcs if isinstance(reward_funcs, (list, tuple)) else [reward_funcs] if reward_funcs else []
-        self.reward_funcs = [resolve_reward_func(f) for f in funcs]
+        self.reward_funcs = resolve_reward_funcs(reward_funcs)
         check_reward_funcs(self.reward_funcs, args.reward_weights, needs_rewards)
         # Claim output_dir before any work: a read-only one, or one another run uses, is refused now
         if args.process_index == 0:
@@ -384,7 +345,7 @@ class ReasonMaxxerTrainer(_BaseTrainer):
         kwargs["trainer_state"] = self.state
         kwargs["log_metric"] = lambda name, value: self._metrics["train"][name].append(value)
         kwargs["log_extra"] = lambda column, values: None
-        totals, per_func = chunk_cache.compute_rewards(
+        totals, per_func = compute_rewards(
             self.reward_funcs,
             self.args.reward_weights,
             prompts,
