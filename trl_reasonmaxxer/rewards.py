@@ -31,6 +31,7 @@ from collections.abc import Callable, Mapping, Sequence
 
 import torch
 from math_verify import parse, verify
+from trl.data_utils import is_conversational
 
 
 logger = logging.getLogger(__name__)
@@ -264,11 +265,13 @@ def _run_awaitables(awaitables: list) -> list:
         return executor.submit(asyncio.run, gather()).result()
 
 
-def _reward_call_error(name: str, err: BaseException, cache_hint: str) -> RuntimeError:
-    return RuntimeError(
-        f"Reward function {name!r} raised {type(err).__name__}: {err}. The rollouts are kept in "
-        f"{cache_hint}; fix the function and run again: nothing will be generated twice."
+def _reward_call_error(name: str, err: BaseException, cache_hint: str | None) -> RuntimeError:
+    kept = (
+        f" The rollouts are kept in {cache_hint}; fix the function and run again: nothing will be generated twice."
+        if cache_hint is not None
+        else ""
     )
+    return RuntimeError(f"Reward function {name!r} raised {type(err).__name__}: {err}.{kept}")
 
 
 def reward_values(name: str, out, num_completions: int) -> list[float]:
@@ -315,15 +318,17 @@ def compute_rewards(
     completions: list,
     completion_ids: list[list[int]],
     reward_kwargs: dict[str, list],
-    cache_hint: str,
+    cache_hint: str | None = None,
+    allow_ungraded: bool = False,
 ) -> tuple[list[float], dict[str, list[float]]]:
     """Weighted sum of reward functions with TRL's GRPOTrainer calling convention.
 
     Each function is called as ``f(prompts=, completions=, completion_ids=, **reward_kwargs)`` (``async``
     functions are awaited concurrently, as in GRPO) and must return one float (or None, read as NaN) per completion;
     each gets its own copy of the lists, so one that edits them cannot change what the others (or the pool) see. A
-    row where every function returned None gets a NaN reward, which selection ignores. Returns the totals and each
-    function's rewards by name.
+    row where every function returned None gets a NaN reward, which selection ignores; when every row is NaN that is
+    an error, unless ``allow_ungraded`` (evaluation counts ungradable completions instead). ``cache_hint`` says where
+    the rollouts are kept, for the error messages. Returns the totals and each function's rewards by name.
     """
     weights = list(reward_weights) if reward_weights is not None else [1.0] * len(reward_funcs)
     if len(weights) != len(reward_funcs):
@@ -354,7 +359,7 @@ def compute_rewards(
     weighted = columns * torch.tensor(weights, dtype=torch.float64)[:, None]
     ungraded = columns.isnan().all(0)
     totals = torch.where(ungraded, float("nan"), weighted.nansum(0))
-    if bool(ungraded.all()):
+    if bool(ungraded.all()) and not allow_ungraded:
         columns_read = sorted(k for k in reward_kwargs if k not in TRAINER_REWARD_KWARGS)
         who = f"Reward function {names[0]!r}" if len(names) == 1 else f"The reward functions {', '.join(names)}"
         raise ValueError(
@@ -366,3 +371,41 @@ def compute_rewards(
         if len(names) > 1 and all(math.isnan(v) for v in values):
             logger.warning("Reward function %r returned None for every completion; the others grade them.", name)
     return totals.tolist(), per_func
+
+
+def call_reward_funcs(
+    reward_funcs: Sequence[Callable],
+    rows: Sequence[Mapping],
+    completion_ids: Sequence[Sequence[int]],
+    tokenizer,
+    reward_weights: Sequence[float] | None = None,
+    trainer_kwargs: Mapping | None = None,
+    cache_hint: str | None = None,
+    allow_ungraded: bool = False,
+) -> tuple[list[str], list[float], dict[str, list[float]]]:
+    """Decode completions and reward them as GRPOTrainer does; the one convention of training and evaluation.
+
+    ``rows[i]`` is the dataset row completion ``i`` answers: its ``prompt`` and the columns reward functions read.
+    Completions are conversational (one assistant message each) when the prompts are chat messages, by TRL's
+    ``is_conversational`` rule on the first prompt; every other column (but ``completion`` and ``completion_ids``)
+    is passed as a keyword argument, one value per completion, together with ``trainer_kwargs``
+    (:data:`TRAINER_REWARD_KWARGS`). Returns the decoded texts, the weighted totals and each function's rewards
+    (:func:`compute_rewards`).
+    """
+    prompts = [row["prompt"] for row in rows]
+    texts = tokenizer.batch_decode([list(ids) for ids in completion_ids], skip_special_tokens=True)
+    conversational = bool(prompts) and is_conversational({"prompt": prompts[0]})
+    completions = [[{"role": "assistant", "content": t}] for t in texts] if conversational else texts
+    skipped = ("prompt", "completion", "completion_ids")
+    columns = {key: [row[key] for row in rows] for key in (rows[0] if rows else {}) if key not in skipped}
+    totals, per_func = compute_rewards(
+        reward_funcs,
+        reward_weights,
+        prompts,
+        completions,
+        completion_ids,
+        {**columns, **(trainer_kwargs or {})},
+        cache_hint,
+        allow_ungraded,
+    )
+    return texts, totals, per_func

@@ -22,7 +22,6 @@ from torch.utils.data import SequentialSampler
 from transformers import AutoTokenizer, PreTrainedTokenizerBase, ProcessorMixin
 from transformers.trainer_utils import enable_full_determinism, set_seed
 from transformers.utils import hf_api, is_peft_available
-from trl.data_utils import is_conversational
 from trl.models.utils import disable_gradient_checkpointing
 from trl.trainer.base_trainer import _BaseTrainer
 from trl.trainer.utils import create_model_from_path, disable_dropout_in_model, use_adapter
@@ -45,7 +44,7 @@ from .inputs import (
     resolve_resume_checkpoint,
 )
 from .losses import chunked_logps_and_kl, reasonmaxxer_loss
-from .rewards import compute_rewards, resolve_reward_funcs
+from .rewards import call_reward_funcs, resolve_reward_funcs
 from .rollouts import generate_completions, tokenize_prompt, warn_if_truncated
 from .scoring import base_lm_head, check_lm_head, final_hidden_states, score_rollouts
 from .vllm_backend import VLLMRollouts, resolve_use_vllm
@@ -332,26 +331,17 @@ class ReasonMaxxerTrainer(_BaseTrainer):
         return dataset
 
     def _add_rewards(self, rows: list[dict], cache_hint: str) -> None:
-        data = self.prompt_dataset
-        conversational = is_conversational(data[0])
-        prompts = [data[r["prompt_index"]]["prompt"] for r in rows]
-        texts = self._tokenizer.batch_decode([r["completion_ids"] for r in rows], skip_special_tokens=True)
-        completions = [[{"role": "assistant", "content": t}] for t in texts] if conversational else texts
-        kwargs = {
-            col: [data[r["prompt_index"]][col] for r in rows]
-            for col in data.column_names
-            if col not in ("prompt", "completion", "completion_ids")
-        }
-        kwargs["trainer_state"] = self.state
-        kwargs["log_metric"] = lambda name, value: self._metrics["train"][name].append(value)
-        kwargs["log_extra"] = lambda column, values: None
-        totals, per_func = compute_rewards(
+        texts, totals, per_func = call_reward_funcs(
             self.reward_funcs,
-            self.args.reward_weights,
-            prompts,
-            completions,
+            [self.prompt_dataset[r["prompt_index"]] for r in rows],
             [r["completion_ids"] for r in rows],
-            kwargs,
+            self._tokenizer,
+            self.args.reward_weights,
+            {
+                "trainer_state": self.state,
+                "log_metric": lambda name, value: self._metrics["train"][name].append(value),
+                "log_extra": lambda column, values: None,
+            },
             cache_hint,
         )
         for i, row in enumerate(rows):
