@@ -72,7 +72,7 @@ def test_push_uploads_a_loadable_adapter_tokenizer_and_card_but_not_the_cache(ti
     base = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
     loaded = PeftModel.from_pretrained(base, str(repo)).eval()
     trainer.model.eval()
-    ids = torch.tensor([trainer._prompt_ids()[0]])
+    ids = torch.tensor([trainer.offline.prompt_ids[0]])
     with torch.no_grad():
         assert torch.allclose(loaded(input_ids=ids).logits, trainer.model(input_ids=ids).logits, atol=1e-6)
 

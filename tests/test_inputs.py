@@ -19,7 +19,7 @@ from datasets import Dataset, DatasetDict, IterableDataset
 from transformers import AutoConfig, AutoModelForCausalLM
 
 import trl_reasonmaxxer.trainer as trainer_module
-from trl_reasonmaxxer import ReasonMaxxerConfig, ReasonMaxxerTrainer, cache
+from trl_reasonmaxxer import ReasonMaxxerConfig, ReasonMaxxerTrainer, cache, offline
 from trl_reasonmaxxer.inputs import (
     LOCK_FILE,
     acquire_output_dir_lock,
@@ -30,7 +30,6 @@ from trl_reasonmaxxer.inputs import (
     resolve_resume_checkpoint,
 )
 from trl_reasonmaxxer.testing import make_tiny_tokenizer
-from trl_reasonmaxxer.trainer import _pool_diagnosis
 
 from .helpers import CallCounter, alternating_reward, chat_prompts, make_pool, tiny_config
 
@@ -50,8 +49,8 @@ def config(tmp_path, **overrides) -> ReasonMaxxerConfig:
 
 @pytest.fixture
 def counted_generate(monkeypatch):
-    counter = CallCounter(trainer_module.generate_completions)
-    monkeypatch.setattr(trainer_module, "generate_completions", counter)
+    counter = CallCounter(offline.generate_completions)
+    monkeypatch.setattr(offline, "generate_completions", counter)
     return counter
 
 
@@ -318,7 +317,7 @@ def test_pool_diagnosis_names_the_reward_scale_truncation_and_ungraded_rows(tmp_
         {"prompt_index": 1, "reward": float("nan"), "truncated": True},
         {"prompt_index": 1, "reward": float("nan"), "truncated": False},
     ]
-    text = _pool_diagnosis(rows, config(tmp_path, mask_truncated_completions=True, max_completion_length=8))
+    text = offline.pool_diagnosis(rows, config(tmp_path, mask_truncated_completions=True, max_completion_length=8))
     assert "Rewards range from 0.1 to 0.4 over 2 graded rollouts" in text
     assert "1 prompt has rewards that differ between rollouts" in text and "success threshold" in text
     assert "1 of 4 rollouts hit max_completion_length=8 and were ignored" in text
@@ -396,8 +395,8 @@ def test_a_model_changed_in_place_is_sampled_again(tiny_model_dir, tmp_path, mon
     first = make_trainer(tiny_model_dir, tmp_path, max_steps=1, learning_rate=0.5)
     first.train()
     merged = first.model.merge_and_unload()  # the next round starts from the merged model, same config and path
-    counter = CallCounter(trainer_module.generate_completions)
-    monkeypatch.setattr(trainer_module, "generate_completions", counter)
+    counter = CallCounter(offline.generate_completions)
+    monkeypatch.setattr(offline, "generate_completions", counter)
     second = ReasonMaxxerTrainer(
         merged, alternating_reward, args=tiny_config(tmp_path, max_steps=1), train_dataset=chat_prompts(3)
     )
@@ -416,10 +415,10 @@ def test_damaged_cache_chunks_are_made_again(tiny_model_dir, tmp_path, monkeypat
     rows = [json.loads(line) for line in scores[0].read_text().splitlines()]
     rows[0]["entropy"] = rows[0]["entropy"][:-1]  # one score short
     scores[0].write_text("".join(json.dumps(r) + "\n" for r in rows))
-    generate = CallCounter(trainer_module.generate_completions)
-    score = CallCounter(trainer_module.score_rollouts)
-    monkeypatch.setattr(trainer_module, "generate_completions", generate)
-    monkeypatch.setattr(trainer_module, "score_rollouts", score)
+    generate = CallCounter(offline.generate_completions)
+    score = CallCounter(offline.score_rollouts)
+    monkeypatch.setattr(offline, "generate_completions", generate)
+    monkeypatch.setattr(offline, "score_rollouts", score)
     with caplog.at_level(logging.WARNING, logger="trl_reasonmaxxer.cache"):
         rerun = make_trainer(tiny_model_dir, tmp_path)
         rerun.train()

@@ -17,7 +17,7 @@ from transformers import AutoModelForCausalLM
 from trl.trainer.utils import selective_log_softmax, use_adapter
 
 import trl_reasonmaxxer.trainer as trainer_module
-from trl_reasonmaxxer import ReasonMaxxerConfig, ReasonMaxxerTrainer
+from trl_reasonmaxxer import ReasonMaxxerConfig, ReasonMaxxerTrainer, offline
 from trl_reasonmaxxer.losses import reasonmaxxer_loss, token_kl
 from trl_reasonmaxxer.scoring import score_rollouts
 from trl_reasonmaxxer.testing import make_tiny_tokenizer
@@ -299,7 +299,7 @@ def test_train_changes_only_lora_parameters(tiny_model_dir, tmp_path):
     assert any(not torch.equal(after[n], before[n]) for n in lora if "lora_B" in n)
     # the adapter-disabled model is still exactly the base model on disk
     base = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
-    ids = torch.tensor([trainer._prompt_ids()[0]])
+    ids = torch.tensor([trainer.offline.prompt_ids[0]])
     trainer.model.eval()
     with torch.no_grad(), use_adapter(trainer.model, None):
         disabled = trainer.model(input_ids=ids).logits
@@ -333,7 +333,7 @@ def test_train_learns_a_toy_task(tiny_model_dir, tmp_path):
         with torch.no_grad():
             probs = [
                 trainer.model(input_ids=torch.tensor([ids])).logits[0, -1].softmax(-1)[digits].sum().item()
-                for ids in trainer._prompt_ids()
+                for ids in trainer.offline.prompt_ids
             ]
         return sum(probs) / len(probs)
 
@@ -406,7 +406,7 @@ def test_grpo_script_runs_with_the_two_names_swapped(tiny_model_dir, tmp_path, c
 
     base = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
     loaded = PeftModel.from_pretrained(base, training_args.output_dir)
-    ids = torch.tensor([trainer._prompt_ids()[1]])
+    ids = torch.tensor([trainer.offline.prompt_ids[1]])
     trainer.model.eval()
     loaded.eval()
     with torch.no_grad():
@@ -459,9 +459,9 @@ def test_reward_function_error_keeps_rollouts_and_rerun_does_not_regenerate(tiny
     def broken(completions, **kwargs):
         raise ZeroDivisionError("oops")
 
-    real_generate = trainer_module.generate_completions
+    real_generate = offline.generate_completions
     counter = CallCounter(real_generate)
-    monkeypatch.setattr(trainer_module, "generate_completions", counter)
+    monkeypatch.setattr(offline, "generate_completions", counter)
     trainer = make_trainer(tiny_model_dir, tmp_path, reward=broken)
     with pytest.raises(RuntimeError) as err:
         trainer.train()
@@ -473,7 +473,7 @@ def test_reward_function_error_keeps_rollouts_and_rerun_does_not_regenerate(tiny
     assert chunks == ["chunk-00000.jsonl", "chunk-00001.jsonl", "chunk-00002.jsonl"]
 
     rerun = CallCounter(real_generate)
-    monkeypatch.setattr(trainer_module, "generate_completions", rerun)
+    monkeypatch.setattr(offline, "generate_completions", rerun)
     fixed = make_trainer(tiny_model_dir, tmp_path)
     assert fixed.rollout_cache_dir == trainer.rollout_cache_dir
     fixed.train()
@@ -543,18 +543,18 @@ def test_pool_with_missing_rewards_ignores_those_rollouts(tiny_model_dir, tmp_pa
 
 
 def test_interrupted_offline_phase_resumes_and_cache_is_reused(tiny_model_dir, tmp_path, monkeypatch):
-    real_generate = trainer_module.generate_completions
+    real_generate = offline.generate_completions
     reference = make_trainer(tiny_model_dir, tmp_path / "uninterrupted").build_rollout_dataset()
 
     crash = CallCounter(real_generate, fail_on=2)
-    monkeypatch.setattr(trainer_module, "generate_completions", crash)
+    monkeypatch.setattr(offline, "generate_completions", crash)
     with pytest.raises(SimulatedCrash):
         make_trainer(tiny_model_dir, tmp_path / "run").train()
     crashed = make_trainer(tiny_model_dir, tmp_path / "run")
     assert os.listdir(Path(crashed.rollout_cache_dir) / "generations") == ["chunk-00000.jsonl"]
 
     resume = CallCounter(real_generate)
-    monkeypatch.setattr(trainer_module, "generate_completions", resume)
+    monkeypatch.setattr(offline, "generate_completions", resume)
     resumed = make_trainer(tiny_model_dir, tmp_path / "run")
     resumed.train()
     assert resume.calls == 2  # only the two missing chunks
@@ -562,9 +562,9 @@ def test_interrupted_offline_phase_resumes_and_cache_is_reused(tiny_model_dir, t
     assert pool_key(pool) == pool_key(reference)
 
     again = CallCounter(real_generate)
-    scorer = CallCounter(trainer_module.score_rollouts)
-    monkeypatch.setattr(trainer_module, "generate_completions", again)
-    monkeypatch.setattr(trainer_module, "score_rollouts", scorer)
+    scorer = CallCounter(offline.score_rollouts)
+    monkeypatch.setattr(offline, "generate_completions", again)
+    monkeypatch.setattr(offline, "score_rollouts", scorer)
     second = make_trainer(tiny_model_dir, tmp_path / "run")
     second.train()
     assert again.calls == 0 and scorer.calls == 0
@@ -579,7 +579,7 @@ def test_cache_reuse_with_another_chunk_size_keeps_every_prompt(tiny_model_dir, 
     pool = trainer.build_rollout_dataset()
     assert Counter(pool["prompt_index"]) == {0: 4, 1: 4, 2: 4}
     for row in pool:
-        assert row["prompt_ids"] == trainer._prompt_ids()[row["prompt_index"]]
+        assert row["prompt_ids"] == trainer.offline.prompt_ids[row["prompt_index"]]
 
 
 @pytest.mark.parametrize("per_call, expected", [(1, 8), (5, 10), (3, 9), (8, 8), (32, 32)])
@@ -592,8 +592,8 @@ def test_default_chunk_size_ends_on_a_generate_call_boundary(per_call, expected)
 def test_default_chunk_size_follows_the_generate_batch_and_an_explicit_one_is_kept(tiny_model_dir, tmp_path):
     # 12 sequences per call / 4 generations = 3 prompts per call → chunks of 9 prompts, i.e. exactly 3 calls each
     trainer = make_trainer(tiny_model_dir, tmp_path, rollout_chunk_size=None, rollout_batch_size=12)
-    assert trainer._rollout_chunk_size == 9
-    assert make_trainer(tiny_model_dir, tmp_path, rollout_chunk_size=2, rollout_batch_size=12)._rollout_chunk_size == 2
+    assert trainer.offline.chunk_size == 9
+    assert make_trainer(tiny_model_dir, tmp_path, rollout_chunk_size=2, rollout_batch_size=12).offline.chunk_size == 2
 
 
 def test_cached_scores_follow_their_rollouts_when_truncated_ones_are_masked(tiny_model_dir, tmp_path):

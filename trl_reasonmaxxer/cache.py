@@ -15,12 +15,11 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import math
 import os
 import shutil
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import torch
 from datasets import Dataset
@@ -126,31 +125,6 @@ def _read_chunk(path: str) -> list[dict] | None:
     return None
 
 
-def _valid_generation_chunk(rows: list[dict], indices: list[int], prompt_ids: Sequence[Sequence[int]]) -> bool:
-    """Whether a cached generation chunk holds rollouts of exactly these prompts, with these prompt ids."""
-    try:
-        if sorted({r["prompt_index"] for r in rows}) != sorted(indices):
-            return False
-        return all(
-            list(r["prompt_ids"]) == list(prompt_ids[r["prompt_index"]])
-            and isinstance(r["truncated"], bool)
-            and isinstance(r["completion_ids"], list)
-            and all(isinstance(t, int) and t >= 0 for t in r["completion_ids"])
-            for r in rows
-        )
-    except (KeyError, TypeError, IndexError):
-        return False
-
-
-def _valid_scores(entry: dict, length: int) -> bool:
-    """Whether cached scores of one rollout have one finite entropy and log-prob per completion token."""
-    try:
-        entropy, logps = entry["entropy"], entry["logps"]
-        return len(entropy) == len(logps) == length and all(math.isfinite(v) for v in (*entropy, *logps))
-    except (KeyError, TypeError):
-        return False
-
-
 def default_chunk_size(prompts_per_call: int, minimum: int = 8) -> int:
     """The smallest multiple of ``prompts_per_call`` that is at least ``minimum`` prompts: chunks that end on a
     ``generate`` call boundary (a chunk of 8 with 5 prompts per call costs 2 calls; one of 10 costs 2 as well)."""
@@ -170,87 +144,6 @@ def shard(items: Sequence, rank: int, world: int) -> list:
         raise ValueError(f"rank must be in [0, {world}), got {rank}.")
     n = len(items)
     return list(items[rank * n // world : (rank + 1) * n // world])
-
-
-def generate_pool(
-    generate: Callable[[list[int]], list[list[dict]]],
-    prompt_ids: Sequence[Sequence[int]],
-    cache: ChunkCache,
-    chunk_size: int,
-    progress: Callable[[int, int], None] | None = None,
-    rank: int = 0,
-    world: int = 1,
-) -> list[dict]:
-    """Rollout rows for the prompts of process ``rank``'s chunks (all of them with one process), generating only
-    the chunks the cache lacks.
-
-    ``generate(prompt indices) → per prompt a list of {completion_ids, truncated}``; it gets indices so it can
-    seed by prompt.
-    """
-    rows: list[dict] = []
-    chunks = chunked(range(len(prompt_ids)), chunk_size)
-    mine = shard(range(len(chunks)), rank, world)
-    for done, c in enumerate(mine, 1):
-        indices = chunks[c]
-        chunk = cache.load("generations", c)
-        if chunk is not None and not _valid_generation_chunk(chunk, indices, prompt_ids):
-            logger.warning(
-                "The cached rollouts %s do not match prompts %d-%d (edited or damaged); generating them again.",
-                cache._path("generations", c),
-                indices[0],
-                indices[-1],
-            )
-            chunk = None
-        if chunk is None:
-            groups = generate(indices)
-            chunk = [
-                {"prompt_index": i, "prompt_ids": list(prompt_ids[i]), **sample}
-                for i, group in zip(indices, groups, strict=True)
-                for sample in group
-            ]
-            cache.save("generations", c, chunk)
-        rows.extend(chunk)
-        if progress is not None:
-            progress(done, len(mine))
-    return rows
-
-
-def score_pool(
-    score: Callable[[list[tuple[list[int], list[int]]]], list[tuple[list[float], list[float]]]],
-    rows: list[dict],
-    row_ids: Sequence[int],
-    cache: ChunkCache,
-    chunk_size: int,
-    rank: int = 0,
-    world: int = 1,
-) -> dict[int, tuple[list[float], list[float]]]:
-    """``{row id: (entropy, logps)}`` for process ``rank``'s share of ``row_ids`` (all of them with one process),
-    scoring only rows not cached yet.
-
-    Cached rows are looked up by row id, so a different selection scores what is new and reuses the rest. A new
-    chunk is named after its first row id: rows are scored once, so names never collide across processes or runs.
-    """
-    mine = shard(row_ids, rank, world)
-    found, misfits = {}, 0
-    for r in cache.load_all("scores"):
-        i = r.get("row")
-        if isinstance(i, int) and 0 <= i < len(rows) and _valid_scores(r, len(rows[i]["completion_ids"])):
-            found[i] = (r["entropy"], r["logps"])
-        else:
-            misfits += 1
-    if misfits:
-        logger.warning(
-            "Ignoring %d cached score rows of %s that do not fit their rollouts (edited or damaged); those rollouts "
-            "are scored again.",
-            misfits,
-            cache.root,
-        )
-    for ids in chunked([i for i in mine if i not in found], chunk_size):
-        scored = score([(rows[i]["prompt_ids"], rows[i]["completion_ids"]) for i in ids])
-        chunk = [{"row": i, "entropy": e, "logps": lp} for i, (e, lp) in zip(ids, scored, strict=True)]
-        cache.save("scores", ids[0], chunk)
-        found.update({r["row"]: (r["entropy"], r["logps"]) for r in chunk})
-    return {i: found[i] for i in mine}
 
 
 def save_pool(rows: list[dict], path: str) -> Dataset:

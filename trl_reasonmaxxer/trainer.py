@@ -5,17 +5,14 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import logging
-import math
 import os
 import textwrap
 import weakref
 from collections import defaultdict
-from functools import cached_property, partial
 from pathlib import Path
 
 import torch
 from accelerate import PartialState
-from accelerate.utils import gather_object
 from datasets import Dataset
 from peft import PeftConfig, get_peft_model, prepare_model_for_kbit_training
 from torch.utils.data import SequentialSampler
@@ -26,28 +23,24 @@ from trl.models.utils import disable_gradient_checkpointing
 from trl.trainer.base_trainer import _BaseTrainer
 from trl.trainer.utils import create_model_from_path, disable_dropout_in_model, use_adapter
 
-from . import cache as chunk_cache
-from . import gating, hub, selection
-from .collator import DataCollatorForForkPairs, build_pairs
+from . import hub
+from .collator import DataCollatorForForkPairs
 from .config import ReasonMaxxerConfig, default_lora_config
 from .evaluation import check_model_path
 from .inputs import (
     acquire_output_dir_lock,
     check_datasets,
     check_grpo_only_arguments,
-    check_prompt_lengths,
     check_quantization_supported,
     check_reward_funcs,
     check_rollout_dataset,
-    learned_position_limit,
     release_output_dir_lock,
     resolve_resume_checkpoint,
 )
 from .losses import chunked_logps_and_kl, reasonmaxxer_loss
-from .rewards import call_reward_funcs, resolve_reward_funcs
-from .rollouts import generate_completions, tokenize_prompt, warn_if_truncated
-from .scoring import base_lm_head, check_lm_head, final_hidden_states, score_rollouts
-from .vllm_backend import VLLMRollouts, resolve_use_vllm
+from .offline import OfflinePhase
+from .rewards import resolve_reward_funcs
+from .scoring import base_lm_head, check_lm_head, final_hidden_states
 
 
 logger = logging.getLogger(__name__)
@@ -73,14 +66,22 @@ class ReasonMaxxerTrainer(_BaseTrainer):
     The constructor is GRPOTrainer's, so a GRPO script runs after renaming ``GRPOTrainer``/``GRPOConfig``.
 
     Args:
-        model (`str` or `PreTrainedModel`): model id or path, or a loaded causal LM (not yet wrapped by PEFT).
-        reward_funcs (callable, name, or a list of them): GRPO-convention reward functions.
+        model (`str` or `PreTrainedModel`): model id or path, or a loaded causal LM (a PeftModel is trained as is).
+        reward_funcs (callable, name, or a list of them): GRPO-convention reward functions; a name is a dotted path
+            or a function of `trl_reasonmaxxer.rewards` / `trl.rewards` (`rewards.resolve_reward_funcs`).
         args ([`ReasonMaxxerConfig`]): configuration; defaults to the paper's settings.
         train_dataset (`Dataset`): a `prompt` column (text or chat messages) plus the columns rewards read.
+        eval_dataset: not used (a warning): evaluate the adapter with `trl_reasonmaxxer.evaluation`.
         processing_class: tokenizer; loaded from the model when None.
+        reward_processing_classes: no effect (a warning): reward models are not supported.
+        callbacks, optimizers: as in `Trainer`.
+        quantization_config: loads `model` (an id or path) in 4/8 bits for QLoRA (bitsandbytes and a CUDA GPU).
         peft_config (`LoraConfig`): the adapter; the paper's r=32/α=64 q/k/v/o LoRA when None.
+        tools, rollout_func, environment_factory: GRPO's agentic rollouts, refused.
         rollout_dataset (`Dataset`, optional): a pool built earlier (see [`build_rollout_dataset`]); skips
             generation and scoring where it has them.
+
+    The offline phase is [`~offline.OfflinePhase`] (``self.offline``); [`prepare_training_data`] runs it.
     """
 
     _tag_names = ["trl", "reasonmaxxer"]
@@ -117,6 +118,7 @@ class ReasonMaxxerTrainer(_BaseTrainer):
         environment_factory=None,
         rollout_dataset: Dataset | None = None,
     ):
+        # Args
         if args is None:
             name = model if isinstance(model, str) else model.config._name_or_path
             args = ReasonMaxxerConfig(f"{Path(name or 'model').name}-ReasonMaxxer")
@@ -131,14 +133,18 @@ class ReasonMaxxerTrainer(_BaseTrainer):
         check_grpo_only_arguments(
             args, tools, rollout_func, environment_factory, reward_processing_classes, eval_dataset
         )
+
+        # Datasets and reward functions
         needs_rewards = check_datasets(train_dataset, rollout_dataset)
         self.reward_funcs = resolve_reward_funcs(reward_funcs)
         check_reward_funcs(self.reward_funcs, args.reward_weights, needs_rewards)
-        # Claim output_dir before any work: a read-only one, or one another run uses, is refused now
+
+        # Output directory: claimed before any work, so a read-only one, or one another run uses, is refused now
         if args.process_index == 0:
             lock = acquire_output_dir_lock(args.output_dir)
             weakref.finalize(self, release_output_dir_lock, lock)
 
+        # Model
         if isinstance(model, str):
             init_kwargs = dict(args.model_init_kwargs or {})
             if quantization_config is not None:
@@ -154,6 +160,8 @@ class ReasonMaxxerTrainer(_BaseTrainer):
             model = create_model_from_path(model, **init_kwargs)
         elif quantization_config is not None:
             raise ValueError("quantization_config needs `model` as an id or path: the model is already loaded.")
+
+        # Processing class
         if processing_class is None:
             processing_class = AutoTokenizer.from_pretrained(model.config._name_or_path)
         tokenizer = getattr(processing_class, "tokenizer", processing_class)
@@ -165,8 +173,8 @@ class ReasonMaxxerTrainer(_BaseTrainer):
                 "EOS. Set them before passing it, e.g. tokenizer.eos_token = '<|endoftext|>' (a token of its "
                 "vocabulary) or tokenizer.pad_token = ..."
             )
-        self._tokenizer = tokenizer
 
+        # PEFT
         if getattr(model, "is_loaded_in_4bit", False) or getattr(model, "is_loaded_in_8bit", False):
             # QLoRA recipe: freeze the base and keep its unquantized parts (norms, embeddings, LM head) in float32,
             # so entropies and log-probs of the quantized base are computed in full precision
@@ -181,15 +189,15 @@ class ReasonMaxxerTrainer(_BaseTrainer):
         if args.disable_dropout:
             _disable_dropout(model)
 
+        # Rollout dataset: its token ids against this model's vocabulary
         if rollout_dataset is not None:
             check_rollout_dataset(
                 rollout_dataset,
                 model.get_input_embeddings().num_embeddings,
                 len(train_dataset) if needs_rewards else None,
             )
-        self.prompt_dataset = train_dataset
-        self.rollout_dataset = rollout_dataset
-        self._use_vllm = resolve_use_vllm(args.use_vllm)
+
+        # Initialize the Trainer: train_dataset is built by the offline phase (prepare_training_data)
         self.pool_stats: dict[str, float] = {}
         self._metrics = {"train": defaultdict(list), "eval": defaultdict(list)}
         self._lm_head_checked = False
@@ -204,253 +212,52 @@ class ReasonMaxxerTrainer(_BaseTrainer):
         )
         self.model.base_model.model.add_model_tags(self._tag_names)
 
-    # ---------------------------------------------------------------- offline phase
+        # Offline phase
+        self.offline = OfflinePhase(
+            self.model, tokenizer, args, self.accelerator, train_dataset, rollout_dataset, self.reward_funcs
+        )
+
+    # ---------------------------------------------------------------- offline phase (offline.py)
     @property
     def rollout_cache_dir(self) -> str:
-        """Where this model/prompts/sampling combination caches its rollouts."""
-        a = self.args
-        # a pool passed in is identified by its own fingerprint: only its scores get cached
-        prompts = self._prompt_ids() if self.rollout_dataset is None else self.rollout_dataset._fingerprint
-        backend = ["vllm"] if self._use_vllm else []  # HF-generated caches predate the vLLM backend: same keys
-        key = chunk_cache.fingerprint(
-            self._model_fingerprint,
-            prompts,
-            a.num_generations,
-            a.temperature,
-            a.top_p,
-            a.top_k,
-            a.min_p,
-            a.repetition_penalty,
-            a.max_completion_length,
-            a.generation_kwargs,
-            a.seed,
-            self._rollout_chunk_size,
-            *backend,
-        )
-        return os.path.join(a.output_dir, "rollouts", key)
-
-    @property
-    def _rollout_chunk_size(self) -> int:
-        a = self.args
-        if a.rollout_chunk_size is not None:
-            return a.rollout_chunk_size
-        # vLLM takes a whole chunk at once; HF generate takes it in calls of rollout_batch_size sequences
-        return chunk_cache.default_chunk_size(
-            1 if self._use_vllm else max(1, a.rollout_batch_size // a.num_generations)
-        )
-
-    @cached_property
-    def _model_fingerprint(self) -> str:
-        # only the adapter trains and the checksum skips it, so the base weights' checksum is computed once
-        return chunk_cache.model_fingerprint(self.model)
-
-    def _prompt_ids(self) -> list[list[int]]:
-        if not hasattr(self, "_cached_prompt_ids"):
-            ids = [
-                tokenize_prompt(self._tokenizer, p, self.args.chat_template_kwargs)
-                for p in self.prompt_dataset["prompt"]
-            ]
-            check_prompt_lengths(
-                ids, self.args.max_completion_length, learned_position_limit(self.model.get_base_model())
-            )
-            self._cached_prompt_ids = ids
-        return self._cached_prompt_ids
-
-    def _cache(self) -> chunk_cache.ChunkCache:
-        return chunk_cache.ChunkCache(self.rollout_cache_dir if self.args.rollout_cache else None)
-
-    def _generate(self, indices: list[int], engine: VLLMRollouts | None = None) -> list[list[dict]]:
-        """Rollouts for a chunk of prompts: with vLLM when an engine is given (seeded per prompt), else with HF
-        ``generate`` seeded by the chunk's first prompt index."""
-        a = self.args
-        all_ids = self._prompt_ids()
-        if engine is not None:
-            return engine.generate([all_ids[i] for i in indices], indices)
-        with use_adapter(self.model, None):
-            return generate_completions(
-                self.model,
-                self._tokenizer,
-                [all_ids[i] for i in indices],
-                num_generations=a.num_generations,
-                max_new_tokens=a.max_completion_length,
-                temperature=a.temperature,
-                top_p=a.top_p,
-                top_k=a.top_k,
-                min_p=a.min_p,
-                repetition_penalty=a.repetition_penalty,
-                batch_size=a.rollout_batch_size,
-                seed=a.seed + indices[0],
-                desc="Rollouts",
-                generation_kwargs=a.generation_kwargs,
-                disable_progress=a.disable_tqdm,
-            )
-
-    def _vllm_engine(self, cache: chunk_cache.ChunkCache, num_chunks: int) -> VLLMRollouts | None:
-        """A vLLM engine when ``use_vllm`` and some process has chunks to generate; every process builds one then,
-        because a colocated engine joins the launcher's process group."""
-        if not self._use_vllm:
-            return None
-        acc = self.accelerator
-        mine = chunk_cache.shard(range(num_chunks), acc.process_index, acc.num_processes)
-        if not any(gather_object([any(not cache.has("generations", c) for c in mine)])):
-            return None
-        return VLLMRollouts(self.model, self._tokenizer, self.args, acc)
+        """Where this model/prompts/sampling combination caches its rollouts (``output_dir/rollouts/<key>``)."""
+        return self.offline.cache_dir
 
     def build_rollout_dataset(self) -> Dataset:
         """Run (or resume) rollouts and rewards for every prompt; returns the pool, one row per rollout.
 
         Columns: ``prompt_index``, ``prompt_ids``, ``completion_ids``, ``completion``, ``truncated``, ``reward`` and
-        ``rewards/<function>``. Also saved under ``rollout_cache_dir/pool``.
-
-        With several processes (``accelerate launch``, ``torchrun``) each one generates and rewards its shard of the
-        chunks; the pool is gathered in prompt order, so it is the one-process pool, and the main process writes it
-        while the others wait.
+        ``rewards/<function>``. Also saved under ``rollout_cache_dir/pool``. With several processes each one
+        generates and rewards its shard of the chunks, and every process gets the one-process pool
+        ([`~offline.OfflinePhase.build_pool`]).
         """
-        acc = self.accelerator
-        cache = self._cache()
-        prompt_ids = self._prompt_ids()
-        if cache.root is not None and acc.is_main_process:
-            _log_cache_use(cache.root)
-        chunk = self._rollout_chunk_size
-        rank, world = acc.process_index, acc.num_processes
-        engine = self._vllm_engine(cache, math.ceil(len(prompt_ids) / chunk))
-        generate = partial(self._generate, engine=engine)
-        try:
-            rows = chunk_cache.generate_pool(generate, prompt_ids, cache, chunk, rank=rank, world=world)
-        finally:
-            if engine is not None:
-                engine.close()
-        if rows:  # a process with no chunk (more processes than chunks) has nothing to reward
-            self._add_rewards(rows, cache.root or "memory (rollout_cache=False)")
-        rows = gather_object(rows)
-        if cache.root is not None and acc.is_main_process:
-            dataset = chunk_cache.save_pool(rows, os.path.join(cache.root, "pool"))
-        else:
-            dataset = Dataset.from_list(rows)
-        acc.wait_for_everyone()
-        return dataset
-
-    def _add_rewards(self, rows: list[dict], cache_hint: str) -> None:
-        texts, totals, per_func = call_reward_funcs(
-            self.reward_funcs,
-            [self.prompt_dataset[r["prompt_index"]] for r in rows],
-            [r["completion_ids"] for r in rows],
-            self._tokenizer,
-            self.args.reward_weights,
-            {
-                "trainer_state": self.state,
-                "log_metric": lambda name, value: self._metrics["train"][name].append(value),
-                "log_extra": lambda column, values: None,
-            },
-            cache_hint,
-        )
-        for i, row in enumerate(rows):
-            row["completion"] = texts[i]
-            row["reward"] = totals[i]
-            for name, values in per_func.items():
-                row[f"rewards/{name}"] = values[i]
+        return Dataset.from_list(self.offline.build_pool(self._trainer_reward_kwargs()))
 
     def prepare_training_data(self) -> Dataset:
-        """Offline phase end to end: pool → selection → advantages → scoring → fork gates → preference pairs."""
-        a = self.args
-        if self.rollout_dataset is None:
-            rows = self.build_rollout_dataset().to_list()
-        else:
-            rows = self.rollout_dataset.to_list()
-            if "reward" not in self.rollout_dataset.column_names:
-                self._add_rewards(rows, "the rollout_dataset you passed")
-        for r in rows:
-            # NaN rewards are ignored by selection; rows stay in place because cached scores are keyed by row id
-            if r["reward"] is None or (a.mask_truncated_completions and r["truncated"]):
-                r["reward"] = float("nan")
-        warn_if_truncated([r["truncated"] for r in rows], a.max_completion_length)
-        prompt_index = [r["prompt_index"] for r in rows]
-        rewards = [r["reward"] for r in rows]
-        report = selection.select_problems(
-            prompt_index,
-            rewards,
-            a.max_problems,
-            a.success_threshold,
-            truncated=[r["truncated"] for r in rows],
-            lengths=[len(r["completion_ids"]) for r in rows],
-        )
-        if not report.selected:
-            raise ValueError(
-                f"No prompt has mixed success, so there is no contrast to learn from. {report.summary()} "
-                f"{_pool_diagnosis(rows, a)}Use more generations (num_generations), problems the model sometimes "
-                f"solves, or a higher temperature. The rollouts are kept in {self._kept_in()}."
-            )
-        keep = set(report.selected)
-        row_ids = [i for i, r in enumerate(rows) if r["prompt_index"] in keep]
-        advantages = selection.group_advantages(
-            [rows[i]["prompt_index"] for i in row_ids], [rows[i]["reward"] for i in row_ids], a.advantage_clip
-        )
-        # rows with A = 0 (NaN reward) never train: leave them out of scoring and of the τ calibration
-        kept = [(i, adv) for i, adv in zip(row_ids, advantages, strict=True) if adv != 0]
-        row_ids, advantages = [i for i, _ in kept], [adv for _, adv in kept]
-        selected = [rows[i] for i in row_ids]
-        scores = self._scores(rows, row_ids)
-        entropies = [scores[i][0] for i in row_ids]
-        masks, tau = gating.build_fork_masks(
-            entropies, a.fork_gate, a.fork_threshold, a.fork_fraction, a.fork_scope, a.fork_topk, a.seed
-        )
-        for row, i, adv, mask in zip(selected, row_ids, advantages, masks, strict=True):
-            row.update(advantage=adv, fork_mask=mask, logps=scores[i][1])
-        pairs = build_pairs(selected, seed=a.seed, preference=a.loss_type == "fork_dpo")
-        per_step = a.per_device_train_batch_size * a.world_size
-        if not pairs or (a.dataloader_drop_last and len(pairs) < per_step):
-            too_few = (
-                "no training item"
-                if not pairs
-                else f"{len(pairs)} training items, fewer than one batch ({per_step}) with dataloader_drop_last"
-            )
-            raise ValueError(
-                f"The offline phase left {too_few} to train on. {report.summary()} Only rollouts with a non-zero "
-                "advantage (a reward off their prompt's mean) train. Use more problems (train_dataset, max_problems) or more "
-                f"generations{', or dataloader_drop_last=False' if pairs else ''}. The rollouts are kept in "
-                f"{self._kept_in()}."
-            )
-        self.pool_stats = _pool_stats(rows, selected, entropies, masks, tau, report, len(pairs))
-        for key, value in self.pool_stats.items():  # logged with the first training step
+        """The offline phase end to end: pool → selection → advantages → scoring → fork gates → training items.
+
+        Sets and returns ``train_dataset``; the pool statistics go to ``pool_stats`` and are logged with the first
+        training step.
+        """
+        items, self.pool_stats = self.offline.run(self._trainer_reward_kwargs())
+        for key, value in self.pool_stats.items():
             self._metrics["train"][key].append(value)
-        logger.info("ReasonMaxxer pool: %s %d training items (rollout pairs).", report.summary(), len(pairs))
-        return Dataset.from_list(pairs)
+        self.train_dataset = Dataset.from_list(items)
+        return self.train_dataset
 
-    def _kept_in(self) -> str:
-        return self.rollout_cache_dir if self.args.rollout_cache else "memory only (rollout_cache=False)"
-
-    def _scores(self, rows: list[dict], row_ids: list[int]) -> dict[int, tuple[list[float], list[float]]]:
-        """Entropy and base log-probs for ``row_ids``: from the given pool's columns, else scored (and cached)."""
-        if all(rows[i].get("entropy") is not None for i in row_ids):
-            return {i: (rows[i]["entropy"], rows[i]["logps"]) for i in row_ids}
-
-        def score(sequences):
-            with use_adapter(self.model, None):
-                return score_rollouts(
-                    self.model,
-                    sequences,
-                    self._tokenizer.pad_token_id,
-                    self.args.scoring_batch_size,
-                    disable_progress=self.args.disable_tqdm,
-                )
-
-        acc = self.accelerator
-        mine = chunk_cache.score_pool(
-            score,
-            rows,
-            row_ids,
-            self._cache(),
-            self._rollout_chunk_size * self.args.num_generations,
-            rank=acc.process_index,
-            world=acc.num_processes,
-        )
-        return {i: scores for part in gather_object([mine]) for i, scores in part.items()}
+    def _trainer_reward_kwargs(self) -> dict:
+        """What GRPOTrainer passes reward functions besides the dataset columns."""
+        return {
+            "trainer_state": self.state,
+            "log_metric": lambda name, value: self._metrics["train"][name].append(value),
+            "log_extra": lambda column, values: None,
+        }
 
     def train(self, resume_from_checkpoint=None, trial=None, ignore_keys_for_eval=None, **kwargs):
         # a checkpoint cut off mid-save is skipped (True) or named (a path) before the offline phase runs
         resume_from_checkpoint = resolve_resume_checkpoint(resume_from_checkpoint, self.args.output_dir)
         if self.train_dataset is None:
-            self.train_dataset = self.prepare_training_data()
+            self.prepare_training_data()
         # Generation reseeds the global RNG per chunk and a cached pool does not: reseed, so that the data order
         # (accelerate's sampler seeds from the global RNG) is the same whether the pool was generated or loaded,
         # which is what lets resume_from_checkpoint skip exactly the batches already trained.
@@ -622,78 +429,3 @@ def _disable_dropout(model) -> None:
     for module in model.modules():
         if isinstance(getattr(module, "attention_dropout", None), float):
             module.attention_dropout = 0.0
-
-
-def _log_cache_use(root: str) -> None:
-    """Say whether the rollouts are reused, and why not when other caches exist (the key covers every base weight,
-    the prompts and the sampling settings, so a model changed in place is sampled again)."""
-    if os.path.isdir(os.path.join(root, "generations")):
-        logger.info("Reusing the rollouts cached in %s (same base weights, prompts and sampling settings).", root)
-        return
-    parent = os.path.dirname(root)
-    others = [n for n in os.listdir(parent) if n != os.path.basename(root)] if os.path.isdir(parent) else []
-    if others:
-        logger.warning(
-            "Sampling new rollouts into %s; %d other rollout cache%s in %s (other base weights, prompts or sampling "
-            "settings) %s not reused.",
-            root,
-            len(others),
-            "s" if len(others) > 1 else "",
-            parent,
-            "are" if len(others) > 1 else "is",
-        )
-
-
-def _pool_diagnosis(rows: list[dict], args) -> str:
-    """What the rewards of a pool with no mixed prompt look like, for the error message: their range, prompts whose
-    rewards differ but were not counted as mixed (a reward-scale problem), ungraded and masked rollouts."""
-    groups = defaultdict(list)
-    for r in rows:
-        if not math.isnan(r["reward"]):
-            groups[r["prompt_index"]].append(r["reward"])
-    graded = [v for values in groups.values() for v in values]
-    notes = []
-    if graded:
-        notes.append(f"Rewards range from {min(graded):.4g} to {max(graded):.4g} over {len(graded)} graded rollouts.")
-    varying = sum(max(values) > min(values) for values in groups.values())
-    if varying:
-        notes.append(
-            f"{varying} prompt{'s have' if varying > 1 else ' has'} rewards that differ between rollouts, yet "
-            "selection counted none as mixed: it compares each rollout's weighted reward (reward_weights) with a "
-            "success threshold, so check that your rewards' scale puts successes above it and failures below it."
-        )
-    truncated = sum(bool(r["truncated"]) for r in rows)
-    if args.mask_truncated_completions and truncated:
-        notes.append(
-            f"{truncated} of {len(rows)} rollouts hit max_completion_length={args.max_completion_length} and were "
-            "ignored (mask_truncated_completions=True): raise max_completion_length or set "
-            "mask_truncated_completions=False."
-        )
-    masked = args.mask_truncated_completions
-    ungraded = sum(math.isnan(r["reward"]) and not (masked and r["truncated"]) for r in rows)
-    if ungraded:
-        notes.append(f"{ungraded} rollouts have no reward (every reward function returned None).")
-    return "".join(note + " " for note in notes)
-
-
-def _pool_stats(rows, selected, entropies, masks, tau, report, num_pairs) -> dict[str, float]:
-    """Statistics of the offline phase, logged once and written to the model card."""
-    n = len(rows)
-    graded = [r for r in rows if not math.isnan(r["reward"])]
-    forks = [h for row, mask in zip(entropies, masks) for h, g in zip(row, mask) if g]
-    stats = {
-        "pool/reward": sum(r["reward"] for r in graded) / max(len(graded), 1),
-        "pool/pass_rate": report.mean_pass_rate,
-        "pool/prompts": report.num_prompts,
-        "pool/prompts_mixed": report.mixed,
-        "pool/prompts_selected": len(report.selected),
-        "pool/rollouts_selected": len(selected),
-        "pool/pairs": num_pairs,
-        "pool/completion_length": sum(len(r["completion_ids"]) for r in rows) / max(n, 1),
-        "pool/truncation_rate": sum(bool(r["truncated"]) for r in rows) / max(n, 1),
-        "fork/gated_fraction": gating.gated_fraction(masks),
-        "fork/mean_entropy": sum(forks) / len(forks) if forks else 0.0,
-    }
-    if tau is not None:
-        stats["fork/threshold"] = tau
-    return stats

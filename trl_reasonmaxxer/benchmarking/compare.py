@@ -285,13 +285,13 @@ class _Runner:
             processing_class=tokenizer,
         )
         ledger.wrap(
-            trainer,
-            "_generate",
+            trainer.offline,
+            "generate",
             "generation",
             count_generated=lambda groups: sum(len(c["completion_ids"]) for g in groups for c in g),
         )
         with ledger.phase("scoring"):
-            trainer.train_dataset = trainer.prepare_training_data()
+            trainer.prepare_training_data()
         with ledger.phase("training"):
             trainer.train()
         out = {"pool": trainer.pool_stats}

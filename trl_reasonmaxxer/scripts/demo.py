@@ -176,8 +176,7 @@ def run_demo(config: DemoConfig | None = None) -> dict:
         model=base, reward_funcs=[math_accuracy_reward], args=args, train_dataset=train, processing_class=tokenizer
     )
     start = time.perf_counter()
-    pairs = trainer.prepare_training_data()
-    trainer.train_dataset = pairs
+    trainer.prepare_training_data()
     times["offline_phase"] = time.perf_counter() - start
     start = time.perf_counter()
     trainer.train()
