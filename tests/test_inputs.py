@@ -14,12 +14,11 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 from datasets import Dataset, DatasetDict, IterableDataset
 from transformers import AutoConfig, AutoModelForCausalLM
 
 import trl_reasonmaxxer.trainer as trainer_module
-from trl_reasonmaxxer import ReasonMaxxerConfig, ReasonMaxxerTrainer, cache, offline
+from trl_reasonmaxxer import ReasonMaxxerConfig, ReasonMaxxerTrainer, offline
 from trl_reasonmaxxer.inputs import (
     LOCK_FILE,
     acquire_output_dir_lock,
@@ -31,16 +30,7 @@ from trl_reasonmaxxer.inputs import (
 )
 from trl_reasonmaxxer.testing import make_tiny_tokenizer
 
-from .helpers import CallCounter, alternating_reward, chat_prompts, make_pool, tiny_config
-
-
-def make_trainer(model_dir, output_dir, dataset=None, reward=alternating_reward, **config):
-    return ReasonMaxxerTrainer(
-        model=model_dir,
-        reward_funcs=reward,
-        args=tiny_config(output_dir, **config),
-        train_dataset=chat_prompts(3) if dataset is None else dataset,
-    )
+from .helpers import CallCounter, alternating_reward, chat_prompts, make_pool, make_trainer, tiny_config
 
 
 def config(tmp_path, **overrides) -> ReasonMaxxerConfig:
@@ -55,6 +45,12 @@ def counted_generate(monkeypatch):
 
 
 # ------------------------------------------------------------------------------------------------ configuration
+
+
+@pytest.mark.parametrize("num_generations", [1, 0, None])
+def test_error_num_generations_below_two(tmp_path, num_generations):
+    with pytest.raises(ValueError, match="num_generations must be at least 2"):
+        ReasonMaxxerConfig(output_dir=str(tmp_path), num_generations=num_generations, use_cpu=True, report_to="none")
 
 
 def test_loss_type_typo_is_refused_and_grpo_names_fall_back(tmp_path, caplog):  # C12
@@ -170,6 +166,17 @@ def test_eval_strategy_is_reset_to_no_and_training_runs(tiny_model_dir, tmp_path
 
 
 # ------------------------------------------------------------------------------------------------ dataset
+
+
+def test_error_without_prompt_column(tiny_model_dir, tmp_path):
+    dataset = Dataset.from_dict({"question": ["what is 1 plus 1 ?"]})
+    with pytest.raises(ValueError, match=r"no `prompt` column.*question"):
+        make_trainer(tiny_model_dir, tmp_path, dataset=dataset)
+
+
+def test_error_on_empty_dataset(tiny_model_dir, tmp_path):
+    with pytest.raises(ValueError, match="train_dataset is empty"):
+        make_trainer(tiny_model_dir, tmp_path, dataset=Dataset.from_dict({"prompt": []}))
 
 
 @pytest.mark.parametrize(
@@ -310,20 +317,6 @@ def test_infinite_rewards_are_refused_and_no_pairs_is_explained(tiny_model_dir, 
     assert "dataloader_drop_last=False" in str(err.value) and "rollouts are kept in" in str(err.value)
 
 
-def test_pool_diagnosis_names_the_reward_scale_truncation_and_ungraded_rows(tmp_path):  # D-2, C28
-    rows = [
-        {"prompt_index": 0, "reward": 0.4, "truncated": False},
-        {"prompt_index": 0, "reward": 0.1, "truncated": False},
-        {"prompt_index": 1, "reward": float("nan"), "truncated": True},
-        {"prompt_index": 1, "reward": float("nan"), "truncated": False},
-    ]
-    text = offline.pool_diagnosis(rows, config(tmp_path, mask_truncated_completions=True, max_completion_length=8))
-    assert "Rewards range from 0.1 to 0.4 over 2 graded rollouts" in text
-    assert "1 prompt has rewards that differ between rollouts" in text and "success threshold" in text
-    assert "1 of 4 rollouts hit max_completion_length=8 and were ignored" in text
-    assert "1 rollouts have no reward" in text
-
-
 # ------------------------------------------------------------------------------------------------ rollout_dataset
 
 
@@ -373,70 +366,6 @@ def test_rewarded_pool_with_reward_funcs_warns(tiny_model_dir, tmp_path, caplog)
             rollout_dataset=scored_pool(),
         )
     assert "reward_funcs are not called" in caplog.text and "remove_columns('reward')" in caplog.text
-
-
-# ------------------------------------------------------------------------------------------------ rollout cache
-
-
-def test_model_fingerprint_sees_every_base_weight(tiny_model_dir):  # D-1
-    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
-    before = cache.model_fingerprint(model)
-    assert cache.model_fingerprint(AutoModelForCausalLM.from_pretrained(tiny_model_dir)) == before
-    for name, param in model.named_parameters():  # one element of any tensor changes the fingerprint
-        with torch.no_grad():
-            original = param.view(-1)[-1].item()
-            param.view(-1)[-1] += 1e-3
-            assert cache.model_fingerprint(model) != before, name
-            param.view(-1)[-1] = original
-        assert cache.model_fingerprint(model) == before
-
-
-def test_a_model_changed_in_place_is_sampled_again(tiny_model_dir, tmp_path, monkeypatch, caplog):  # D-1, F13
-    first = make_trainer(tiny_model_dir, tmp_path, max_steps=1, learning_rate=0.5)
-    first.train()
-    merged = first.model.merge_and_unload()  # the next round starts from the merged model, same config and path
-    counter = CallCounter(offline.generate_completions)
-    monkeypatch.setattr(offline, "generate_completions", counter)
-    second = ReasonMaxxerTrainer(
-        merged, alternating_reward, args=tiny_config(tmp_path, max_steps=1), train_dataset=chat_prompts(3)
-    )
-    with caplog.at_level(logging.WARNING, logger="trl_reasonmaxxer.trainer"):
-        second.train()
-    assert second.rollout_cache_dir != first.rollout_cache_dir and counter.calls == 3
-    assert "1 other rollout cache" in caplog.text and "not reused" in caplog.text
-
-
-def test_damaged_cache_chunks_are_made_again(tiny_model_dir, tmp_path, monkeypatch, caplog):
-    trainer = make_trainer(tiny_model_dir, tmp_path)
-    trainer.train()
-    cache = Path(trainer.rollout_cache_dir)
-    (cache / "generations" / "chunk-00001.jsonl").write_text('{"prompt_index": 1, "prompt_ids"')  # cut mid-line
-    scores = sorted((cache / "scores").iterdir())
-    rows = [json.loads(line) for line in scores[0].read_text().splitlines()]
-    rows[0]["entropy"] = rows[0]["entropy"][:-1]  # one score short
-    scores[0].write_text("".join(json.dumps(r) + "\n" for r in rows))
-    generate = CallCounter(offline.generate_completions)
-    score = CallCounter(offline.score_rollouts)
-    monkeypatch.setattr(offline, "generate_completions", generate)
-    monkeypatch.setattr(offline, "score_rollouts", score)
-    with caplog.at_level(logging.WARNING, logger="trl_reasonmaxxer.cache"):
-        rerun = make_trainer(tiny_model_dir, tmp_path)
-        rerun.train()
-    assert generate.calls == 1 and score.calls >= 1 and rerun.state.global_step == 2
-    assert "unreadable rollout cache chunk" in caplog.text and "do not fit their rollouts" in caplog.text
-
-
-def test_a_file_in_the_pools_place_is_replaced(tiny_model_dir, tmp_path):  # F8
-    make_trainer(tiny_model_dir, tmp_path).train()
-    (pool_dir,) = tmp_path.glob("rollouts/*/pool")
-    import shutil
-
-    shutil.rmtree(pool_dir)
-    pool_dir.write_text("x")
-    (pool_dir.parent / "pool.tmp").mkdir()  # left by an older, killed run
-    trainer = make_trainer(tiny_model_dir, tmp_path)
-    trainer.train()
-    assert pool_dir.is_dir() and not list(pool_dir.parent.glob("pool.tmp*"))
 
 
 # ------------------------------------------------------------------------------------------------ output_dir
