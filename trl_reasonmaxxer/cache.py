@@ -1,4 +1,4 @@
-"""The offline phase: rollouts → rewards → (selection) → scoring, cached per chunk so it resumes after a crash.
+"""The rollout cache of the offline phase (``offline.py``): what makes it resume after a crash.
 
 The cache lives in ``<output_dir>/rollouts/<fingerprint>/``: ``generations/`` and ``scores/`` hold JSON-lines
 chunks written atomically, and ``pool/`` the latest complete pool as a ``datasets.Dataset`` (one row per rollout).
@@ -8,6 +8,10 @@ fingerprint covers; rewards are cheap and are recomputed on every run, so reward
 With several processes, each one generates the chunks of its :func:`shard` and scores its share of the rows; a
 chunk is written by the one process that owns it, so processes never write the same file, and since chunk
 boundaries do not depend on the number of processes, neither does the pool.
+
+Here: the cache key (:func:`fingerprint`, :func:`model_fingerprint`), the chunk files (:class:`ChunkCache`), chunk
+sizes and shards, and the saved pool (:func:`save_pool`, :data:`POOL_COLUMNS`). The loops that fill it are
+``offline.generate_pool`` and ``offline.score_pool``.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from datasets import Dataset
 
 logger = logging.getLogger(__name__)
 
+# the columns every pool has (a rollout_dataset passed in is checked for them); see offline.py for the rest
 POOL_COLUMNS = ("prompt_index", "prompt_ids", "completion_ids", "truncated")
 
 

@@ -330,6 +330,26 @@ def _valid_generation_chunk(rows: list[dict], indices: list[int], prompt_ids: Se
         return False
 
 
+def _log_cache_use(root: str) -> None:
+    """Say whether the rollouts are reused, and why not when other caches exist (the key covers every base weight,
+    the prompts and the sampling settings, so a model changed in place is sampled again)."""
+    if os.path.isdir(os.path.join(root, "generations")):
+        logger.info("Reusing the rollouts cached in %s (same base weights, prompts and sampling settings).", root)
+        return
+    parent = os.path.dirname(root)
+    others = [n for n in os.listdir(parent) if n != os.path.basename(root)] if os.path.isdir(parent) else []
+    if others:
+        logger.warning(
+            "Sampling new rollouts into %s; %d other rollout cache%s in %s (other base weights, prompts or sampling "
+            "settings) %s not reused.",
+            root,
+            len(others),
+            "s" if len(others) > 1 else "",
+            parent,
+            "are" if len(others) > 1 else "is",
+        )
+
+
 # ---------------------------------------------------------------------------------------------------------
 # 3. select (pure; step 2, reward, is rewards.call_reward_funcs, called by OfflinePhase.reward)
 
@@ -426,7 +446,7 @@ def score_pool(
     chunk_size: int,
     rank: int = 0,
     world: int = 1,
-) -> dict[int, tuple[list[float], list[float]]]:
+) -> Scores:
     """``{row id: (entropy, logps)}`` for process ``rank``'s share of ``row_ids`` (all of them with one process),
     scoring only rows not cached yet.
 
@@ -522,23 +542,3 @@ def pool_statistics(rows, selected, entropies, masks, tau, report, num_pairs) ->
     if tau is not None:
         stats["fork/threshold"] = tau
     return stats
-
-
-def _log_cache_use(root: str) -> None:
-    """Say whether the rollouts are reused, and why not when other caches exist (the key covers every base weight,
-    the prompts and the sampling settings, so a model changed in place is sampled again)."""
-    if os.path.isdir(os.path.join(root, "generations")):
-        logger.info("Reusing the rollouts cached in %s (same base weights, prompts and sampling settings).", root)
-        return
-    parent = os.path.dirname(root)
-    others = [n for n in os.listdir(parent) if n != os.path.basename(root)] if os.path.isdir(parent) else []
-    if others:
-        logger.warning(
-            "Sampling new rollouts into %s; %d other rollout cache%s in %s (other base weights, prompts or sampling "
-            "settings) %s not reused.",
-            root,
-            len(others),
-            "s" if len(others) > 1 else "",
-            parent,
-            "are" if len(others) > 1 else "is",
-        )
