@@ -8,6 +8,7 @@ import gc
 import json
 import logging
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -45,6 +46,26 @@ def counted_generate(monkeypatch):
 
 
 # ------------------------------------------------------------------------------------------------ configuration
+
+
+def test_config_docstring_documents_each_own_or_changed_parameter_in_trl_format():
+    """TRL's docstring format (one ``name (`type`, ...):`` entry per parameter under ``Parameters:``) for every field
+    ReasonMaxxerConfig adds or whose default differs from GRPOConfig's, and argparse choices where values are fixed."""
+    import dataclasses
+
+    from trl import GRPOConfig
+
+    grpo = {f.name: f for f in dataclasses.fields(GRPOConfig)}
+    ours = {f.name: f for f in dataclasses.fields(ReasonMaxxerConfig)}
+    changed = {n for n, f in ours.items() if n not in grpo or f.default != grpo[n].default}
+    doc = ReasonMaxxerConfig.__doc__
+    assert "\n    Parameters:\n        > Parameters that control" in doc and "> [!NOTE]" in doc
+    assert {n for n in changed if not re.search(rf"^        {n} \(`", doc, re.MULTILINE)} == set()
+    assert {
+        n
+        for n in ("loss_type", "fork_gate", "fork_scope", "vllm_mode", "hub_strategy")
+        if "choices" not in ours[n].metadata
+    } == set()
 
 
 @pytest.mark.parametrize("num_generations", [1, 0, None])
