@@ -98,6 +98,20 @@ class ReasonMaxxerConfig(GRPOConfig):
     vllm_enable_sleep_mode (`bool`, *optional*, defaults to `False`):
         Colocate: put the engine to sleep (level 2) after the offline phase, so training gets all its GPU memory back.
 
+    > Parameters that control llama.cpp rollouts on CPU (the `cpu` extra)
+
+    use_llama_cpp (`bool` or `None`, *optional*, defaults to `None`):
+        Sample the rollouts with llama.cpp from a GGUF of the model: the same rows, about 2x faster than float32
+        `generate` on CPU, seeded per prompt; log-probs for the loss still come from the model itself. `None` (auto):
+        on when there is no CUDA GPU, `pip install 'trl-reasonmaxxer[cpu]'` is installed, a GGUF is at hand (the
+        embedded default model's, or `llama_cpp_model_path`) and no `repetition_penalty`/`generation_kwargs` are set.
+        `True` makes a missing piece an error.
+    llama_cpp_model_path (`str` or `None`, *optional*, defaults to `None`):
+        The model as a GGUF file (its vocabulary must be the tokenizer's). Not needed for the embedded default model.
+    llama_cpp_n_threads (`int` or `None`, *optional*, defaults to `None`):
+        llama.cpp threads; `None`: `OMP_NUM_THREADS`, else every core this process may use. Set it to the free cores
+        when other processes are busy (threads wait for each other at every layer).
+
     > Parameters that control problem selection
 
     max_problems (`int`, *optional*, defaults to `50`):
@@ -175,6 +189,14 @@ class ReasonMaxxerConfig(GRPOConfig):
         metadata={"help": "Prompts per cached (resumable) chunk; default: a multiple of the prompts per call."},
     )
     scoring_batch_size: int = field(default=4, metadata={"help": "Sequences per scoring forward."})
+    use_llama_cpp: bool | None = field(
+        default=None,
+        metadata={"help": "Rollouts with llama.cpp on CPU; None: when the cpu extra and a GGUF are there."},
+    )
+    llama_cpp_model_path: str | None = field(
+        default=None, metadata={"help": "GGUF file of the model for llama.cpp (the default model has its own)."}
+    )
+    llama_cpp_n_threads: int | None = field(default=None, metadata={"help": "llama.cpp threads (None: all cores)."})
     rollout_cache: bool = field(default=True, metadata={"help": "Cache and reuse rollouts under output_dir."})
     # Selection
     max_problems: int = field(default=50, metadata={"help": "Mixed-success prompts kept (closest to p=0.5)."})
@@ -215,6 +237,10 @@ class ReasonMaxxerConfig(GRPOConfig):
         _check_choice("fork_gate", self.fork_gate, FORK_GATES)
         _check_choice("fork_scope", self.fork_scope, FORK_SCOPES)
         _check_choice("vllm_mode", self.vllm_mode, VLLM_MODES)
+        if self.use_llama_cpp and self.use_vllm:
+            raise ValueError("use_llama_cpp=True and use_vllm=True: choose one rollout engine.")
+        if self.llama_cpp_n_threads is not None and self.llama_cpp_n_threads < 1:
+            raise ValueError(f"llama_cpp_n_threads must be >= 1, got {self.llama_cpp_n_threads}.")
         if not 0.0 < self.fork_fraction <= 1.0:
             raise ValueError(f"fork_fraction must be in (0, 1], got {self.fork_fraction}.")
         if self.max_problems < 1:

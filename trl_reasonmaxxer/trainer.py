@@ -30,6 +30,7 @@ from trl.trainer.utils import create_model_from_path, disable_dropout_in_model, 
 from . import gating, hub, pool, selection
 from .collator import DataCollatorForForkPairs, build_pairs
 from .config import ReasonMaxxerConfig
+from .llama_engine import rollout_engine
 from .losses import chunked_logps_and_kl, reasonmaxxer_loss
 from .rollouts import generate_completions, tokenize_prompt
 from .scoring import base_lm_head, check_lm_head, final_hidden_states, score_rollouts
@@ -217,6 +218,8 @@ class ReasonMaxxerTrainer(_BaseTrainer):
         self.prompt_dataset = train_dataset
         self.rollout_dataset = rollout_dataset
         self._use_vllm = resolve_use_vllm(args.use_vllm)
+        # llama.cpp on CPU when available (args.use_llama_cpp); None: transformers generate (or vLLM)
+        self._llama_rollouts = None if self._use_vllm else rollout_engine(model, tokenizer, args)
         self.pool_stats: dict[str, float] = {}
         self._metrics = {"train": defaultdict(list), "eval": defaultdict(list)}
         self._lm_head_checked = False
@@ -239,6 +242,8 @@ class ReasonMaxxerTrainer(_BaseTrainer):
         # a pool passed in is identified by its own fingerprint: only its scores get cached
         prompts = self._prompt_ids() if self.rollout_dataset is None else self.rollout_dataset._fingerprint
         backend = ["vllm"] if self._use_vllm else []  # HF-generated caches predate the vLLM backend: same keys
+        if self._llama_rollouts is not None:  # llama.cpp draws other samples than generate
+            backend = ["llama_cpp", os.path.basename(self._llama_rollouts.gguf_path)]
         key = pool.fingerprint(
             self._model_fingerprint,
             prompts,
@@ -335,7 +340,7 @@ class ReasonMaxxerTrainer(_BaseTrainer):
         prompt_ids = self._prompt_ids()
         chunk = self._rollout_chunk_size
         rank, world = acc.process_index, acc.num_processes
-        engine = self._vllm_engine(cache, math.ceil(len(prompt_ids) / chunk))
+        engine = self._vllm_engine(cache, math.ceil(len(prompt_ids) / chunk)) or self._llama_rollouts
         generate = partial(self._generate, engine=engine)
         try:
             rows = pool.generate_pool(generate, prompt_ids, cache, chunk, rank=rank, world=world)
