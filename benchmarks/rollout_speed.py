@@ -28,7 +28,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch
 
-from trl_reasonmaxxer.llama_engine import LlamaEngine, default_threads, find_gguf
+from trl_reasonmaxxer.llama_engine import LlamaEngine, find_gguf, max_threads
 from trl_reasonmaxxer.rollouts import eos_token_ids, generate_completions, tokenize_prompt
 
 
@@ -56,8 +56,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--out", default=None, help="default: docs/results/rollout_speed.json (--quick: runs/...)")
     ns = parser.parse_args(argv)
     if ns.quick:
-        ns.batch_sizes, ns.waves, ns.max_new_tokens, ns.kl_rollouts = "2,4", 1, 8, 2
-        ns.rollout_samples = min(ns.rollout_samples, 2)
+        ns.batch_sizes, ns.waves, ns.max_new_tokens, ns.kl_rollouts = "8,32", 1, 8, 2
     ns.out = ns.out or ("runs/rollout_speed_quick.json" if ns.quick else "docs/results/rollout_speed.json")
     ns.batch_sizes = [int(b) for b in ns.batch_sizes.split(",")]
     ns.shapes = ns.shapes.split(",")
@@ -177,7 +176,7 @@ def commit() -> str | None:
 def main(argv=None) -> dict:
     ns = parse_args(argv)
     load_start = os.getloadavg()
-    threads = ns.threads or default_threads()
+    threads = ns.threads or max_threads()
     torch.set_num_threads(threads)
     with tempfile.TemporaryDirectory() as workdir:
         model, tokenizer, gguf, prompts = setup(ns, workdir)

@@ -109,8 +109,9 @@ class ReasonMaxxerConfig(GRPOConfig):
     llama_cpp_model_path (`str` or `None`, *optional*, defaults to `None`):
         The model as a GGUF file (its vocabulary must be the tokenizer's). Not needed for the embedded default model.
     llama_cpp_n_threads (`int` or `None`, *optional*, defaults to `None`):
-        llama.cpp threads; `None`: `OMP_NUM_THREADS`, else every core this process may use. Set it to the free cores
-        when other processes are busy (threads wait for each other at every layer).
+        llama.cpp threads; `None`: the cores other processes leave free, measured at each call, at most
+        `OMP_NUM_THREADS` or the cores this process may use (llama.cpp's threads wait for each other at every
+        operation, so a thread sharing its core with another busy process slows them all down).
 
     > Parameters that control problem selection
 
@@ -196,7 +197,7 @@ class ReasonMaxxerConfig(GRPOConfig):
     llama_cpp_model_path: str | None = field(
         default=None, metadata={"help": "GGUF file of the model for llama.cpp (the default model has its own)."}
     )
-    llama_cpp_n_threads: int | None = field(default=None, metadata={"help": "llama.cpp threads (None: all cores)."})
+    llama_cpp_n_threads: int | None = field(default=None, metadata={"help": "llama.cpp threads (None: the free cores)."})
     rollout_cache: bool = field(default=True, metadata={"help": "Cache and reuse rollouts under output_dir."})
     # Selection
     max_problems: int = field(default=50, metadata={"help": "Mixed-success prompts kept (closest to p=0.5)."})
