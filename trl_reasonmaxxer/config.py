@@ -197,7 +197,9 @@ class ReasonMaxxerConfig(GRPOConfig):
     llama_cpp_model_path: str | None = field(
         default=None, metadata={"help": "GGUF file of the model for llama.cpp (the default model has its own)."}
     )
-    llama_cpp_n_threads: int | None = field(default=None, metadata={"help": "llama.cpp threads (None: the free cores)."})
+    llama_cpp_n_threads: int | None = field(
+        default=None, metadata={"help": "llama.cpp threads (None: the free cores)."}
+    )
     rollout_cache: bool = field(default=True, metadata={"help": "Cache and reuse rollouts under output_dir."})
     # Selection
     max_problems: int = field(default=50, metadata={"help": "Mixed-success prompts kept (closest to p=0.5)."})

@@ -75,8 +75,40 @@ def import_llama_cpp():
             f"llama-cpp-python {llama_cpp.__version__} is installed; the engine needs >= "
             f"{'.'.join(map(str, MIN_VERSION))} (`{INSTALL_HINT}`)."
         )
-    logging.getLogger("llama-cpp-python").setLevel(logging.ERROR)  # its log callback prints everything otherwise
+    _quiet_logs(llama_cpp)
     return llama_cpp
+
+
+GGML_LOG_ERROR, GGML_LOG_CONT = 4, 5  # ggml's enum ggml_log_level (llama-cpp-python's own table predates it)
+_LOG_CALLBACK = None
+_LOG_TAIL: list[str] = []
+
+
+def _quiet_logs(lib) -> None:
+    """Silence llama.cpp's log (it reports every tensor it loads), keeping its last error lines for this module's
+    exceptions, which quote them."""
+    global _LOG_CALLBACK
+    if _LOG_CALLBACK is not None:
+        return
+    state = {"level": 0}
+
+    def callback(level, text, user_data):
+        if level != GGML_LOG_CONT:
+            state["level"] = level
+        if state["level"] == GGML_LOG_ERROR:
+            message = text.decode("utf-8", errors="replace")
+            _LOG_TAIL.append(message)
+            del _LOG_TAIL[:-20]
+
+    _LOG_CALLBACK = lib.llama_log_callback(callback)  # kept alive: llama.cpp holds the pointer
+    lib.llama_log_set(_LOG_CALLBACK, ctypes.c_void_p(0))
+
+
+def _log_tail() -> str:
+    """The last error lines llama.cpp logged, to quote in an exception."""
+    text = "".join(_LOG_TAIL).strip()
+    _LOG_TAIL.clear()
+    return f" llama.cpp said: {text}" if text else ""
 
 
 def check_gguf_path(path: str | os.PathLike) -> str:
@@ -284,9 +316,10 @@ class LlamaEngine:
         _backend_init(lib)
         params = lib.llama_model_default_params()
         params.n_gpu_layers = 0
+        _LOG_TAIL.clear()
         self.model = lib.llama_model_load_from_file(self.model_path.encode(), params)
         if not self.model:
-            raise ValueError(f"llama.cpp could not load {self.model_path!r} (see its log above for the reason).")
+            raise ValueError(f"llama.cpp could not load {self.model_path!r}.{_log_tail()}")
         self.vocab = lib.llama_model_get_vocab(self.model)
         self.n_vocab = lib.llama_vocab_n_tokens(self.vocab)
         self.adapter = None
@@ -296,7 +329,7 @@ class LlamaEngine:
             if not self.adapter:
                 raise ValueError(
                     f"llama.cpp could not load the LoRA adapter {str(lora_path)!r} for {self.model_path!r} (a GGUF "
-                    "LoRA of this base model is needed, see trl_reasonmaxxer.gguf_export)."
+                    f"LoRA of this base model is needed, see trl_reasonmaxxer.gguf_export).{_log_tail()}"
                 )
 
     # -- metadata
@@ -384,7 +417,7 @@ class LlamaEngine:
         batch.n_tokens = len(tokens)
         rc = self.lib.llama_decode(ctx, batch)
         if rc != 0:
-            raise RuntimeError(f"llama_decode failed with code {rc} on a batch of {len(tokens)} tokens.")
+            raise RuntimeError(f"llama_decode failed with code {rc} on a batch of {len(tokens)} tokens.{_log_tail()}")
 
     # -- sampling
     def generate_completions(
