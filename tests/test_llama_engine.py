@@ -38,6 +38,12 @@ else:
 WORDS = ["what is 1 plus 1 ?", "what is 3 plus 4 ?", "solve step by step", "the answer is", "2 times 3 equals"]
 
 
+@pytest.fixture(autouse=True)
+def fresh_announcements(monkeypatch):
+    """Every test sees the engine's one-time lines again."""
+    monkeypatch.setattr(llama_engine, "_ANNOUNCED", set())
+
+
 # ---------------------------------------------------------------------------------------------------------
 # Pure helpers
 
@@ -110,7 +116,6 @@ def test_bad_paths_are_clear(tmp_path):
 def test_missing_extra(monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "llama_cpp", None)  # import llama_cpp raises ImportError
     monkeypatch.setattr(llama_engine, "llama_cpp_importable", lambda: False)
-    monkeypatch.setattr(llama_engine, "_HINT_SHOWN", False)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     with pytest.raises(LlamaCppUnavailableError, match=r"trl-reasonmaxxer\[cpu\]"):
         llama_engine.import_llama_cpp()
@@ -134,6 +139,12 @@ def test_auto_is_off_on_gpu_and_without_gguf(monkeypatch):
     assert path is None and "no GGUF" in why
     assert resolve_llama_cpp(None, model, unsupported=["repetition_penalty"])[0] is None
     assert resolve_llama_cpp(False, model)[0] is None
+    model.generation_config.repetition_penalty = 1.1  # generate would apply it, the engine would not
+    assert llama_engine.unsupported_settings(model=model) == ["generation_config.repetition_penalty"]
+    assert llama_engine.unsupported_settings(1.2, {"typical_p": 0.9}) == [
+        "repetition_penalty",
+        "generation_kwargs['typical_p']",
+    ]
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -448,5 +459,6 @@ def test_evaluate_peft_adapter_as_gguf_lora(tiny, monkeypatch):
 
 def test_announce_goes_through_logging_when_configured(caplog):
     caplog.set_level(logging.INFO, logger="trl_reasonmaxxer.llama_engine")
-    llama_engine.announce("hello")
-    assert "hello" in caplog.text
+    llama_engine.announce("hello", key="greeting")
+    llama_engine.announce("hello again", key="greeting")  # once per key
+    assert "hello" in caplog.text and "hello again" not in caplog.text

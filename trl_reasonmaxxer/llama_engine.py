@@ -207,8 +207,16 @@ def describe_threads(n_threads: int | None) -> str:
     return f"n_threads: the free cores at each call, now {why}; llama_cpp_n_threads fixes it"
 
 
-def announce(message: str) -> None:
-    """One user-facing line: through logging when it shows INFO, else on stderr (like ``models``' progress)."""
+_ANNOUNCED: set[str] = set()
+
+
+def announce(message: str, key: str | None = None) -> None:
+    """One user-facing line, once per process and ``key`` (default: the message): through logging when it shows
+    INFO, else on stderr (like ``models``' progress lines)."""
+    key = key or message
+    if key in _ANNOUNCED:
+        return
+    _ANNOUNCED.add(key)
     if logger.isEnabledFor(logging.INFO) and logging.getLogger().handlers:
         logger.info(message)
     else:
@@ -216,19 +224,14 @@ def announce(message: str) -> None:
         sys.stderr.flush()
 
 
-_HINT_SHOWN = False
-
-
 def install_hint_once() -> None:
     """The single info line of a CPU run without the extra."""
-    global _HINT_SHOWN
-    if not _HINT_SHOWN:
-        _HINT_SHOWN = True
-        announce(
-            "generation: transformers generate (float32). About 2x faster on CPU: the llama.cpp engine, "
-            f"`{INSTALL_HINT}` (a one-time build of about 10 minutes); it is used by itself with the embedded default "
-            "model, or with llama_cpp_model_path=<the model's .gguf>."
-        )
+    announce(
+        "generation: transformers generate (float32). About 2x faster on CPU: the llama.cpp engine, "
+        f"`{INSTALL_HINT}` (a one-time build of about 10 minutes); it is used by itself with the embedded default "
+        "model, or with llama_cpp_model_path=<the model's .gguf>.",
+        key="install-hint",
+    )
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -714,9 +717,15 @@ class LlamaRollouts:
             self.engine = None
 
 
-def unsupported_settings(repetition_penalty: float = 1.0, generation_kwargs: dict | None = None) -> list[str]:
-    """The sampling settings in use that the engine does not reproduce exactly."""
+def unsupported_settings(
+    repetition_penalty: float | None = 1.0, generation_kwargs: dict | None = None, model=None
+) -> list[str]:
+    """The sampling settings in use that the engine does not reproduce (``generate`` also applies a
+    ``repetition_penalty`` from the model's generation config)."""
     names = [] if repetition_penalty in (None, 1.0) else ["repetition_penalty"]
+    configured = getattr(getattr(model, "generation_config", None), "repetition_penalty", None)
+    if configured not in (None, 1.0):
+        names.append("generation_config.repetition_penalty")
     return names + [f"generation_kwargs[{k!r}]" for k in (generation_kwargs or {})]
 
 
@@ -724,12 +733,13 @@ def rollout_engine(model, tokenizer, args) -> LlamaRollouts | None:
     """The trainer's choice of rollout engine from its config, announced in one line; None means HF ``generate``."""
     if getattr(args, "use_vllm", False):
         return None
-    unsupported = unsupported_settings(args.repetition_penalty, args.generation_kwargs)
+    unsupported = unsupported_settings(args.repetition_penalty, args.generation_kwargs, model)
     path, why = resolve_llama_cpp(args.use_llama_cpp, model, args.llama_cpp_model_path, unsupported)
     if path is None:
-        announce(f"rollouts: transformers generate ({why})")
+        announce(f"rollouts: transformers generate ({why})", key=f"rollouts:hf:{why}")
         return None
-    announce(f"rollouts: llama.cpp engine on {Path(path).name} ({why}; {describe_threads(args.llama_cpp_n_threads)})")
+    threads = describe_threads(args.llama_cpp_n_threads)
+    announce(f"rollouts: llama.cpp engine on {Path(path).name} ({why}; {threads})", key=f"rollouts:llama:{path}")
     return LlamaRollouts(path, eos_token_ids(tokenizer, model), args, tokenizer)
 
 
@@ -757,9 +767,9 @@ def evaluation_engine(
     """The engine :func:`~trl_reasonmaxxer.evaluation.evaluate` samples with, announced in one line; None means HF.
 
     A PEFT model is evaluated as base GGUF + its adapter converted to a GGUF LoRA, applied at run time."""
-    path, why = resolve_llama_cpp(use_llama_cpp, model, model_path)
+    path, why = resolve_llama_cpp(use_llama_cpp, model, model_path, unsupported_settings(model=model))
     if path is None:
-        announce(f"evaluation: transformers generate ({why})")
+        announce(f"evaluation: transformers generate ({why})", key=f"evaluation:hf:{why}")
         return None
     lora, scale, workdir = None, 1.0, None
     if hasattr(model, "peft_config") and getattr(model, "active_adapter", None):
@@ -770,7 +780,7 @@ def evaluation_engine(
             shutil.rmtree(workdir, ignore_errors=True)
             if use_llama_cpp:
                 raise
-            announce(f"evaluation: transformers generate (the adapter cannot run in llama.cpp: {err})")
+            announce(f"evaluation: transformers generate (the adapter cannot run in llama.cpp: {err})", key=str(err))
             return None
     try:
         engine = LlamaEngine(path, eos_token_ids(tokenizer, model), n_threads, lora_path=lora, lora_scale=scale)
@@ -782,6 +792,7 @@ def evaluation_engine(
     engine.workdir = workdir  # removed by close()
     announce(
         f"evaluation: llama.cpp engine on {Path(path).name}{' + LoRA adapter' if lora else ''} ({why}; "
-        f"{describe_threads(n_threads)})"
+        f"{describe_threads(n_threads)})",
+        key=f"evaluation:llama:{path}:{bool(lora)}",
     )
     return engine
