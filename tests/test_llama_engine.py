@@ -462,3 +462,25 @@ def test_announce_goes_through_logging_when_configured(caplog):
     llama_engine.announce("hello", key="greeting")
     llama_engine.announce("hello again", key="greeting")  # once per key
     assert "hello" in caplog.text and "hello again" not in caplog.text
+
+
+@needs_llama
+def test_rollout_speed_benchmark_quick(tmp_path, capsys):
+    """``benchmarks/rollout_speed.py --quick`` runs both engines on the tiny model and writes the report's keys."""
+    import importlib.util
+    import json
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "rollout_speed.py"
+    spec = importlib.util.spec_from_file_location("rollout_speed", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    out = tmp_path / "speed.json"
+    bench.main(["--quick", "--threads", "1", "--out", str(out)])
+    report = json.loads(out.read_text())
+    for key in ("engines", "speedup", "speedup_eval", "kl_per_token", "ceiling_tokens_per_s", "fraction_of_ceiling"):
+        assert report[key] is not None, key
+    assert set(report["engines"]) == {"hf-fp32", "llama.cpp"}
+    assert report["kl_per_token"]["mean"] < 1e-3  # float32 GGUF: llama.cpp and transformers agree
+    assert "start" in report["load_average"] and "commit" in report
+    assert capsys.readouterr().out.strip().splitlines()[-1].startswith("speedup vs hf-fp32 at batch 32: ")
