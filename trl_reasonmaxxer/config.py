@@ -120,6 +120,21 @@ class ReasonMaxxerConfig(GRPOConfig):
     vllm_enable_sleep_mode (`bool`, *optional*, defaults to `False`):
         Colocate: put the engine to sleep (level 2) after the offline phase, so training gets all its GPU memory back.
 
+    > Parameters that control llama.cpp rollouts on CPU (the `cpu` extra)
+
+    use_llama_cpp (`bool` or `None`, *optional*, defaults to `None`):
+        Sample the rollouts with llama.cpp from a GGUF of the model: the same rows, about 2x faster than float32
+        `generate` on CPU, seeded per prompt; log-probs for the loss still come from the model itself. `None` (auto):
+        on when there is no CUDA GPU, `pip install 'trl-reasonmaxxer[cpu]'` is installed, a GGUF is at hand (the
+        embedded default model's, or `llama_cpp_model_path`) and no `repetition_penalty`/`generation_kwargs` are set.
+        `True` makes a missing piece an error.
+    llama_cpp_model_path (`str` or `None`, *optional*, defaults to `None`):
+        The model as a GGUF file (its vocabulary must be the tokenizer's). Not needed for the embedded default model.
+    llama_cpp_n_threads (`int` or `None`, *optional*, defaults to `None`):
+        llama.cpp threads; `None`: the cores other processes leave free, measured at each call, at most
+        `OMP_NUM_THREADS` or the cores this process may use (llama.cpp's threads wait for each other at every
+        operation, so a thread sharing its core with another busy process slows them all down).
+
     > Parameters that control problem selection
 
     max_problems (`int`, *optional*, defaults to `50`):
@@ -219,6 +234,16 @@ class ReasonMaxxerConfig(GRPOConfig):
         metadata={"help": "Prompts per cached (resumable) chunk; default: a multiple of the prompts per call."},
     )
     scoring_batch_size: int = field(default=4, metadata={"help": "Sequences per scoring forward."})
+    use_llama_cpp: bool | None = field(
+        default=None,
+        metadata={"help": "Rollouts with llama.cpp on CPU; None: when the cpu extra and a GGUF are there."},
+    )
+    llama_cpp_model_path: str | None = field(
+        default=None, metadata={"help": "GGUF file of the model for llama.cpp (the default model has its own)."}
+    )
+    llama_cpp_n_threads: int | None = field(
+        default=None, metadata={"help": "llama.cpp threads (None: the free cores)."}
+    )
     rollout_cache: bool = field(default=True, metadata={"help": "Cache and reuse rollouts under output_dir."})
     # Selection
     max_problems: int = field(default=50, metadata={"help": "Mixed-success prompts kept (closest to p=0.5)."})
@@ -262,6 +287,8 @@ class ReasonMaxxerConfig(GRPOConfig):
             )
         if self.success_threshold is not None and not math.isfinite(self.success_threshold):
             raise ValueError(f"success_threshold must be a finite number or None, got {self.success_threshold}.")
+        if self.use_llama_cpp and self.use_vllm:
+            raise ValueError("use_llama_cpp=True and use_vllm=True: choose one rollout engine.")
         try:
             # GRPOConfig.__post_init__ would size GRPO's generation batches (num_generations must divide them);
             # the offline method has none, so only the base config's checks apply.
@@ -366,6 +393,7 @@ def _check_sizes_and_ranges(config) -> None:
     _check_int("rollout_batch_size", config.rollout_batch_size, 0, hint="(0 means one prompt per generate call.)")
     _check_int("rollout_chunk_size", config.rollout_chunk_size, 1, optional=True, hint="None picks a default.")
     _check_int("scoring_batch_size", config.scoring_batch_size, 1)
+    _check_int("llama_cpp_n_threads", config.llama_cpp_n_threads, 1, optional=True, hint="None uses the free cores.")
     _check_int("per_device_train_batch_size", config.per_device_train_batch_size, 1)
     _check_int("gradient_accumulation_steps", config.gradient_accumulation_steps, 1)
     _check_int("max_completion_length", config.max_completion_length, 1, optional=True)

@@ -74,3 +74,90 @@ def save_tiny_model(directory: str, chat_template: bool = True, seed: int = 0, *
     model.save_pretrained(directory)
     tokenizer.save_pretrained(directory)
     return directory
+
+
+def _rope_theta(config) -> float:
+    params = getattr(config, "rope_parameters", None) or {}
+    return float(params.get("rope_theta") or getattr(config, "rope_theta", None) or 10000.0)
+
+
+def _rope_interleave(weight, n_head: int):
+    """HF Llama's rotate-half q/k rows in the interleaved order llama.cpp's Llama RoPE pairs (Qwen2 needs none)."""
+    rows = weight.shape[0]
+    return weight.reshape(n_head, 2, rows // n_head // 2, *weight.shape[1:]).swapaxes(1, 2).reshape(weight.shape)
+
+
+def save_tiny_gguf(model, tokenizer, path: str) -> str:
+    """Write a small Llama or Qwen2 ``model`` (and its tokenizer's vocabulary) as a float32 GGUF that llama.cpp loads.
+
+    For tests of the llama.cpp engine: float32 tensors keep llama.cpp's logits within rounding of transformers'.
+    The vocabulary is written as a BPE token list (the engine gets token ids, never text); tied embeddings are
+    written once, as llama.cpp expects.
+    """
+    import gguf
+    import numpy as np
+
+    cfg = model.config
+    arch = cfg.model_type
+    if arch not in ("llama", "qwen2"):
+        raise ValueError(f"save_tiny_gguf writes llama and qwen2 models, not {arch!r}.")
+    n_vocab = cfg.vocab_size
+    state = {k: v.detach().float().cpu().numpy() for k, v in model.state_dict().items()}
+    writer = gguf.GGUFWriter(path, arch)
+    writer.add_name("tiny-test-model")
+    writer.add_context_length(cfg.max_position_embeddings)
+    writer.add_embedding_length(cfg.hidden_size)
+    writer.add_block_count(cfg.num_hidden_layers)
+    writer.add_feed_forward_length(cfg.intermediate_size)
+    writer.add_head_count(cfg.num_attention_heads)
+    writer.add_head_count_kv(cfg.num_key_value_heads)
+    writer.add_layer_norm_rms_eps(cfg.rms_norm_eps)
+    writer.add_rope_freq_base(_rope_theta(cfg))
+    writer.add_vocab_size(n_vocab)
+    writer.add_file_type(gguf.LlamaFileType.ALL_F32)
+    writer.add_tokenizer_model("gpt2")
+    writer.add_tokenizer_pre("default")
+    tokens = tokenizer.convert_ids_to_tokens(list(range(n_vocab)))
+    special = set(tokenizer.all_special_ids)
+    writer.add_token_list([t if t is not None else f"<unused{i}>" for i, t in enumerate(tokens)])
+    writer.add_token_types([gguf.TokenType.CONTROL if i in special else gguf.TokenType.NORMAL for i in range(n_vocab)])
+    writer.add_token_merges([f"{tokens[-2]} {tokens[-1]}"])  # llama.cpp requires the key; ids never get merged
+    writer.add_eos_token_id(tokenizer.eos_token_id)
+    if tokenizer.pad_token_id is not None:
+        writer.add_pad_token_id(tokenizer.pad_token_id)
+    writer.add_add_bos_token(False)
+
+    def add(name: str, key: str) -> None:
+        writer.add_tensor(name, np.ascontiguousarray(state[key], dtype=np.float32))
+
+    add("token_embd.weight", "model.embed_tokens.weight")
+    add("output_norm.weight", "model.norm.weight")
+    if not cfg.tie_word_embeddings:
+        add("output.weight", "lm_head.weight")
+    n_head, n_kv = cfg.num_attention_heads, cfg.num_key_value_heads
+    for i in range(cfg.num_hidden_layers):
+        hf = f"model.layers.{i}."
+        if arch == "llama":
+            state[hf + "self_attn.q_proj.weight"] = _rope_interleave(state[hf + "self_attn.q_proj.weight"], n_head)
+            state[hf + "self_attn.k_proj.weight"] = _rope_interleave(state[hf + "self_attn.k_proj.weight"], n_kv)
+        for ours, theirs in (
+            ("attn_norm.weight", "input_layernorm.weight"),
+            ("attn_q.weight", "self_attn.q_proj.weight"),
+            ("attn_k.weight", "self_attn.k_proj.weight"),
+            ("attn_v.weight", "self_attn.v_proj.weight"),
+            ("attn_output.weight", "self_attn.o_proj.weight"),
+            ("ffn_norm.weight", "post_attention_layernorm.weight"),
+            ("ffn_gate.weight", "mlp.gate_proj.weight"),
+            ("ffn_up.weight", "mlp.up_proj.weight"),
+            ("ffn_down.weight", "mlp.down_proj.weight"),
+            ("attn_q.bias", "self_attn.q_proj.bias"),
+            ("attn_k.bias", "self_attn.k_proj.bias"),
+            ("attn_v.bias", "self_attn.v_proj.bias"),
+        ):
+            if hf + theirs in state:
+                add(f"blk.{i}.{ours}", hf + theirs)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path

@@ -38,6 +38,7 @@ from . import gating, hub, pool, selection
 from .collator import DataCollatorForForkPairs, build_pairs
 from .config import ReasonMaxxerConfig, default_lora_config
 from .evaluation import check_model_path
+from .llama_engine import rollout_engine
 from .losses import chunked_logps_and_kl, reasonmaxxer_loss
 from .rollouts import generate_completions, tokenize_prompt, warn_if_truncated
 from .scoring import base_lm_head, check_lm_head, final_hidden_states, score_rollouts
@@ -274,6 +275,8 @@ class ReasonMaxxerTrainer(_BaseTrainer):
         self.prompt_dataset = train_dataset
         self.rollout_dataset = rollout_dataset
         self._use_vllm = resolve_use_vllm(args.use_vllm)
+        # llama.cpp on CPU when available (args.use_llama_cpp); None: transformers generate (or vLLM)
+        self._llama_rollouts = None if self._use_vllm else rollout_engine(model, tokenizer, args)
         self.pool_stats: dict[str, float] = {}
         self._metrics = {"train": defaultdict(list), "eval": defaultdict(list)}
         self._lm_head_checked = False
@@ -296,6 +299,8 @@ class ReasonMaxxerTrainer(_BaseTrainer):
         # a pool passed in is identified by its own fingerprint: only its scores get cached
         prompts = self._prompt_ids() if self.rollout_dataset is None else self.rollout_dataset._fingerprint
         backend = ["vllm"] if self._use_vllm else []  # HF-generated caches predate the vLLM backend: same keys
+        if self._llama_rollouts is not None:  # llama.cpp draws other samples than generate
+            backend = ["llama_cpp", os.path.basename(self._llama_rollouts.gguf_path)]
         key = pool.fingerprint(
             self._model_fingerprint,
             prompts,
@@ -395,7 +400,7 @@ class ReasonMaxxerTrainer(_BaseTrainer):
             _log_cache_use(cache.root)
         chunk = self._rollout_chunk_size
         rank, world = acc.process_index, acc.num_processes
-        engine = self._vllm_engine(cache, math.ceil(len(prompt_ids) / chunk))
+        engine = self._vllm_engine(cache, math.ceil(len(prompt_ids) / chunk)) or self._llama_rollouts
         generate = partial(self._generate, engine=engine)
         try:
             rows = pool.generate_pool(generate, prompt_ids, cache, chunk, rank=rank, world=world)

@@ -185,8 +185,10 @@ def run_demo(config: DemoConfig | None = None) -> dict:
     trainer.save_model(os.path.join(output_dir, "adapter"))
 
     start = time.perf_counter()
-    # merged LoRA decodes at the base model's speed; the base weights are not needed any more
-    tuned_results = evaluate(trainer.model.merge_and_unload(), tokenizer, test, desc="ReasonMaxxer", **eval_kwargs)
+    # llama.cpp (when the rollouts used it) applies the adapter as a GGUF LoRA; transformers decodes a merged LoRA
+    # at the base model's speed (the base weights are not needed any more)
+    tuned = trainer.model if trainer._llama_rollouts is not None else trainer.model.merge_and_unload()
+    tuned_results = evaluate(tuned, tokenizer, test, desc="ReasonMaxxer", **eval_kwargs)
     times["eval_reasonmaxxer"] = time.perf_counter() - start
 
     report = {
