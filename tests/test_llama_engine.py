@@ -320,7 +320,7 @@ def test_weights_match_folder(tiny):
 
 @needs_llama
 def test_trainer_rollouts_with_llama_cpp(tiny, tmp_path, capsys):
-    from helpers import tiny_config
+    from .helpers import tiny_config
 
     from trl_reasonmaxxer import ReasonMaxxerTrainer
     from trl_reasonmaxxer.rewards import math_accuracy_reward
@@ -354,7 +354,7 @@ def test_trainer_rollouts_with_llama_cpp(tiny, tmp_path, capsys):
 
 
 def test_trainer_auto_uses_generate_without_gguf(tiny_model_dir, tmp_path, capsys):
-    from helpers import chat_prompts, tiny_config
+    from .helpers import chat_prompts, tiny_config
 
     from trl_reasonmaxxer import ReasonMaxxerTrainer
     from trl_reasonmaxxer.rewards import math_accuracy_reward
@@ -370,7 +370,7 @@ def test_trainer_auto_uses_generate_without_gguf(tiny_model_dir, tmp_path, capsy
 
 
 def test_config_rejects_two_engines(tmp_path):
-    from helpers import tiny_config
+    from .helpers import tiny_config
 
     with pytest.raises(ValueError, match="choose one"):
         tiny_config(tmp_path, use_llama_cpp=True, use_vllm=True)
