@@ -206,22 +206,39 @@ def test_greedy_rows_equal_hf(tiny):
     assert any(g[0]["truncated"] and len(g[0]["completion_ids"]) == 6 for g in got)
 
 
+def assert_logits_close(ours: dict, theirs: torch.Tensor) -> None:
+    """llama.cpp's logits (``{kv_type: logits}``) against transformers' float32 ones. ``"f32"`` (float32 KV cache,
+    no flash attention): float32 rounding, measured ~3e-6 of the logits' scale. ``"f16"`` (llama.cpp's defaults,
+    what sampling uses): its f16 attention moves them by up to ~3e-3 of their scale on these sharpened weights; the
+    distributions and their argmax stay the same."""
+    scale = theirs.abs().max()
+    assert ours["f32"].shape == theirs.shape
+    assert (ours["f32"] - theirs).abs().max() < 2e-5 * scale
+    assert (ours["f16"] - theirs).abs().max() < 1e-2 * scale
+    kl = torch.nn.functional.kl_div(
+        ours["f16"].log_softmax(-1), theirs.log_softmax(-1), log_target=True, reduction="none"
+    )
+    assert kl.sum(-1).max() < 1e-3
+    assert torch.equal(ours["f16"].argmax(-1), theirs.argmax(-1))
+
+
 @needs_llama
 def test_logits_match_hf(tiny):
-    """Teacher-forced next-token distributions: float32 GGUF vs the float32 model, within rounding (f16 KV)."""
+    """Teacher-forced next-token distributions: float32 GGUF vs the float32 model (see ``assert_logits_close``)."""
     ids = tiny.prompts[1]
     completion = [5, 6, 7, 8]
-    engine = engine_for(tiny)
-    try:
-        ours = torch.from_numpy(engine.next_token_logits(ids, completion))
-    finally:
-        engine.close()
+    ours = {}
+    for kv_type in ("f16", "f32"):
+        engine = engine_for(tiny, kv_type=kv_type)
+        try:
+            ours[kv_type] = torch.from_numpy(engine.next_token_logits(ids, completion))
+        finally:
+            engine.close()
     with torch.no_grad():
         theirs = tiny.model(torch.tensor([ids + completion])).logits[0, len(ids) - 1 : -1]
-    assert ours.shape == theirs.shape
-    kl = torch.nn.functional.kl_div(ours.log_softmax(-1), theirs.log_softmax(-1), log_target=True, reduction="none")
-    assert kl.sum(-1).max() < 1e-3
-    assert torch.equal(ours.argmax(-1), theirs.argmax(-1))
+    assert_logits_close(ours, theirs)
+    with pytest.raises(ValueError, match="kv_type"):
+        engine_for(tiny, kv_type="q8_0")
 
 
 @needs_llama
@@ -320,10 +337,10 @@ def test_weights_match_folder(tiny):
 
 @needs_llama
 def test_trainer_rollouts_with_llama_cpp(tiny, tmp_path, capsys):
-    from .helpers import tiny_config
-
     from trl_reasonmaxxer import ReasonMaxxerTrainer
     from trl_reasonmaxxer.rewards import math_accuracy_reward
+
+    from .helpers import tiny_config
 
     data = Dataset.from_dict(
         {
@@ -354,10 +371,10 @@ def test_trainer_rollouts_with_llama_cpp(tiny, tmp_path, capsys):
 
 
 def test_trainer_auto_uses_generate_without_gguf(tiny_model_dir, tmp_path, capsys):
-    from .helpers import chat_prompts, tiny_config
-
     from trl_reasonmaxxer import ReasonMaxxerTrainer
     from trl_reasonmaxxer.rewards import math_accuracy_reward
+
+    from .helpers import chat_prompts, tiny_config
 
     trainer = ReasonMaxxerTrainer(
         model=tiny_model_dir,
@@ -391,70 +408,54 @@ def test_evaluate_with_llama_cpp_matches_greedy(tiny):
     assert all(len(r["completions"]) == 2 for r in ours["records"])
 
 
-def _fake_gguf_export(calls):
-    """A stand-in for ``gguf_export.peft_to_gguf_lora`` (written by another module): v/o projections only, which
-    need no RoPE row order, as f32 ``lora_a``/``lora_b`` tensors."""
-
-    def peft_to_gguf_lora(adapter_dir, out_path, base_arch="qwen2"):
-        import json
-
-        import gguf
-        import numpy as np
-        from safetensors.numpy import load_file
-
-        calls.append(base_arch)
-        config = json.load(open(os.path.join(adapter_dir, "adapter_config.json")))
-        weights = load_file(os.path.join(adapter_dir, "adapter_model.safetensors"))
-        writer = gguf.GGUFWriter(out_path, base_arch)
-        writer.add_string("general.type", "adapter")
-        writer.add_string("adapter.type", "lora")
-        writer.add_float32("adapter.lora.alpha", float(config["lora_alpha"]))
-        names = {"v_proj": "attn_v", "o_proj": "attn_output"}
-        for key, value in weights.items():
-            layer = int(key.split("layers.")[1].split(".")[0])
-            module = key.split(".")[-3]
-            side = "lora_a" if "lora_A" in key else "lora_b"
-            writer.add_tensor(f"blk.{layer}.{names[module]}.weight.{side}", np.ascontiguousarray(value, np.float32))
-        writer.write_header_to_file()
-        writer.write_kv_data_to_file()
-        writer.write_tensors_to_file()
-        writer.close()
-        return out_path
-
-    return peft_to_gguf_lora
-
-
-@needs_llama
-def test_evaluate_peft_adapter_as_gguf_lora(tiny, monkeypatch):
-    """A PEFT model is evaluated as base GGUF + its adapter as a GGUF LoRA (converter stubbed here)."""
+def tiny_peft(tiny, targets=("q_proj", "k_proj", "v_proj", "o_proj")):
+    """The tiny model under a strong random LoRA (a copy: ``tiny.model`` stays the base)."""
     from peft import LoraConfig, get_peft_model
 
-    from trl_reasonmaxxer.evaluation import evaluate
-
-    calls = []
-    fake = types.ModuleType("trl_reasonmaxxer.gguf_export")
-    fake.peft_to_gguf_lora = _fake_gguf_export(calls)
-    monkeypatch.setitem(sys.modules, "trl_reasonmaxxer.gguf_export", fake)
     base = make_tiny_model(tiny.tokenizer, hidden_size=32, seed=1)
     base.load_state_dict(tiny.model.state_dict())
     torch.manual_seed(0)
-    peft = get_peft_model(
-        base, LoraConfig(r=4, lora_alpha=8, target_modules=["v_proj", "o_proj"], init_lora_weights=False)
-    )
+    peft = get_peft_model(base, LoraConfig(r=4, lora_alpha=8, target_modules=list(targets), init_lora_weights=False))
     with torch.no_grad():
         for name, p in peft.named_parameters():
             if "lora_B" in name:
                 p.mul_(40.0)
-    peft.eval()
+    return peft.eval()
+
+
+@needs_llama
+def test_evaluate_peft_adapter_as_gguf_lora(tiny):
+    """A PEFT model is evaluated as base GGUF + its adapter converted by ``gguf_export.peft_to_gguf_lora`` (LoRA on
+    q/k/v/o: the llama architecture's q/k rows are reordered) and applied by llama.cpp: greedy rows equal HF+PEFT's,
+    and the teacher-forced logits match PEFT's within float32 rounding with ``kv_type="f32"``."""
+    from trl_reasonmaxxer.evaluation import evaluate
+
+    peft = tiny_peft(tiny)
     data = Dataset.from_dict({"prompt": [[{"role": "user", "content": w}] for w in WORDS], "solution": ["2"] * 5})
     kwargs = dict(num_samples=0, max_new_tokens=5, greedy=True, return_completions=True)
     ours = evaluate(peft, tiny.tokenizer, data, use_llama_cpp=True, llama_cpp_model_path=tiny.gguf, **kwargs)
     theirs = evaluate(peft, tiny.tokenizer, data, use_llama_cpp=False, **kwargs)
     base_out = evaluate(tiny.model, tiny.tokenizer, data, use_llama_cpp=False, **kwargs)
-    assert calls == ["llama"]
     greedy = lambda r: [x["greedy_completion"] for x in r["records"]]
+    assert ours["summary"]["engine"] == "llama.cpp"
     assert greedy(ours) == greedy(theirs)
     assert greedy(theirs) != greedy(base_out)  # the adapter changes the outputs, and llama.cpp applied it
+
+    ids, completion = tiny.prompts[1], [5, 6, 7, 8, 9, 10]
+    engine = llama_engine.evaluation_engine(peft, tiny.tokenizer, True, tiny.gguf, n_threads=1)
+    try:
+        assert engine.adapter is not None
+        logits = {}
+        for kv_type in ("f16", "f32"):
+            engine.kv_type = kv_type  # read when each call makes its context
+            logits[kv_type] = torch.from_numpy(engine.next_token_logits(ids, completion))
+    finally:
+        engine.close()
+    with torch.no_grad():
+        lora = peft(torch.tensor([ids + completion])).logits[0, len(ids) - 1 : -1]
+        base = tiny.model(torch.tensor([ids + completion])).logits[0, len(ids) - 1 : -1]
+    assert (lora - base).abs().max() > 1.0  # the adapter moves the logits by more than any tolerance below
+    assert_logits_close(logits, lora)
 
 
 def test_announce_goes_through_logging_when_configured(caplog):

@@ -386,12 +386,16 @@ def _tensor_order(name: str) -> tuple:
 
 
 def peft_to_gguf_lora(
-    adapter_dir: str | os.PathLike, out_path: str | os.PathLike, base_arch: str | None = None
+    adapter_dir: str | os.PathLike,
+    out_path: str | os.PathLike,
+    base_arch: str | None = None,
+    base_config: dict | None = None,
 ) -> str:
     """Convert a PEFT LoRA folder to a llama.cpp GGUF LoRA at ``out_path``; return the path.
 
     ``base_arch`` (``qwen2``, ``llama``, …) is used when the base model's ``config.json`` cannot be found from
-    ``base_model_name_or_path``. The factors are written in float32, unchanged except where llama.cpp needs it:
+    ``base_model_name_or_path``; ``base_config`` is that ``config.json`` as a dict when the caller has the base at hand
+    (a model in memory: ``model.config.to_dict()``), and then wins over the lookup. The factors are written in float32, unchanged except where llama.cpp needs it:
     rsLoRA is folded into ``adapter.lora.alpha``, per-module ``rank_pattern``/``alpha_pattern`` scales into
     ``lora_b``, and for the llama architecture the q/k rows of ``lora_b`` are put in llama.cpp's order.
     Settings with no llama.cpp form (DoRA, biases, ``modules_to_save``, embedding or ``lm_head`` targets, …) raise
@@ -400,7 +404,7 @@ def peft_to_gguf_lora(
     import gguf
 
     adapter_config, tensors = load_adapter(adapter_dir)
-    base_config = base_model_config(adapter_config)
+    base_config = base_config or base_model_config(adapter_config)
     arch = resolve_arch(base_config, base_arch)
     alpha, arrays = lora_gguf_tensors(adapter_config, tensors, arch, base_config)
     out = Path(out_path).expanduser()

@@ -40,6 +40,10 @@ MIN_VERSION = (0, 3, 36)
 GGUF_MAGIC = b"GGUF"
 # HF sampling settings the engine reproduces; anything else (repetition_penalty, generation_kwargs) stays with HF
 SUPPORTED_SAMPLING = ("temperature", "top_p", "top_k", "min_p")
+# KV cache types. "f16": llama.cpp's defaults (f16 cache, flash attention where llama.cpp picks it), which move a
+# tiny float32 model's logits by ~1e-4 of their scale; "f32": f32 cache without flash attention (whose CPU kernel
+# computes in f16), within float32 rounding of transformers' logits, for fidelity checks
+KV_TYPES = {"f16": "GGML_TYPE_F16", "f32": "GGML_TYPE_F32"}
 
 
 class LlamaCppUnavailableError(ImportError):
@@ -292,6 +296,9 @@ def context_cells(prompt_lengths: Sequence[int], max_new_tokens: int) -> int:
 class LlamaEngine:
     """Batched sampling from a GGUF with llama.cpp (optionally with a GGUF LoRA adapter applied at ``lora_scale``).
 
+    ``kv_type``: ``"f16"`` (llama.cpp's defaults: f16 KV cache and flash attention, what sampling uses) or
+    ``"f32"`` (f32 KV cache, no flash attention: float32 attention, slower, for fidelity checks).
+
     ``generate_completions`` takes the arguments of :func:`~trl_reasonmaxxer.rollouts.generate_completions` (minus
     model and tokenizer) and returns the same rows; ``eos_ids`` is the HF stop set (``rollouts.eos_token_ids``).
     """
@@ -304,6 +311,7 @@ class LlamaEngine:
         lora_path: str | None = None,
         lora_scale: float = 1.0,
         kv_unified: bool = False,
+        kv_type: str = "f16",
     ):
         self.lib = import_llama_cpp()
         self.model_path = check_gguf_path(model_path)
@@ -312,6 +320,9 @@ class LlamaEngine:
             raise ValueError("The llama.cpp engine needs the EOS token ids that end a completion.")
         self.n_threads = n_threads  # None: the free cores, measured at each call
         self.kv_unified = kv_unified
+        if kv_type not in KV_TYPES:
+            raise ValueError(f"kv_type must be one of {', '.join(KV_TYPES)}, got {kv_type!r}.")
+        self.kv_type = kv_type  # read when a context is made (at each call)
         self.lora_path, self.lora_scale = lora_path, lora_scale
         self.workdir: str | None = None  # a temporary folder (the converted adapter) that close() removes
         self.model = None
@@ -375,6 +386,9 @@ class LlamaEngine:
         self.last_threads = self.threads()
         params.n_threads = params.n_threads_batch = self.last_threads
         params.kv_unified = self.kv_unified
+        params.type_k = params.type_v = getattr(lib, KV_TYPES[self.kv_type])
+        if self.kv_type == "f32":  # the CPU flash-attention kernel computes in f16 whatever the cache's type
+            params.flash_attn_type = lib.LLAMA_FLASH_ATTN_TYPE_DISABLED
         params.no_perf = True
         ctx = lib.llama_init_from_model(self.model, params)
         if not ctx:
@@ -744,21 +758,25 @@ def rollout_engine(model, tokenizer, args) -> LlamaRollouts | None:
 
 
 def adapter_to_gguf(model, out_dir: str, base_arch: str) -> tuple[str, float]:
-    """Save ``model``'s active PEFT adapter and convert it to a GGUF LoRA (``gguf_export.peft_to_gguf_lora``)."""
+    """Save ``model``'s active PEFT adapter and convert it to a GGUF LoRA (``gguf_export.peft_to_gguf_lora``), with
+    the in-memory base config (the llama architecture's q/k layout needs its head counts)."""
     from .gguf_export import peft_to_gguf_lora
 
     name = model.active_adapter
     model.save_pretrained(out_dir, selected_adapters=[name])
     adapter_dir = out_dir if name == "default" else os.path.join(out_dir, name)
-    return peft_to_gguf_lora(adapter_dir, os.path.join(out_dir, "adapter.gguf"), base_arch=base_arch), 1.0
+    base_config = model.get_base_model().config.to_dict()
+    out = os.path.join(out_dir, "adapter.gguf")
+    return peft_to_gguf_lora(adapter_dir, out, base_arch=base_arch, base_config=base_config), 1.0
 
 
 def gguf_architecture(path: str) -> str:
+    """``general.architecture`` of a GGUF file."""
     import gguf
 
-    reader = gguf.GGUFReader(path)
-    field = reader.fields["general.architecture"]
-    return bytes(field.parts[field.data[0]]).decode()
+    from .gguf_export import gguf_field
+
+    return gguf_field(gguf.GGUFReader(path), gguf.Keys.General.ARCHITECTURE)
 
 
 def evaluation_engine(
