@@ -28,7 +28,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch
 
-from trl_reasonmaxxer.llama_engine import LlamaEngine, find_gguf, max_threads
+from trl_reasonmaxxer.llama_engine import LlamaEngine, max_threads
 from trl_reasonmaxxer.rollouts import eos_token_ids, generate_completions, tokenize_prompt
 
 
@@ -77,13 +77,13 @@ def setup(ns: argparse.Namespace, workdir: str):
         texts = [f"what is {i % 10} plus {(3 * i) % 10} ?" for i in range(64)]
         prompts = [tokenize_prompt(tokenizer, [{"role": "user", "content": t}]) for t in texts]
         return model.eval(), tokenizer, gguf, prompts
-    from trl_reasonmaxxer.models import resolve_model
+    from trl_reasonmaxxer.models import embedded_gguf, resolve_model
     from trl_reasonmaxxer.tasks import load_task
 
     path = resolve_model(ns.model)
     tokenizer = AutoTokenizer.from_pretrained(path)
     model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
-    gguf = ns.gguf or find_gguf(path)
+    gguf = ns.gguf or embedded_gguf(path)
     if gguf is None and LLAMA in ns.engines:
         raise SystemExit(f"No GGUF for {path}: pass --gguf <file>.")
     needed = max(math.ceil(b * ns.waves / min(ns.rollout_samples, ns.eval_samples)) for b in ns.batch_sizes)

@@ -24,7 +24,7 @@ from trl_reasonmaxxer.gguf_export import (  # noqa: E402
 from trl_reasonmaxxer.testing import make_tiny_model, make_tiny_tokenizer, save_tiny_gguf  # noqa: E402
 
 
-HAVE_LLAMA_CPP = importlib.util.find_spec("llama_cpp") is not None
+HAVE_LLAMA_CPP = importlib.util.find_spec("llama_cpp") is not None  # the engine's dependency (the cpu extra)
 ATTN = ["q_proj", "k_proj", "v_proj", "o_proj"]
 MLP = ["gate_proj", "up_proj", "down_proj"]
 PROMPT = [[9, 4, 10, 8, 10, 12, 6, 5, 4, 7]]  # "what is 1 plus 1 ? the answer is 2" in the tiny vocabulary
@@ -381,31 +381,27 @@ needs_llama_cpp = pytest.mark.skipif(not HAVE_LLAMA_CPP, reason="llama_cpp (llam
 
 
 def llama_cpp_logits(model_path, lora_path=None) -> np.ndarray:
-    """Next-token logits at every position of ``PROMPT`` from llama.cpp, optionally with a GGUF LoRA applied."""
-    from llama_cpp import GGML_TYPE_F32, Llama
+    """Next-token logits at every position of ``PROMPT`` but the last from llama.cpp (the engine with a float32 KV
+    cache and attention: its f16 defaults alone move these logits by 4-6e-3, float32 by ~3e-6), optionally with a
+    GGUF LoRA applied."""
+    from trl_reasonmaxxer.llama_engine import LlamaEngine
 
-    kwargs = {"lora_path": str(lora_path)} if lora_path else {}
-    llm = Llama(
-        str(model_path),
-        n_ctx=32,
-        n_batch=32,
-        logits_all=True,
-        n_threads=1,
-        type_k=GGML_TYPE_F32,  # the default f16 KV cache alone moves these logits by ~5e-3
-        type_v=GGML_TYPE_F32,
-        verbose=False,
-        **kwargs,
-    )
+    eos = {make_tiny_tokenizer().eos_token_id}
+    engine = LlamaEngine(str(model_path), eos, n_threads=1, lora_path=lora_path and str(lora_path), kv_type="f32")
     try:
-        llm.eval(PROMPT[0])
-        return np.array(llm.scores[: len(PROMPT[0])], dtype=np.float32)
+        return engine.next_token_logits(PROMPT[0][:1], PROMPT[0][1:])
     finally:
-        llm.close()
+        engine.close()
+
+
+def hf_logits(model) -> np.ndarray:
+    """transformers' logits at the positions ``llama_cpp_logits`` returns."""
+    return logits_of(model)[:-1].numpy()
 
 
 @needs_llama_cpp
 def test_llama_cpp_applies_the_lora_like_peft(base, tmp_path):
-    """The adapter's logit change in llama.cpp equals PEFT's (float32 weights and KV cache: ~5e-6 apart here)."""
+    """The adapter's logit change in llama.cpp equals PEFT's (float32 weights, KV cache and attention: ~5e-6 apart here)."""
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
@@ -413,8 +409,8 @@ def test_llama_cpp_applies_the_lora_like_peft(base, tmp_path):
     adapter = make_adapter(folder, tmp_path / "adapter", targets=ATTN + MLP, use_rslora=True)
     lora = peft_to_gguf_lora(adapter, tmp_path / "lora.gguf")
     hf = AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.float32)
-    hf_base = logits_of(hf).numpy()
-    hf_lora = logits_of(PeftModel.from_pretrained(hf, str(adapter))).numpy()
+    hf_base = hf_logits(hf)
+    hf_lora = hf_logits(PeftModel.from_pretrained(hf, str(adapter)))
     cpp_base = llama_cpp_logits(base_gguf)
     cpp_lora = llama_cpp_logits(base_gguf, lora)
     np.testing.assert_allclose(cpp_base, hf_base, atol=1e-4)
@@ -434,4 +430,4 @@ def test_llama_cpp_loads_the_merged_gguf(base, tmp_path):
     reference = PeftModel.from_pretrained(
         AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.float32), str(adapter)
     ).merge_and_unload()
-    np.testing.assert_allclose(llama_cpp_logits(merged), logits_of(reference).numpy(), atol=1e-4)
+    np.testing.assert_allclose(llama_cpp_logits(merged), hf_logits(reference), atol=1e-4)

@@ -434,19 +434,17 @@ def peft_to_gguf_lora(
 def find_base_gguf(model_dir_or_name: str, base_gguf: str | None = None) -> str | None:
     """The GGUF file a base model was born from, or ``None`` when it has none (a plain transformers folder).
 
-    ``base_gguf`` wins; ``"default"`` is the embedded model's joined GGUF (joined on first use, seconds); a
-    ``.gguf`` path is itself; a folder is the embedded model's cache folder or holds exactly one ``*.gguf``.
+    ``base_gguf`` wins; ``"default"`` or the embedded model's folder is its joined GGUF (``models.embedded_gguf``,
+    joined on first use, seconds); a ``.gguf`` path is itself; another folder holds exactly one ``*.gguf``.
     """
-    from .models import DEFAULT_ALIASES, GGUF_NAME, MODEL_DIRNAME, assemble_gguf, cache_root, locate_parts
+    from .models import embedded_gguf
 
     if base_gguf:
         return str(Path(base_gguf).expanduser())
+    embedded = embedded_gguf(model_dir_or_name)
+    if embedded is not None:
+        return embedded
     path = Path(model_dir_or_name).expanduser()
-    embedded = model_dir_or_name in DEFAULT_ALIASES or (
-        path.is_dir() and path.resolve() == (cache_root() / MODEL_DIRNAME).resolve()
-    )
-    if embedded:
-        return str(assemble_gguf(locate_parts(), cache_root() / "gguf" / GGUF_NAME))
     if path.is_file() and path.suffix == ".gguf":
         return str(path)
     found = sorted(path.glob("*.gguf")) if path.is_dir() else []

@@ -137,26 +137,6 @@ def model_folder(model) -> str | None:
     return getattr(getattr(base, "config", None), "_name_or_path", None) or None
 
 
-def find_gguf(model_or_path) -> str | None:
-    """The GGUF of a model when one is at hand: the embedded default's joined GGUF (kept next to its float32 folder
-    by ``models.default_model_path``, joined again from the installed part packages if it was deleted)."""
-    from . import models
-
-    name = model_or_path if isinstance(model_or_path, (str, os.PathLike)) else model_folder(model_or_path)
-    if not name:
-        return None
-    folder = Path(name).expanduser()
-    if folder.name != models.MODEL_DIRNAME or not folder.is_dir():
-        return None
-    gguf = folder.parent / "gguf" / models.GGUF_NAME
-    if not gguf.is_file():
-        try:
-            models.assemble_gguf(models.locate_parts(), gguf)
-        except models.MissingModelPartsError:
-            return None
-    return str(gguf)
-
-
 def max_threads() -> int:
     """The most threads llama.cpp may use: ``OMP_NUM_THREADS`` when set (as torch reads it), else the cores this
     process may run on."""
@@ -675,7 +655,13 @@ def resolve_llama_cpp(
         return None, f"the llama.cpp engine does not reproduce {', '.join(unsupported)}"
     if model_path is not None:
         return check_gguf_path(model_path), f"llama_cpp_model_path={model_path}"
-    path = find_gguf(model)
+    from . import models
+
+    folder = model_folder(model) if model is not None else None
+    try:  # the embedded default model's GGUF, when the model was loaded from its folder
+        path = models.embedded_gguf(folder) if folder else None
+    except models.MissingModelPartsError:
+        path = None
     if path is None:
         if explicit:
             raise GGUFNotFoundError(
