@@ -139,12 +139,24 @@ def test_auto_is_off_on_gpu_and_without_gguf(monkeypatch):
     assert path is None and "no GGUF" in why
     assert resolve_llama_cpp(None, model, unsupported=["repetition_penalty"])[0] is None
     assert resolve_llama_cpp(False, model)[0] is None
-    model.generation_config.repetition_penalty = 1.1  # generate would apply it, the engine would not
-    assert llama_engine.unsupported_settings(model=model) == ["generation_config.repetition_penalty"]
-    assert llama_engine.unsupported_settings(1.2, {"typical_p": 0.9}) == [
-        "repetition_penalty",
-        "generation_kwargs['typical_p']",
-    ]
+
+
+def test_unsupported_settings_and_resolved_sampling(tmp_path):
+    """Only a real repetition penalty or a generation_kwargs key that is not a sampling field keeps HF generate; keys
+    that override temperature/top_p/top_k/min_p/max_new_tokens are sampled with, as generate applies them."""
+    from .helpers import tiny_config
+
+    unsupported = llama_engine.unsupported_settings
+    assert unsupported() == [] and unsupported(None, {"do_sample": True}) == []
+    assert unsupported(1.2, {"typical_p": 0.9}) == ["repetition_penalty", "generation_kwargs['typical_p']"]
+    assert unsupported(1.0, {"repetition_penalty": 1.05}) == ["repetition_penalty"]
+    assert unsupported(1.2, {"repetition_penalty": 1.0, "temperature": 0.3, "max_new_tokens": 4}) == []
+    args = tiny_config(tmp_path, generation_kwargs={"temperature": 0.3, "top_k": 5, "max_new_tokens": 4})
+    assert args.generation_kwargs is None  # the config moved them into its fields
+    settings = {"temperature": 0.3, "top_p": args.top_p, "top_k": 5, "min_p": None, "max_completion_length": 4}
+    assert llama_engine.sampling_settings(args) == settings
+    args.generation_kwargs = {"top_p": 0.5, "max_tokens": 2, "min_p": 0.1}  # changed after validation: still wins
+    assert llama_engine.sampling_settings(args) == settings | {"top_p": 0.5, "max_completion_length": 2, "min_p": 0.1}
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -353,6 +365,7 @@ def test_trainer_rollouts_with_llama_cpp(tiny, tmp_path, capsys):
     )
     trainer = ReasonMaxxerTrainer(model=tiny.folder, reward_funcs=math_accuracy_reward, args=args, train_dataset=data)
     assert "rollouts: llama.cpp engine on tiny-f32.gguf" in capsys.readouterr().err
+    assert trainer.rollout_engine_name == "llama.cpp"
     pool = trainer.build_rollout_dataset()
     assert len(pool) == 3 * args.num_generations
     assert sorted(set(pool["prompt_index"])) == [0, 1, 2]
@@ -370,6 +383,39 @@ def test_trainer_rollouts_with_llama_cpp(tiny, tmp_path, capsys):
     assert hf.rollout_cache_dir != trainer.rollout_cache_dir
 
 
+@needs_llama
+def test_trainer_engine_honours_generation_kwargs_and_refuses_a_penalty(tiny, tmp_path, capsys):
+    """generation_kwargs naming sampling fields keep the llama.cpp engine (and set its budget); a repetition penalty
+    keeps generate, said in one line (and is an error with use_llama_cpp=True)."""
+    from trl_reasonmaxxer import ReasonMaxxerTrainer
+    from trl_reasonmaxxer.rewards import math_accuracy_reward
+
+    from .helpers import tiny_config
+
+    data = Dataset.from_dict({"prompt": [[{"role": "user", "content": w}] for w in WORDS[:2]], "solution": ["2", "7"]})
+    kwargs = dict(llama_cpp_model_path=tiny.gguf, max_completion_length=8, rollout_batch_size=4)
+    args = tiny_config(tmp_path, generation_kwargs={"max_new_tokens": 2, "top_k": 3, "temperature": 0.7}, **kwargs)
+    trainer = ReasonMaxxerTrainer(model=tiny.folder, reward_funcs=math_accuracy_reward, args=args, train_dataset=data)
+    assert trainer.rollout_engine_name == "llama.cpp"
+    assert all(len(row["completion_ids"]) <= 2 for row in trainer.build_rollout_dataset())
+    capsys.readouterr()
+    args = tiny_config(tmp_path, repetition_penalty=1.1, **kwargs)
+    trainer = ReasonMaxxerTrainer(model=tiny.folder, reward_funcs=math_accuracy_reward, args=args, train_dataset=data)
+    assert trainer.rollout_engine_name == "transformers"
+    lines = [line for line in capsys.readouterr().err.splitlines() if "rollouts:" in line]
+    assert lines == [
+        "[trl_reasonmaxxer] rollouts: transformers generate (the llama.cpp engine does not reproduce "
+        "repetition_penalty)"
+    ]
+    with pytest.raises(ValueError, match="cannot reproduce repetition_penalty"):
+        ReasonMaxxerTrainer(
+            model=tiny.folder,
+            reward_funcs=math_accuracy_reward,
+            args=tiny_config(tmp_path, repetition_penalty=1.1, use_llama_cpp=True, **kwargs),
+            train_dataset=data,
+        )
+
+
 def test_trainer_auto_uses_generate_without_gguf(tiny_model_dir, tmp_path, capsys):
     from trl_reasonmaxxer import ReasonMaxxerTrainer
     from trl_reasonmaxxer.rewards import math_accuracy_reward
@@ -382,7 +428,7 @@ def test_trainer_auto_uses_generate_without_gguf(tiny_model_dir, tmp_path, capsy
         args=tiny_config(tmp_path),
         train_dataset=chat_prompts(),
     )
-    assert trainer._llama_rollouts is None
+    assert trainer.rollout_engine_name == "transformers"
     assert "rollouts: transformers generate" in capsys.readouterr().err
 
 

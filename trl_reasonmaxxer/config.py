@@ -126,8 +126,9 @@ class ReasonMaxxerConfig(GRPOConfig):
         Sample the rollouts with llama.cpp from a GGUF of the model: the same rows, about 2x faster than float32
         `generate` on CPU, seeded per prompt; log-probs for the loss still come from the model itself. `None` (auto):
         on when there is no CUDA GPU, `pip install 'trl-reasonmaxxer[cpu]'` is installed, a GGUF is at hand (the
-        embedded default model's, or `llama_cpp_model_path`) and no `repetition_penalty`/`generation_kwargs` are set.
-        `True` makes a missing piece an error.
+        embedded default model's, or `llama_cpp_model_path`), `repetition_penalty` is 1 and `generation_kwargs` set
+        nothing but the sampling fields above (those it samples with, as `generate` does). `True` makes a missing
+        piece an error.
     llama_cpp_model_path (`str` or `None`, *optional*, defaults to `None`):
         The model as a GGUF file (its vocabulary must be the tokenizer's). Not needed for the embedded default model.
     llama_cpp_n_threads (`int` or `None`, *optional*, defaults to `None`):
@@ -494,15 +495,24 @@ def _apply_generation_kwargs(config) -> None:
                 "rollouts of a prompt are identical. Use a small temperature (e.g. 0.1) instead."
             )
         kwargs = {k: v for k, v in kwargs.items() if k != "do_sample"}  # rollouts are always sampled
-    moved = {k: v for k, v in kwargs.items() if k in GENERATION_KWARGS_FIELDS}
-    for key, value in moved.items():
-        name = GENERATION_KWARGS_FIELDS[key]
-        if getattr(config, name) != value:
+    for key, value in kwargs.items():
+        name = GENERATION_KWARGS_FIELDS.get(key)
+        if name is not None and getattr(config, name) != value:
             logger.info(
                 "generation_kwargs[%r]=%r overrides %s=%r, as in GRPO.", key, value, name, getattr(config, name)
             )
+    fields, rest = split_generation_kwargs(kwargs)
+    for name, value in fields.items():
         setattr(config, name, value)
-    config.generation_kwargs = {k: v for k, v in kwargs.items() if k not in moved} or None
+    config.generation_kwargs = rest or None
+
+
+def split_generation_kwargs(kwargs: dict | None) -> tuple[dict, dict]:
+    """``(fields, rest)``: the ``generation_kwargs`` that name one of the config's sampling fields, as ``{field:
+    value}`` (``max_new_tokens``/``max_tokens`` give ``max_completion_length``), and the other keys as they are."""
+    kwargs = kwargs or {}
+    fields = {GENERATION_KWARGS_FIELDS[k]: v for k, v in kwargs.items() if k in GENERATION_KWARGS_FIELDS}
+    return fields, {k: v for k, v in kwargs.items() if k not in GENERATION_KWARGS_FIELDS}
 
 
 def ignored_grpo_arguments(config: GRPOConfig) -> list[str]:

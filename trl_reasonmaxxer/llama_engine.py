@@ -38,8 +38,9 @@ logger = logging.getLogger(__name__)
 INSTALL_HINT = "pip install 'trl-reasonmaxxer[cpu]'"
 MIN_VERSION = (0, 3, 36)
 GGUF_MAGIC = b"GGUF"
-# HF sampling settings the engine reproduces; anything else (repetition_penalty, generation_kwargs) stays with HF
-SUPPORTED_SAMPLING = ("temperature", "top_p", "top_k", "min_p")
+# The config's sampling fields the engine reproduces (generation_kwargs naming them included); a repetition_penalty
+# other than 1 or any other generation_kwargs key keeps HF generate
+SAMPLING_FIELDS = ("temperature", "top_p", "top_k", "min_p", "max_completion_length")
 # KV cache types. "f16": llama.cpp's defaults (f16 cache, flash attention where llama.cpp picks it), which move a
 # tiny float32 model's logits by ~1e-4 of their scale; "f32": f32 cache without flash attention (whose CPU kernel
 # computes in f16), within float32 rounding of transformers' logits, for fidelity checks
@@ -696,14 +697,15 @@ class LlamaRollouts:
             self.engine = LlamaEngine(self.gguf_path, self.eos_ids, n_threads=a.llama_cpp_n_threads)
             if self.tokenizer is not None:
                 self.engine.check_tokenizer(self.tokenizer)
+        s = sampling_settings(a)
         return self.engine.generate_completions(
             prompt_ids,
             num_generations=a.num_generations,
-            max_new_tokens=a.max_completion_length,
-            temperature=a.temperature,
-            top_p=a.top_p,
-            top_k=a.top_k or 0,
-            min_p=a.min_p,
+            max_new_tokens=s["max_completion_length"],
+            temperature=s["temperature"],
+            top_p=s["top_p"],
+            top_k=s["top_k"] or 0,
+            min_p=s["min_p"],
             batch_size=a.rollout_batch_size,
             seed=a.seed,
             prompt_indices=prompt_indices,
@@ -717,23 +719,34 @@ class LlamaRollouts:
             self.engine = None
 
 
-def unsupported_settings(
-    repetition_penalty: float | None = 1.0, generation_kwargs: dict | None = None, model=None
-) -> list[str]:
-    """The sampling settings in use that the engine does not reproduce (``generate`` also applies a
-    ``repetition_penalty`` from the model's generation config)."""
-    names = [] if repetition_penalty in (None, 1.0) else ["repetition_penalty"]
-    configured = getattr(getattr(model, "generation_config", None), "repetition_penalty", None)
-    if configured not in (None, 1.0):
-        names.append("generation_config.repetition_penalty")
-    return names + [f"generation_kwargs[{k!r}]" for k in (generation_kwargs or {})]
+def sampling_settings(args) -> dict:
+    """The config's :data:`SAMPLING_FIELDS` as HF ``generate`` applies them: ``generation_kwargs`` that name one of
+    them win, as in GRPO (``config.split_generation_kwargs``; the config's validation already moved them into the
+    fields, this also covers a config changed afterwards), so llama.cpp samples the distribution HF would."""
+    from .config import split_generation_kwargs
+
+    overrides, _ = split_generation_kwargs(args.generation_kwargs)
+    return {name: overrides.get(name, getattr(args, name)) for name in SAMPLING_FIELDS}
+
+
+def unsupported_settings(repetition_penalty: float | None = 1.0, generation_kwargs: dict | None = None) -> list[str]:
+    """The sampling settings in use that the engine does not reproduce: a ``repetition_penalty`` other than 1 (from
+    the config or ``generation_kwargs``), and ``generation_kwargs`` keys other than the sampling fields. The model's
+    ``generation_config`` is not among them: the rollouts pass every sampling setting to ``generate`` explicitly."""
+    from .config import split_generation_kwargs
+
+    overrides, rest = split_generation_kwargs(generation_kwargs)
+    penalty = overrides.get("repetition_penalty", repetition_penalty)
+    names = [] if penalty in (None, 1.0) else ["repetition_penalty"]
+    rest = {k: v for k, v in rest.items() if not (k == "do_sample" and v is True)}  # the rollouts always sample
+    return names + [f"generation_kwargs[{k!r}]" for k in rest]
 
 
 def rollout_engine(model, tokenizer, args) -> LlamaRollouts | None:
     """The trainer's choice of rollout engine from its config, announced in one line; None means HF ``generate``."""
     if getattr(args, "use_vllm", False):
         return None
-    unsupported = unsupported_settings(args.repetition_penalty, args.generation_kwargs, model)
+    unsupported = unsupported_settings(args.repetition_penalty, args.generation_kwargs)
     path, why = resolve_llama_cpp(args.use_llama_cpp, model, args.llama_cpp_model_path, unsupported)
     if path is None:
         announce(f"rollouts: transformers generate ({why})", key=f"rollouts:hf:{why}")
@@ -771,7 +784,7 @@ def evaluation_engine(
     """The engine :func:`~trl_reasonmaxxer.evaluation.evaluate` samples with, announced in one line; None means HF.
 
     A PEFT model is evaluated as base GGUF + its adapter converted to a GGUF LoRA, applied at run time."""
-    path, why = resolve_llama_cpp(use_llama_cpp, model, model_path, unsupported_settings(model=model))
+    path, why = resolve_llama_cpp(use_llama_cpp, model, model_path)
     if path is None:
         announce(f"evaluation: transformers generate ({why})", key=f"evaluation:hf:{why}")
         return None

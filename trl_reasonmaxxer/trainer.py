@@ -293,6 +293,11 @@ class ReasonMaxxerTrainer(_BaseTrainer):
 
     # ---------------------------------------------------------------- offline phase
     @property
+    def rollout_engine_name(self) -> str:
+        """What the offline rollouts are sampled with: ``"vllm"``, ``"llama.cpp"`` or ``"transformers"``."""
+        return "vllm" if self._use_vllm else "transformers" if self._llama_rollouts is None else "llama.cpp"
+
+    @property
     def rollout_cache_dir(self) -> str:
         """Where this model/prompts/sampling combination caches its rollouts."""
         a = self.args
