@@ -293,11 +293,6 @@ class ReasonMaxxerTrainer(_BaseTrainer):
 
     # ---------------------------------------------------------------- offline phase
     @property
-    def rollout_engine_name(self) -> str:
-        """What the offline rollouts are sampled with: ``"vllm"``, ``"llama.cpp"`` or ``"transformers"``."""
-        return "vllm" if self._use_vllm else "transformers" if self._llama_rollouts is None else "llama.cpp"
-
-    @property
     def rollout_cache_dir(self) -> str:
         """Where this model/prompts/sampling combination caches its rollouts."""
         a = self.args
@@ -643,6 +638,11 @@ class ReasonMaxxerTrainer(_BaseTrainer):
         logs.update(metrics)
         super().log(logs, start_time)
         self._metrics[mode].clear()
+
+    @property
+    def rollout_engine_name(self) -> str:
+        """What the offline rollouts are sampled with: ``"vllm"``, ``"llama.cpp"`` or ``"transformers"``."""
+        return "vllm" if self._use_vllm else "transformers" if self._llama_rollouts is None else "llama.cpp"
 
     # ---------------------------------------------------------------- model card and Hub
     def create_model_card(self, model_name=None, dataset_name=None, tags=None):
