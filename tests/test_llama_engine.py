@@ -531,3 +531,63 @@ def test_rollout_speed_benchmark_quick(tmp_path, capsys):
     assert report["kl_per_token"]["mean"] < 1e-3  # float32 GGUF: llama.cpp and transformers agree
     assert "start" in report["load_average"] and "commit" in report
     assert capsys.readouterr().out.strip().splitlines()[-1].startswith("speedup vs hf-fp32 at batch 32: ")
+
+
+@needs_llama
+def test_grpo_samples_through_the_engine_with_the_current_lora(tiny, tmp_path, monkeypatch):
+    """TRL's GRPOTrainer with ``rollout_func=GRPORollouts``: each step's completions come from llama.cpp, with the
+    policy's LoRA exported at every step; afterwards the engine's adapter is the trained one (logits of PEFT)."""
+    from peft import LoraConfig
+    from trl import GRPOConfig, GRPOTrainer
+
+    from .helpers import FAST, alternating_reward
+
+    rollouts = llama_engine.grpo_rollout_func(tiny.model, True, tiny.gguf, n_threads=1)
+    calls = []
+    sample = llama_engine.LlamaEngine.generate_completions
+    monkeypatch.setattr(
+        llama_engine.LlamaEngine,
+        "generate_completions",
+        lambda self, *a, **k: calls.append((self.lora_path, k["num_generations"])) or sample(self, *a, **k),
+    )
+    data = Dataset.from_dict({"prompt": [[{"role": "user", "content": w}] for w in WORDS[:2]]})
+    args = GRPOConfig(
+        **FAST,
+        bf16=False,  # float32, as the comparison runs GRPO on a CPU
+        output_dir=str(tmp_path),
+        max_steps=2,
+        per_device_train_batch_size=4,
+        num_generations=4,
+        max_completion_length=4,
+        learning_rate=0.05,
+        temperature=1.0,
+    )
+    lora = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "k_proj", "v_proj", "o_proj"])
+    trainer = GRPOTrainer(
+        model=tiny.folder,
+        reward_funcs=alternating_reward,
+        args=args,
+        train_dataset=data,
+        processing_class=tiny.tokenizer,
+        peft_config=lora,
+        rollout_func=rollouts,
+    )
+    try:
+        trainer.train()
+        assert trainer.state.global_step == 2
+        assert len(calls) == 2 and all(n == 4 for _, n in calls)  # one prompt x 4 generations per step
+        assert rollouts.step == 1 and rollouts.engine.adapter is not None
+        assert rollouts(data["prompt"][:1] * 4, trainer)["completion_ids"]  # step 2: the trained adapter
+        ids, completion = tiny.prompts[0], [5, 6, 7]
+        rollouts.engine.kv_type = "f32"
+        ours = torch.from_numpy(rollouts.engine.next_token_logits(ids, completion))
+        policy = trainer.model.eval()
+        assert policy.dtype == torch.float32
+        with torch.no_grad():
+            theirs = policy(torch.tensor([ids + completion])).logits[0, len(ids) - 1 : -1]
+            with policy.disable_adapter():
+                base = policy(torch.tensor([ids + completion])).logits[0, len(ids) - 1 : -1]
+        assert (theirs - base).abs().max() > 1e-2  # training moved the policy
+        assert (ours - theirs).abs().max() < 2e-5 * theirs.abs().max()
+    finally:
+        rollouts.close()

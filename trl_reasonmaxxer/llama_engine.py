@@ -318,14 +318,24 @@ class LlamaEngine:
         self.vocab = lib.llama_model_get_vocab(self.model)
         self.n_vocab = lib.llama_vocab_n_tokens(self.vocab)
         self.adapter = None
+        self.set_lora(lora_path, lora_scale)
+
+    def set_lora(self, lora_path: str | None, lora_scale: float = 1.0) -> None:
+        """Apply the GGUF LoRA ``lora_path`` (None: none) from the next call on, in place of the current one; the
+        base model stays loaded."""
+        lib, adapter = self.lib, None
         if lora_path is not None:
             check_gguf_path(lora_path)
-            self.adapter = lib.llama_adapter_lora_init(self.model, str(lora_path).encode())
-            if not self.adapter:
+            _LOG_TAIL.clear()
+            adapter = lib.llama_adapter_lora_init(self.model, str(lora_path).encode())
+            if not adapter:
                 raise ValueError(
                     f"llama.cpp could not load the LoRA adapter {str(lora_path)!r} for {self.model_path!r} (a GGUF "
                     f"LoRA of this base model is needed, see trl_reasonmaxxer.gguf_export).{_log_tail()}"
                 )
+        if self.adapter:
+            lib.llama_adapter_lora_free(self.adapter)
+        self.adapter, self.lora_path, self.lora_scale = adapter, lora_path, lora_scale
 
     # -- metadata
     def token_text(self, token: int) -> str:
@@ -754,6 +764,97 @@ def rollout_engine(model, tokenizer, args) -> LlamaRollouts | None:
     threads = describe_threads(args.llama_cpp_n_threads)
     announce(f"rollouts: llama.cpp engine on {Path(path).name} ({why}; {threads})", key=f"rollouts:llama:{path}")
     return LlamaRollouts(path, eos_token_ids(tokenizer, model), args, tokenizer)
+
+
+class GRPORollouts:
+    """A ``rollout_func`` for TRL's ``GRPOTrainer`` that samples with llama.cpp from ``gguf_path`` plus the policy's
+    current LoRA: whenever the trainer's step has changed, its adapter is saved, converted
+    (``gguf_export.peft_to_gguf_lora``) and swapped into the loaded engine (a few tens of ms for the 0.5B).
+
+    ``GRPOTrainer(..., peft_config=..., rollout_func=GRPORollouts(gguf_path))``. GRPO's own sampling settings are used
+    (``temperature``, ``top_p``, ``top_k``, ``min_p``, ``max_completion_length``, ``generation_kwargs`` naming them,
+    as :func:`sampling_settings`); a ``repetition_penalty`` or other ``generation_kwargs`` are refused. Prompts are
+    tokenized by the trainer itself, and each prompt's run of ``num_generations`` copies is sampled as one request
+    (prefilled once), seeded per call and sample. ``logprobs`` are None: without vLLM GRPO takes every log-prob from
+    the policy itself, so the samples are off-policy by llama.cpp's activation rounding, uncorrected, as in the
+    ReasonMaxxer trainer (docs/method.md, "CPU engine").
+    """
+
+    def __init__(self, gguf_path: str, n_threads: int | None = None):
+        self.gguf_path = check_gguf_path(gguf_path)
+        self.n_threads = n_threads
+        self.engine: LlamaEngine | None = None
+        self.workdir: str | None = None
+        self.step: int | None = None  # the trainer step whose adapter the engine holds
+        self.calls = 0
+
+    def _sync(self, trainer) -> None:
+        """Load the engine on the first call; export the policy's adapter whenever the step has changed."""
+        if self.engine is None:
+            problems = unsupported_settings(trainer.args.repetition_penalty, trainer.args.generation_kwargs)
+            if problems:
+                raise ValueError(f"GRPO rollouts with llama.cpp cannot reproduce {', '.join(problems)}.")
+            self.engine = LlamaEngine(self.gguf_path, set(trainer.eos_token_ids), n_threads=self.n_threads)
+            self.engine.check_tokenizer(trainer.processing_class)
+            self.workdir = tempfile.mkdtemp(prefix="trl_reasonmaxxer_grpo_lora_")
+        if trainer.state.global_step != self.step:
+            model = trainer.accelerator.unwrap_model(trainer.model)
+            lora, scale = adapter_to_gguf(model, self.workdir, gguf_architecture(self.gguf_path))
+            self.engine.set_lora(lora, scale)
+            self.step = trainer.state.global_step
+
+    def __call__(self, prompts: list, trainer) -> dict:
+        self._sync(trainer)
+        prompt_ids = [list(ids) for ids in trainer._tokenize_prompts(prompts)[0]]  # GRPO's own prompt ids
+        runs: list[int] = []  # lengths of the runs of identical prompts (GRPO's sampler repeats each in a row)
+        for i, ids in enumerate(prompt_ids):
+            if i and ids == prompt_ids[i - 1]:
+                runs[-1] += 1
+            else:
+                runs.append(1)
+        n = runs[0] if len(set(runs)) == 1 else 1
+        unique = prompt_ids[::n]
+        s = sampling_settings(trainer.args)
+        groups = self.engine.generate_completions(
+            unique,
+            num_generations=n,
+            max_new_tokens=s["max_completion_length"],
+            temperature=s["temperature"],
+            top_p=s["top_p"],
+            top_k=s["top_k"] or 0,
+            min_p=s["min_p"],
+            batch_size=len(prompt_ids),
+            seed=trainer.args.seed,
+            prompt_indices=[self.calls * len(unique) + i for i in range(len(unique))],  # new seeds at every call
+            desc="GRPO rollouts (llama.cpp)",
+            disable_progress=trainer.args.disable_tqdm,
+        )
+        self.calls += 1
+        completions = [row["completion_ids"] for group in groups for row in group]
+        return {"prompt_ids": prompt_ids, "completion_ids": completions, "logprobs": None}
+
+    def close(self) -> None:
+        if self.engine is not None:
+            self.engine.close()
+            self.engine = None
+        if self.workdir:
+            shutil.rmtree(self.workdir, ignore_errors=True)
+            self.workdir = None
+
+
+def grpo_rollout_func(model, use_llama_cpp: bool | None, model_path: str | None = None, n_threads=None):
+    """A :class:`GRPORollouts` for GRPO on ``model`` (before PEFT wraps it) when ``use_llama_cpp`` resolves to the
+    engine (as :func:`resolve_llama_cpp`), announced in one line; None: GRPO's own ``generate``."""
+    path, why = resolve_llama_cpp(use_llama_cpp, model, model_path)
+    if path is None:
+        announce(f"GRPO rollouts: transformers generate ({why})", key=f"grpo:hf:{why}")
+        return None
+    announce(
+        f"GRPO rollouts: llama.cpp engine on {Path(path).name} + the policy's LoRA, exported at every step ({why}; "
+        f"{describe_threads(n_threads)})",
+        key=f"grpo:llama:{path}",
+    )
+    return GRPORollouts(path, n_threads)
 
 
 def adapter_to_gguf(model, out_dir: str, base_arch: str) -> tuple[str, float]:
