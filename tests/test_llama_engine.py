@@ -153,10 +153,10 @@ def test_unsupported_settings_and_resolved_sampling(tmp_path):
     assert unsupported(1.2, {"repetition_penalty": 1.0, "temperature": 0.3, "max_new_tokens": 4}) == []
     args = tiny_config(tmp_path, generation_kwargs={"temperature": 0.3, "top_k": 5, "max_new_tokens": 4})
     assert args.generation_kwargs is None  # the config moved them into its fields
-    settings = {"temperature": 0.3, "top_p": args.top_p, "top_k": 5, "min_p": None, "max_completion_length": 4}
+    settings = {"temperature": 0.3, "top_p": args.top_p, "top_k": 5, "min_p": None, "max_new_tokens": 4}
     assert llama_engine.sampling_settings(args) == settings
     args.generation_kwargs = {"top_p": 0.5, "max_tokens": 2, "min_p": 0.1}  # changed after validation: still wins
-    assert llama_engine.sampling_settings(args) == settings | {"top_p": 0.5, "max_completion_length": 2, "min_p": 0.1}
+    assert llama_engine.sampling_settings(args) == settings | {"top_p": 0.5, "max_new_tokens": 2, "min_p": 0.1}
 
 
 # ---------------------------------------------------------------------------------------------------------

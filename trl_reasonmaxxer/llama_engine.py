@@ -707,15 +707,10 @@ class LlamaRollouts:
             self.engine = LlamaEngine(self.gguf_path, self.eos_ids, n_threads=a.llama_cpp_n_threads)
             if self.tokenizer is not None:
                 self.engine.check_tokenizer(self.tokenizer)
-        s = sampling_settings(a)
         return self.engine.generate_completions(
             prompt_ids,
             num_generations=a.num_generations,
-            max_new_tokens=s["max_completion_length"],
-            temperature=s["temperature"],
-            top_p=s["top_p"],
-            top_k=s["top_k"] or 0,
-            min_p=s["min_p"],
+            **sampling_settings(a),
             batch_size=a.rollout_batch_size,
             seed=a.seed,
             prompt_indices=prompt_indices,
@@ -730,13 +725,21 @@ class LlamaRollouts:
 
 
 def sampling_settings(args) -> dict:
-    """The config's :data:`SAMPLING_FIELDS` as HF ``generate`` applies them: ``generation_kwargs`` that name one of
-    them win, as in GRPO (``config.split_generation_kwargs``; the config's validation already moved them into the
-    fields, this also covers a config changed afterwards), so llama.cpp samples the distribution HF would."""
+    """:meth:`LlamaEngine.generate_completions` keywords from the config's :data:`SAMPLING_FIELDS` as HF ``generate``
+    applies them: ``generation_kwargs`` that name one of them win, as in GRPO (``config.split_generation_kwargs``;
+    the config's validation already moved them into the fields, this also covers a config changed afterwards), so
+    llama.cpp samples the distribution HF would."""
     from .config import split_generation_kwargs
 
     overrides, _ = split_generation_kwargs(args.generation_kwargs)
-    return {name: overrides.get(name, getattr(args, name)) for name in SAMPLING_FIELDS}
+    s = {name: overrides.get(name, getattr(args, name)) for name in SAMPLING_FIELDS}
+    return dict(
+        max_new_tokens=s["max_completion_length"],
+        temperature=s["temperature"],
+        top_p=s["top_p"],
+        top_k=s["top_k"] or 0,
+        min_p=s["min_p"],
+    )
 
 
 def unsupported_settings(repetition_penalty: float | None = 1.0, generation_kwargs: dict | None = None) -> list[str]:
@@ -814,15 +817,10 @@ class GRPORollouts:
                 runs.append(1)
         n = runs[0] if len(set(runs)) == 1 else 1
         unique = prompt_ids[::n]
-        s = sampling_settings(trainer.args)
         groups = self.engine.generate_completions(
             unique,
             num_generations=n,
-            max_new_tokens=s["max_completion_length"],
-            temperature=s["temperature"],
-            top_p=s["top_p"],
-            top_k=s["top_k"] or 0,
-            min_p=s["min_p"],
+            **sampling_settings(trainer.args),
             batch_size=len(prompt_ids),
             seed=trainer.args.seed,
             prompt_indices=[self.calls * len(unique) + i for i in range(len(unique))],  # new seeds at every call
