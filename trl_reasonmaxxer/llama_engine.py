@@ -789,6 +789,7 @@ class GRPORollouts:
         self.engine: LlamaEngine | None = None
         self.workdir: str | None = None
         self.step: int | None = None  # the trainer step whose adapter the engine holds
+        self.arch: str | None = None  # the base GGUF's architecture (the converter's q/k layout)
         self.calls = 0
 
     def _sync(self, trainer) -> None:
@@ -800,9 +801,10 @@ class GRPORollouts:
             self.engine = LlamaEngine(self.gguf_path, set(trainer.eos_token_ids), n_threads=self.n_threads)
             self.engine.check_tokenizer(trainer.processing_class)
             self.workdir = tempfile.mkdtemp(prefix="trl_reasonmaxxer_grpo_lora_")
+            self.arch = gguf_architecture(self.gguf_path)
         if trainer.state.global_step != self.step:
             model = trainer.accelerator.unwrap_model(trainer.model)
-            lora, scale = adapter_to_gguf(model, self.workdir, gguf_architecture(self.gguf_path))
+            lora, scale = adapter_to_gguf(model, self.workdir, self.arch)
             self.engine.set_lora(lora, scale)
             self.step = trainer.state.global_step
 
