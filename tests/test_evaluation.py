@@ -333,7 +333,7 @@ def test_eval_cli_checks_adapters_before_the_base_evaluation_and_saves_each_mode
         calls.append(desc)
         if len(calls) == 2:
             raise RuntimeError("CUDA out of memory (stand-in)")
-        return {"summary": {"pass@1": 0.5, "pass@1_stderr": 0.1}, "records": []}
+        return {"summary": {"pass@1": 0.5, "pass@1_stderr": 0.1, "engine": "transformers"}, "records": []}
 
     monkeypatch.setattr(evaluation, "evaluate", fake_evaluate)
     monkeypatch.setattr(evaluation, "load_model_for_eval", lambda model, adapter: (None, None))

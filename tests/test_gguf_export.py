@@ -19,13 +19,12 @@ from trl_reasonmaxxer.gguf_export import (  # noqa: E402
     lora_base_problems,
     merge_to_gguf,
     peft_to_gguf_lora,
-    permute_qk_rows,
     tensor_name_map,
 )
-from trl_reasonmaxxer.testing import make_tiny_tokenizer  # noqa: E402
+from trl_reasonmaxxer.testing import make_tiny_model, make_tiny_tokenizer, save_tiny_gguf  # noqa: E402
 
 
-HAVE_LLAMA_CPP = importlib.util.find_spec("llama_cpp") is not None
+HAVE_LLAMA_CPP = importlib.util.find_spec("llama_cpp") is not None  # the engine's dependency (the cpu extra)
 ATTN = ["q_proj", "k_proj", "v_proj", "o_proj"]
 MLP = ["gate_proj", "up_proj", "down_proj"]
 PROMPT = [[9, 4, 10, 8, 10, 12, 6, 5, 4, 7]]  # "what is 1 plus 1 ? the answer is 2" in the tiny vocabulary
@@ -37,26 +36,8 @@ PROMPT = [[9, 4, 10, 8, 10, 12, 6, 5, 4, 7]]  # "what is 1 plus 1 ? the answer i
 
 def make_base(arch: str, seed: int = 0):
     """A tiny random model of ``arch`` over the tiny tokenizer, with weights large enough to give peaked logits."""
-    from transformers import AutoConfig, AutoModelForCausalLM
-
     tokenizer = make_tiny_tokenizer()
-    torch.manual_seed(seed)
-    cfg = AutoConfig.for_model(
-        arch,
-        vocab_size=len(tokenizer),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=64,
-        rms_norm_eps=1e-6,
-        tie_word_embeddings=True,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-        bos_token_id=None,
-    )
-    model = AutoModelForCausalLM.from_config(cfg, dtype=torch.float32)
+    model = make_tiny_model(tokenizer, hidden_size=32, seed=seed, arch=arch)
     with torch.no_grad():
         for name, p in model.named_parameters():
             if p.ndim == 2:
@@ -64,54 +45,6 @@ def make_base(arch: str, seed: int = 0):
             elif "bias" in name:
                 p.normal_(0, 0.1)
     return model.eval(), tokenizer
-
-
-def write_tiny_gguf(model, tokenizer, path: Path) -> Path:
-    """A float32 GGUF of a tiny transformers model, with a small SentencePiece-style vocabulary for llama.cpp.
-
-    Test-only: the exporter itself never writes metadata from scratch (it copies a GGUF-born base's).
-    """
-    from trl_reasonmaxxer.gguf_export import QK_PERMUTED_ARCHS
-
-    cfg = model.config
-    arch = cfg.model_type
-    writer = gguf.GGUFWriter(str(path), arch)
-    writer.add_name(f"tiny {arch}")
-    writer.add_context_length(cfg.max_position_embeddings)
-    writer.add_embedding_length(cfg.hidden_size)
-    writer.add_block_count(cfg.num_hidden_layers)
-    writer.add_feed_forward_length(cfg.intermediate_size)
-    writer.add_head_count(cfg.num_attention_heads)
-    writer.add_head_count_kv(cfg.num_key_value_heads)
-    writer.add_rope_dimension_count(cfg.hidden_size // cfg.num_attention_heads)
-    writer.add_rope_freq_base(float((getattr(cfg, "rope_parameters", None) or {}).get("rope_theta", 10000.0)))
-    writer.add_layer_norm_rms_eps(cfg.rms_norm_eps)
-    writer.add_vocab_size(cfg.vocab_size)
-    writer.add_file_type(gguf.LlamaFileType.ALL_F32)
-    tokens = tokenizer.convert_ids_to_tokens(list(range(len(tokenizer))))
-    special = set(tokenizer.all_special_tokens)
-    writer.add_tokenizer_model("llama")
-    writer.add_token_list(tokens)
-    writer.add_token_scores([0.0] * len(tokens))
-    writer.add_token_types([3 if t in special else 1 for t in tokens])  # 3: control, 1: normal
-    writer.add_eos_token_id(tokenizer.eos_token_id)
-    writer.add_pad_token_id(tokenizer.pad_token_id)
-    writer.add_unk_token_id(tokenizer.unk_token_id)
-    writer.add_add_bos_token(False)
-    name_map = tensor_name_map(arch, cfg.num_hidden_layers)
-    for hf_name, tensor in model.state_dict().items():
-        if hf_name == "lm_head.weight":  # tied: the GGUF has no output.weight
-            continue
-        kind, name = name_map.get_type_and_name(hf_name, try_suffixes=(".weight", ".bias"))
-        if arch in QK_PERMUTED_ARCHS and kind in (gguf.MODEL_TENSOR.ATTN_Q, gguf.MODEL_TENSOR.ATTN_K):
-            heads = cfg.num_attention_heads if kind == gguf.MODEL_TENSOR.ATTN_Q else cfg.num_key_value_heads
-            tensor = permute_qk_rows(tensor, heads)
-        writer.add_tensor(name, tensor.detach().float().numpy().copy())
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
-    return path
 
 
 @pytest.fixture(scope="module", params=["llama", "qwen2"])
@@ -122,7 +55,7 @@ def base(request, tmp_path_factory):
     model, tokenizer = make_base(arch)
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
-    return arch, folder, write_tiny_gguf(model, tokenizer, folder / f"tiny-{arch}-f32.gguf")
+    return arch, folder, save_tiny_gguf(model, tokenizer, folder / f"tiny-{arch}-f32.gguf")
 
 
 def make_adapter(base_folder: Path, out: Path, targets=ATTN, seed: int = 1, **lora_kwargs) -> Path:
@@ -319,7 +252,7 @@ def test_lora_fits_base_check(base, tmp_path):
     assert lora_base_problems(lora, str(base_gguf)) == []
     other_arch = "qwen2" if arch == "llama" else "llama"
     model, tokenizer = make_base(other_arch)
-    other = write_tiny_gguf(model, tokenizer, tmp_path / "other.gguf")
+    other = save_tiny_gguf(model, tokenizer, tmp_path / "other.gguf")
     assert "architecture" in lora_base_problems(lora, str(other))[0]
 
 
@@ -391,7 +324,7 @@ def test_merge_keeps_a_trained_lm_head_of_a_tied_base(tmp_path):
 
     model, tokenizer = make_base("qwen2")
     model.save_pretrained(tmp_path / "base")
-    base_gguf = write_tiny_gguf(model, tokenizer, tmp_path / "base" / "tiny.gguf")
+    base_gguf = save_tiny_gguf(model, tokenizer, tmp_path / "base" / "tiny.gguf")
     adapter = make_adapter(tmp_path / "base", tmp_path / "adapter", modules_to_save=["lm_head"])
     from safetensors.torch import load_file, save_file
 
@@ -448,31 +381,27 @@ needs_llama_cpp = pytest.mark.skipif(not HAVE_LLAMA_CPP, reason="llama_cpp (llam
 
 
 def llama_cpp_logits(model_path, lora_path=None) -> np.ndarray:
-    """Next-token logits at every position of ``PROMPT`` from llama.cpp, optionally with a GGUF LoRA applied."""
-    from llama_cpp import GGML_TYPE_F32, Llama
+    """Next-token logits at every position of ``PROMPT`` but the last from llama.cpp (the engine with a float32 KV
+    cache and attention: its f16 defaults alone move these logits by 4-6e-3, float32 by ~3e-6), optionally with a
+    GGUF LoRA applied."""
+    from trl_reasonmaxxer.llama_engine import LlamaEngine
 
-    kwargs = {"lora_path": str(lora_path)} if lora_path else {}
-    llm = Llama(
-        str(model_path),
-        n_ctx=32,
-        n_batch=32,
-        logits_all=True,
-        n_threads=1,
-        type_k=GGML_TYPE_F32,  # the default f16 KV cache alone moves these logits by ~5e-3
-        type_v=GGML_TYPE_F32,
-        verbose=False,
-        **kwargs,
-    )
+    eos = {make_tiny_tokenizer().eos_token_id}
+    engine = LlamaEngine(str(model_path), eos, n_threads=1, lora_path=lora_path and str(lora_path), kv_type="f32")
     try:
-        llm.eval(PROMPT[0])
-        return np.array(llm.scores[: len(PROMPT[0])], dtype=np.float32)
+        return engine.next_token_logits(PROMPT[0][:1], PROMPT[0][1:])
     finally:
-        llm.close()
+        engine.close()
+
+
+def hf_logits(model) -> np.ndarray:
+    """transformers' logits at the positions ``llama_cpp_logits`` returns."""
+    return logits_of(model)[:-1].numpy()
 
 
 @needs_llama_cpp
 def test_llama_cpp_applies_the_lora_like_peft(base, tmp_path):
-    """The adapter's logit change in llama.cpp equals PEFT's (float32 weights and KV cache: ~5e-6 apart here)."""
+    """The adapter's logit change in llama.cpp equals PEFT's (float32 weights, KV cache and attention: ~5e-6 apart here)."""
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
@@ -480,8 +409,8 @@ def test_llama_cpp_applies_the_lora_like_peft(base, tmp_path):
     adapter = make_adapter(folder, tmp_path / "adapter", targets=ATTN + MLP, use_rslora=True)
     lora = peft_to_gguf_lora(adapter, tmp_path / "lora.gguf")
     hf = AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.float32)
-    hf_base = logits_of(hf).numpy()
-    hf_lora = logits_of(PeftModel.from_pretrained(hf, str(adapter))).numpy()
+    hf_base = hf_logits(hf)
+    hf_lora = hf_logits(PeftModel.from_pretrained(hf, str(adapter)))
     cpp_base = llama_cpp_logits(base_gguf)
     cpp_lora = llama_cpp_logits(base_gguf, lora)
     np.testing.assert_allclose(cpp_base, hf_base, atol=1e-4)
@@ -501,4 +430,4 @@ def test_llama_cpp_loads_the_merged_gguf(base, tmp_path):
     reference = PeftModel.from_pretrained(
         AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.float32), str(adapter)
     ).merge_and_unload()
-    np.testing.assert_allclose(llama_cpp_logits(merged), logits_of(reference).numpy(), atol=1e-4)
+    np.testing.assert_allclose(llama_cpp_logits(merged), hf_logits(reference), atol=1e-4)

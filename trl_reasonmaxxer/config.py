@@ -135,6 +135,23 @@ class ReasonMaxxerConfig(GRPOConfig):
             Colocate: put the engine to sleep (level 2) after the offline phase, so training gets all its GPU memory
             back.
 
+        > Parameters that control llama.cpp rollouts on CPU (the `cpu` extra)
+
+        use_llama_cpp (`bool` or `None`, *optional*, defaults to `None`):
+            Sample the rollouts with llama.cpp from a GGUF of the model: the same rows, about 2x faster than float32
+            `generate` on CPU, seeded per prompt; log-probs for the loss still come from the model itself. `None`
+            (auto): on when there is no CUDA GPU, `pip install 'trl-reasonmaxxer[cpu]'` is installed, a GGUF is at hand
+            (the embedded default model's, or `llama_cpp_model_path`), `repetition_penalty` is 1 and
+            `generation_kwargs` set nothing but the sampling fields above (those it samples with, as `generate` does).
+            `True` makes a missing piece an error.
+        llama_cpp_model_path (`str` or `None`, *optional*, defaults to `None`):
+            The model as a GGUF file (its vocabulary must be the tokenizer's). Not needed for the embedded default
+            model.
+        llama_cpp_n_threads (`int` or `None`, *optional*, defaults to `None`):
+            llama.cpp threads; `None`: the cores other processes leave free, measured at each call, at most
+            `OMP_NUM_THREADS` or the cores this process may use (llama.cpp's threads wait for each other at every
+            operation, so a thread sharing its core with another busy process slows them all down).
+
         > Parameters that control problem selection
 
         max_problems (`int`, *optional*, defaults to `50`):
@@ -278,6 +295,18 @@ class ReasonMaxxerConfig(GRPOConfig):
         },
     )
 
+    # Parameters that control llama.cpp rollouts on CPU (the `cpu` extra)
+    use_llama_cpp: bool | None = field(
+        default=None,
+        metadata={"help": "Rollouts with llama.cpp on CPU; None: when the cpu extra and a GGUF are there."},
+    )
+    llama_cpp_model_path: str | None = field(
+        default=None, metadata={"help": "GGUF file of the model for llama.cpp (the default model has its own)."}
+    )
+    llama_cpp_n_threads: int | None = field(
+        default=None, metadata={"help": "llama.cpp threads (None: the free cores)."}
+    )
+
     # Parameters that control problem selection
     max_problems: int = field(default=50, metadata={"help": "Mixed-success prompts kept (closest to p=0.5)."})
     advantage_clip: float = field(default=2.5, metadata={"help": "Advantages are clipped to +-this."})
@@ -348,6 +377,8 @@ class ReasonMaxxerConfig(GRPOConfig):
             )
         if self.success_threshold is not None and not math.isfinite(self.success_threshold):
             raise ValueError(f"success_threshold must be a finite number or None, got {self.success_threshold}.")
+        if self.use_llama_cpp and self.use_vllm:
+            raise ValueError("use_llama_cpp=True and use_vllm=True: choose one rollout engine.")
         try:
             # GRPOConfig.__post_init__ would size GRPO's generation batches (num_generations must divide them);
             # the offline method has none, so only the base config's checks apply.
@@ -450,6 +481,7 @@ def _check_sizes_and_ranges(config) -> None:
     _check_int("rollout_batch_size", config.rollout_batch_size, 0, hint="(0 means one prompt per generate call.)")
     _check_int("rollout_chunk_size", config.rollout_chunk_size, 1, optional=True, hint="None picks a default.")
     _check_int("scoring_batch_size", config.scoring_batch_size, 1)
+    _check_int("llama_cpp_n_threads", config.llama_cpp_n_threads, 1, optional=True, hint="None uses the free cores.")
     _check_int("per_device_train_batch_size", config.per_device_train_batch_size, 1)
     _check_int("gradient_accumulation_steps", config.gradient_accumulation_steps, 1)
     _check_int("max_completion_length", config.max_completion_length, 1, optional=True)
@@ -550,15 +582,24 @@ def _apply_generation_kwargs(config) -> None:
                 "rollouts of a prompt are identical. Use a small temperature (e.g. 0.1) instead."
             )
         kwargs = {k: v for k, v in kwargs.items() if k != "do_sample"}  # rollouts are always sampled
-    moved = {k: v for k, v in kwargs.items() if k in GENERATION_KWARGS_FIELDS}
-    for key, value in moved.items():
-        name = GENERATION_KWARGS_FIELDS[key]
-        if getattr(config, name) != value:
+    for key, value in kwargs.items():
+        name = GENERATION_KWARGS_FIELDS.get(key)
+        if name is not None and getattr(config, name) != value:
             logger.info(
                 "generation_kwargs[%r]=%r overrides %s=%r, as in GRPO.", key, value, name, getattr(config, name)
             )
+    fields, rest = split_generation_kwargs(kwargs)
+    for name, value in fields.items():
         setattr(config, name, value)
-    config.generation_kwargs = {k: v for k, v in kwargs.items() if k not in moved} or None
+    config.generation_kwargs = rest or None
+
+
+def split_generation_kwargs(kwargs: dict | None) -> tuple[dict, dict]:
+    """``(fields, rest)``: the ``generation_kwargs`` that name one of the config's sampling fields, as ``{field:
+    value}`` (``max_new_tokens``/``max_tokens`` give ``max_completion_length``), and the other keys as they are."""
+    kwargs = kwargs or {}
+    fields = {GENERATION_KWARGS_FIELDS[k]: v for k, v in kwargs.items() if k in GENERATION_KWARGS_FIELDS}
+    return fields, {k: v for k, v in kwargs.items() if k not in GENERATION_KWARGS_FIELDS}
 
 
 def ignored_grpo_arguments(config: GRPOConfig) -> list[str]:

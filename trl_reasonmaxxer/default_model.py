@@ -185,6 +185,29 @@ def default_model_path(cache_dir: str | None = None, force: bool = False) -> str
     return str(dest)
 
 
+def embedded_gguf(name_or_path: str | os.PathLike) -> str | None:
+    """The embedded default model's joined GGUF when ``name_or_path`` names that model (``"default"``, or its float32
+    folder, which :func:`default_model_path` keeps next to ``gguf/``), else None.
+
+    Joined from the part packages when it is missing (or the wrong size); a joined file is used as it is when the
+    packages are gone. Raises :class:`MissingModelPartsError` when there is neither.
+    """
+    if str(name_or_path) in DEFAULT_ALIASES:
+        folder = cache_root() / MODEL_DIRNAME
+    else:
+        folder = Path(name_or_path).expanduser()
+        if folder.name != MODEL_DIRNAME or not folder.is_dir():
+            return None
+    gguf_path = folder.parent / "gguf" / GGUF_NAME
+    try:
+        parts = locate_parts()
+    except MissingModelPartsError:
+        if gguf_path.is_file():
+            return str(gguf_path)
+        raise
+    return str(assemble_gguf(parts, gguf_path))
+
+
 def resolve_model(name_or_path: str) -> str:
     """Map ``"default"`` (or ``DEFAULT_MODEL``) to the embedded model's folder; pass anything else through."""
     if name_or_path in DEFAULT_ALIASES:

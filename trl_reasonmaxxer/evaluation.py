@@ -14,9 +14,11 @@ import time
 import warnings
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
+from functools import partial
 
 import torch
 
+from .llama_engine import evaluation_engine
 from .plotting import new_figure, save_figure
 from .rewards import call_reward_funcs, canonical_answer, extract_answer, math_accuracy_reward
 from .rollouts import generate_completions, tokenize_prompt
@@ -139,6 +141,9 @@ def evaluate(
     reward_fn: Callable = math_accuracy_reward,
     desc: str = "Evaluating",
     return_completions: bool = False,
+    use_llama_cpp: bool | None = None,
+    llama_cpp_model_path: str | None = None,
+    llama_cpp_n_threads: int | None = None,
 ) -> dict:
     """Sample ``num_samples`` completions per problem (and one greedy completion if ``greedy``) and score them.
 
@@ -154,6 +159,11 @@ def evaluate(
     completions), the settings and ``wall_time_s``. Each record holds a problem's ``id``, ``solution``,
     ``num_correct`` and per-sample ``answers``/``rewards``/``correct``/``completion_tokens``/``truncated``, and the
     greedy completion's ``greedy_answer``/``greedy_reward``/``greedy_correct`` (texts too if ``return_completions``).
+
+    ``use_llama_cpp``, ``llama_cpp_model_path``, ``llama_cpp_n_threads``: sample with llama.cpp on CPU, as the
+    trainer's options of the same names (None: when the ``cpu`` extra and the model's GGUF are at hand and the model's
+    weights are its folder's; a PEFT adapter is converted to a GGUF LoRA). Its samples are seeded per problem, so they
+    differ from ``generate``'s.
     """
     if num_samples < 0 or (num_samples == 0 and not greedy):
         raise ValueError(
@@ -168,10 +178,11 @@ def evaluate(
     start = time.perf_counter()
     prompt_ids = [tokenize_prompt(tokenizer, row["prompt"]) for row in rows]
 
+    engine = evaluation_engine(model, tokenizer, use_llama_cpp, llama_cpp_model_path, llama_cpp_n_threads)
+    sample = engine.generate_completions if engine is not None else partial(generate_completions, model, tokenizer)
+
     def generate(n: int, do_sample: bool, label: str) -> list[list[dict]]:
-        groups = generate_completions(
-            model,
-            tokenizer,
+        groups = sample(
             prompt_ids,
             num_generations=n,
             max_new_tokens=max_new_tokens,
@@ -184,8 +195,12 @@ def evaluate(
         )
         return grade_completions(rows, groups, tokenizer, reward_fn)
 
-    sampled = generate(num_samples, True, f"{num_samples} samples") if num_samples else None
-    greedy_out = [g[0] for g in generate(1, False, "greedy")] if greedy else None
+    try:
+        sampled = generate(num_samples, True, f"{num_samples} samples") if num_samples else None
+        greedy_out = [g[0] for g in generate(1, False, "greedy")] if greedy else None
+    finally:
+        if engine is not None:
+            engine.close()
 
     summary: dict = {
         "num_problems": len(rows),
@@ -195,6 +210,7 @@ def evaluate(
         "top_p": top_p,
         "max_new_tokens": max_new_tokens,
         "seed": seed,
+        "engine": "transformers" if engine is None else "llama.cpp",
     }
     records = [{"id": row.get("id", str(i)), "solution": row["solution"]} for i, row in enumerate(rows)]
     if sampled is not None:

@@ -36,7 +36,7 @@ MERGED_DTYPES = ("f16", "q8_0", "f32")
 # transformers ``model_type`` -> llama.cpp architecture, for the architectures whose q/k layout is known here.
 ARCH_FOR_MODEL_TYPE = {"llama": "llama", "mistral": "llama", "qwen2": "qwen2", "qwen3": "qwen3"}
 QK_PERMUTED_ARCHS = frozenset({"llama"})
-EMBEDDED_ARCH = "qwen2"  # the embedded default model (models.DEFAULT_MODEL)
+EMBEDDED_ARCH = "qwen2"  # the embedded default model (default_model.DEFAULT_MODEL)
 CONVERT_HF_HINT = (
     "llama.cpp's convert_hf_to_gguf.py (merge first: `PeftModel.from_pretrained(base, adapter).merge_and_unload()"
     ".save_pretrained(dir)`, then `python convert_hf_to_gguf.py dir --outtype f16`)"
@@ -386,12 +386,16 @@ def _tensor_order(name: str) -> tuple:
 
 
 def peft_to_gguf_lora(
-    adapter_dir: str | os.PathLike, out_path: str | os.PathLike, base_arch: str | None = None
+    adapter_dir: str | os.PathLike,
+    out_path: str | os.PathLike,
+    base_arch: str | None = None,
+    base_config: dict | None = None,
 ) -> str:
     """Convert a PEFT LoRA folder to a llama.cpp GGUF LoRA at ``out_path``; return the path.
 
     ``base_arch`` (``qwen2``, ``llama``, …) is used when the base model's ``config.json`` cannot be found from
-    ``base_model_name_or_path``. The factors are written in float32, unchanged except where llama.cpp needs it:
+    ``base_model_name_or_path``; ``base_config`` is that ``config.json`` as a dict when the caller has the base at hand
+    (a model in memory: ``model.config.to_dict()``), and then wins over the lookup. The factors are written in float32, unchanged except where llama.cpp needs it:
     rsLoRA is folded into ``adapter.lora.alpha``, per-module ``rank_pattern``/``alpha_pattern`` scales into
     ``lora_b``, and for the llama architecture the q/k rows of ``lora_b`` are put in llama.cpp's order.
     Settings with no llama.cpp form (DoRA, biases, ``modules_to_save``, embedding or ``lm_head`` targets, …) raise
@@ -400,7 +404,7 @@ def peft_to_gguf_lora(
     import gguf
 
     adapter_config, tensors = load_adapter(adapter_dir)
-    base_config = base_model_config(adapter_config)
+    base_config = base_config or base_model_config(adapter_config)
     arch = resolve_arch(base_config, base_arch)
     alpha, arrays = lora_gguf_tensors(adapter_config, tensors, arch, base_config)
     out = Path(out_path).expanduser()
@@ -430,19 +434,17 @@ def peft_to_gguf_lora(
 def find_base_gguf(model_dir_or_name: str, base_gguf: str | None = None) -> str | None:
     """The GGUF file a base model was born from, or ``None`` when it has none (a plain transformers folder).
 
-    ``base_gguf`` wins; ``"default"`` is the embedded model's joined GGUF (joined on first use, seconds); a
-    ``.gguf`` path is itself; a folder is the embedded model's cache folder or holds exactly one ``*.gguf``.
+    ``base_gguf`` wins; ``"default"`` or the embedded model's folder is its joined GGUF (``default_model.embedded_gguf``,
+    joined on first use, seconds); a ``.gguf`` path is itself; another folder holds exactly one ``*.gguf``.
     """
-    from .default_model import DEFAULT_ALIASES, GGUF_NAME, MODEL_DIRNAME, assemble_gguf, cache_root, locate_parts
+    from .default_model import embedded_gguf
 
     if base_gguf:
         return str(Path(base_gguf).expanduser())
+    embedded = embedded_gguf(model_dir_or_name)
+    if embedded is not None:
+        return embedded
     path = Path(model_dir_or_name).expanduser()
-    embedded = model_dir_or_name in DEFAULT_ALIASES or (
-        path.is_dir() and path.resolve() == (cache_root() / MODEL_DIRNAME).resolve()
-    )
-    if embedded:
-        return str(assemble_gguf(locate_parts(), cache_root() / "gguf" / GGUF_NAME))
     if path.is_file() and path.suffix == ".gguf":
         return str(path)
     found = sorted(path.glob("*.gguf")) if path.is_dir() else []

@@ -3,8 +3,9 @@
 :meth:`OfflinePhase.run` is the whole phase in four calls, and the steps follow below in that order:
 
 1. **generate** (:meth:`OfflinePhase.build_pool`, :func:`generate_pool`): the frozen base model (the adapter
-   disabled) samples ``num_generations`` rollouts per prompt, with HF ``generate`` (``rollouts.py``) or vLLM
-   (``vllm_backend.py``); :meth:`OfflinePhase.rollout_engine` picks the backend. Chunks of prompts are cached
+   disabled) samples ``num_generations`` rollouts per prompt, with HF ``generate`` (``rollouts.py``), vLLM
+   (``vllm_backend.py``) or llama.cpp on CPU (``llama_engine.py``); :meth:`OfflinePhase.rollout_engine` picks the
+   backend. Chunks of prompts are cached
    (``cache.py``), so an interrupted phase resumes at the first missing chunk; with several processes each one
    generates its shard of the chunks.
 2. **reward** (:meth:`OfflinePhase.reward`): the reward functions, called as GRPOTrainer calls them
@@ -34,7 +35,7 @@ from functools import cached_property, partial
 from accelerate.utils import gather_object
 from trl.trainer.utils import use_adapter
 
-from . import gating, selection
+from . import gating, llama_engine, selection
 from .cache import ChunkCache, chunked, default_chunk_size, fingerprint, model_fingerprint, save_pool, shard
 from .collator import build_pairs
 from .inputs import check_prompt_lengths, learned_position_limit
@@ -47,6 +48,9 @@ from .vllm_backend import VLLMRollouts, resolve_use_vllm
 logger = logging.getLogger(__name__)
 
 Scores = dict[int, tuple[list[float], list[float]]]  # row id -> (entropy, base log-probs) per completion token
+Engine = (
+    VLLMRollouts | llama_engine.LlamaRollouts
+)  # generate(prompt_ids, prompt_indices) and close(), seeded per prompt
 
 
 class OfflinePhase:
@@ -67,6 +71,8 @@ class OfflinePhase:
         self.model, self.tokenizer, self.args, self.accelerator = model, tokenizer, args, accelerator
         self.prompt_dataset, self.rollout_dataset, self.reward_funcs = prompt_dataset, rollout_dataset, reward_funcs
         self.use_vllm = resolve_use_vllm(args.use_vllm)
+        # llama.cpp on CPU when available (args.use_llama_cpp); None: transformers generate (or vLLM)
+        self.llama_rollouts = None if self.use_vllm else llama_engine.rollout_engine(model, tokenizer, args)
 
     def run(self, trainer_kwargs: Mapping | None = None) -> tuple[list[dict], dict[str, float]]:
         """The offline phase end to end; returns the training items and the pool statistics.
@@ -126,19 +132,20 @@ class OfflinePhase:
         acc.wait_for_everyone()
         return rows
 
-    def rollout_engine(self, cache: ChunkCache, num_chunks: int) -> VLLMRollouts | None:
-        """The rollout backend: a vLLM engine when ``use_vllm`` and some process has chunks to generate (every
-        process builds one then, because a colocated engine joins the launcher's process group); None means HF
-        ``generate`` (:meth:`generate`)."""
+    def rollout_engine(self, cache: ChunkCache, num_chunks: int) -> Engine | None:
+        """The rollout backend: with ``use_vllm`` a vLLM engine when some process has chunks to generate (every
+        process builds one then, because a colocated engine joins the launcher's process group); else the llama.cpp
+        engine when ``use_llama_cpp`` found a GGUF (``llama_engine.rollout_engine``); None means HF ``generate``
+        (:meth:`generate`)."""
         if not self.use_vllm:
-            return None
+            return self.llama_rollouts
         acc = self.accelerator
         mine = shard(range(num_chunks), acc.process_index, acc.num_processes)
         if not any(gather_object([any(not cache.has("generations", c) for c in mine)])):
             return None
         return VLLMRollouts(self.model, self.tokenizer, self.args, acc)
 
-    def generate(self, indices: list[int], engine: VLLMRollouts | None = None) -> list[list[dict]]:
+    def generate(self, indices: list[int], engine: Engine | None = None) -> list[list[dict]]:
         """Rollouts for a chunk of prompts: with the engine when one is given (seeded per prompt), else with HF
         ``generate`` seeded by the chunk's first prompt index."""
         a = self.args
@@ -241,6 +248,8 @@ class OfflinePhase:
         # a pool passed in is identified by its own fingerprint: only its scores get cached
         prompts = self.prompt_ids if self.rollout_dataset is None else self.rollout_dataset._fingerprint
         backend = ["vllm"] if self.use_vllm else []  # HF-generated caches predate the vLLM backend: same keys
+        if self.llama_rollouts is not None:  # llama.cpp draws other samples than generate
+            backend = ["llama_cpp", os.path.basename(self.llama_rollouts.gguf_path)]
         key = fingerprint(
             self.weights_fingerprint,
             prompts,
@@ -260,6 +269,11 @@ class OfflinePhase:
 
     def chunk_cache(self) -> ChunkCache:
         return ChunkCache(self.cache_dir if self.args.rollout_cache else None)
+
+    @property
+    def engine_name(self) -> str:
+        """What the rollouts are sampled with: ``"vllm"``, ``"llama.cpp"`` or ``"transformers"``."""
+        return "vllm" if self.use_vllm else "transformers" if self.llama_rollouts is None else "llama.cpp"
 
     @property
     def kept_in(self) -> str:

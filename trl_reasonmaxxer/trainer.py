@@ -223,6 +223,11 @@ class ReasonMaxxerTrainer(_BaseTrainer):
         """Where this model/prompts/sampling combination caches its rollouts (``output_dir/rollouts/<key>``)."""
         return self.offline.cache_dir
 
+    @property
+    def rollout_engine_name(self) -> str:
+        """What the offline rollouts are sampled with: ``"vllm"``, ``"llama.cpp"`` or ``"transformers"``."""
+        return self.offline.engine_name
+
     def build_rollout_dataset(self) -> Dataset:
         """Run (or resume) rollouts and rewards for every prompt; returns the pool, one row per rollout.
 

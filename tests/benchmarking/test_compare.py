@@ -1,6 +1,7 @@
 """GRPO vs ReasonMaxxer benchmark runner: the budget, the command line, local data, a --quick smoke run of the whole
 command on the tiny model, and what an interrupted run keeps."""
 
+import importlib.util
 import json
 import os
 
@@ -73,12 +74,23 @@ def test_quick_comparison_runs_end_to_end_on_the_tiny_model(tiny_model_dir, tmp_
     assert run["gate_ablation"]["random"]["ledger"]["token_totals"]["generated"] == 0
     assert set(report["summary"]["headline"]) == {"wall_s", "tokens"}
     assert not (out / "compare.partial.json").exists()  # superseded by the report
+    # which engine each phase used (no GGUF for the tiny model: transformers everywhere), also in the table
+    assert (
+        run["grpo"]["engines"]
+        == run["reasonmaxxer"]["engines"]
+        == {
+            "rollouts": "transformers",
+            "evaluation": "transformers",
+        }
+    )
+    assert report["summary"]["methods"]["base"]["engines"] == {"evaluation": "transformers"}
+    assert "engines: base evaluation transformers; GRPO rollouts transformers" in table
 
 
 def test_interrupted_comparison_keeps_the_methods_already_measured(tmp_path, monkeypatch):
     from trl_reasonmaxxer.benchmarking import compare
 
-    fake_eval = {"summary": {"pass@1": 0.25}}
+    fake_eval = {"summary": {"pass@1": 0.25, "engine": "transformers"}}
     monkeypatch.setattr(compare, "load_splits", lambda *a: {"pool": [], "validation": [], "test": []})
     monkeypatch.setattr(compare._Runner, "load", lambda self: (None, None))
     monkeypatch.setattr(compare._Runner, "evaluate", lambda self, *a, **k: fake_eval)
@@ -92,4 +104,42 @@ def test_interrupted_comparison_keeps_the_methods_already_measured(tmp_path, mon
         compare.run_comparison(output_dir=str(tmp_path), model=str(tmp_path), seeds=[3])
     partial = json.loads((tmp_path / "compare.partial.json").read_text())
     assert partial["base"]["test"] == fake_eval and partial["runs"] == [{"seed": 3, "grpo": {"seed_seen": 3}}]
+    assert partial["base"]["engines"] == {"evaluation": "transformers"}
     assert not (tmp_path / "compare.json").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(importlib.util.find_spec("llama_cpp") is None, reason="llama-cpp-python is not installed")
+def test_quick_comparison_with_llama_cpp_everywhere(tiny_model_dir, tmp_path, capsys):
+    """``--use_llama_cpp true --grpo_use_llama_cpp true``: every evaluation, ReasonMaxxer's rollouts and GRPO's
+    rollouts (TRL's rollout_func, the LoRA exported every step) sample with llama.cpp, and the report says so."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from trl_reasonmaxxer.testing import save_tiny_gguf
+
+    gguf = save_tiny_gguf(
+        AutoModelForCausalLM.from_pretrained(tiny_model_dir),
+        AutoTokenizer.from_pretrained(tiny_model_dir),
+        str(tmp_path / "tiny.gguf"),
+    )
+    data = tmp_path / "data.jsonl"
+    data.write_text(
+        "".join(
+            json.dumps({"prompt": [{"role": "user", "content": f"what is {i} plus 1 ?"}], "solution": str(i + 1)})
+            + "\n"
+            for i in range(8)
+        )
+    )
+    out = tmp_path / "out"
+    argv = ["compare", "--quick", "--model_name_or_path", tiny_model_dir, "--dataset_name", str(data)]
+    argv += ["--reward_func", "tests.helpers.alternating_reward", "--max_completion_length", "4"]
+    argv += ["--output_dir", str(out), "--use_llama_cpp", "true", "--llama_cpp_model_path", gguf]
+    cli.main([*argv, "--grpo_use_llama_cpp", "true"])
+    assert "GRPO rollouts: llama.cpp engine on tiny.gguf" in capsys.readouterr().err
+    report = json.loads((out / "compare.json").read_text())
+    both = {"rollouts": "llama.cpp", "evaluation": "llama.cpp"}
+    assert report["summary"]["methods"]["GRPO"]["engines"] == both
+    assert report["summary"]["methods"]["ReasonMaxxer"]["engines"] == both
+    assert report["base"]["engines"] == {"evaluation": "llama.cpp"}
+    assert report["config"]["budget"]["grpo_use_llama_cpp"] is True
+    assert 0 < report["runs"][0]["grpo"]["ledger"]["token_totals"]["generated"] <= 2 * 4 * 4

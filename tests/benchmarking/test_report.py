@@ -155,3 +155,24 @@ def test_format_table_shows_every_method_the_seed_count_and_the_headline():
     assert "0.400 ± 0.100" in table and "headline (wall_s): GRPO never reached it." in table
     assert table.splitlines()[2].split()[-5:] == ["—"] * 5  # base has no training cost
     assert table.splitlines()[3].split()[-1] == "2.00"  # peak GB
+    assert "engines" not in table  # a report from before the engines were recorded
+    methods = report["summary"]["methods"]
+    methods["GRPO"]["engines"] = {"rollouts": "transformers", "evaluation": "llama.cpp"}
+    methods["ReasonMaxxer"]["engines"] = {"rollouts": "llama.cpp", "evaluation": "llama.cpp"}
+    line = next(x for x in format_table(report).splitlines() if x.startswith("engines: "))
+    assert line == (
+        "engines: GRPO rollouts transformers, evaluation llama.cpp; ReasonMaxxer rollouts llama.cpp, evaluation "
+        "llama.cpp"
+    )
+
+
+def test_engines_used_pools_the_seeds():
+    from trl_reasonmaxxer.benchmarking.report import engines_used
+
+    same = {"rollouts": "llama.cpp", "evaluation": "llama.cpp"}
+    assert engines_used([same, same]) == same
+    assert engines_used([same, {"rollouts": "transformers"}]) == {
+        "rollouts": "llama.cpp + transformers",
+        "evaluation": "llama.cpp",
+    }
+    assert engines_used([{}]) == {}

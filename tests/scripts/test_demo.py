@@ -1,5 +1,7 @@
 """The demo's command line and report, without the real model (the real run is recorded in docs/benchmarks.md)."""
 
+import pytest
+
 from trl_reasonmaxxer import cli
 from trl_reasonmaxxer.scripts import demo
 
@@ -56,3 +58,42 @@ def test_format_table_shows_both_models_with_stderr():
     assert "base" in table and "reasonmaxxer" in table
     assert "0.250 ± 0.100" in table and "0.500 ± 0.100" in table
     assert "5 selected problems" in table and "eval_base 12s" in table
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("use_llama_cpp", [False, True])
+def test_demo_records_the_engine_of_each_phase(use_llama_cpp, tiny_model_dir, tmp_path, capsys, monkeypatch):
+    """The whole demo on the tiny model and a local train/test dataset: ``demo.json`` names the engine of the base
+    evaluation, the rollouts and the adapter's evaluation (llama.cpp applies the trained LoRA as a GGUF LoRA)."""
+    import json
+
+    from datasets import Dataset, DatasetDict
+
+    from ..helpers import alternating_reward
+
+    monkeypatch.setattr(demo, "math_accuracy_reward", alternating_reward)  # mixed groups from the tiny model
+    rows = [
+        {"prompt": [{"role": "user", "content": f"what is {i} plus 1 ?"}], "solution": str(i + 1)} for i in range(6)
+    ]
+    DatasetDict({"train": Dataset.from_list(rows), "test": Dataset.from_list(rows[:2])}).save_to_disk(tmp_path / "d")
+    argv = ["--quick", "--model_name_or_path", tiny_model_dir, "--dataset_name", str(tmp_path / "d")]
+    argv += ["--max_completion_length", "4", "--output_dir", str(tmp_path / "out"), "--use_llama_cpp", "false"]
+    engine = "transformers"
+    if use_llama_cpp:
+        pytest.importorskip("llama_cpp")
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        from trl_reasonmaxxer.testing import save_tiny_gguf
+
+        gguf = save_tiny_gguf(
+            AutoModelForCausalLM.from_pretrained(tiny_model_dir),
+            AutoTokenizer.from_pretrained(tiny_model_dir),
+            str(tmp_path / "tiny.gguf"),
+        )
+        argv[-1], engine = "true", "llama.cpp"
+        argv += ["--llama_cpp_model_path", gguf]
+    report = demo.main(parse(*argv))
+    engines = {"eval_base": engine, "rollouts": engine, "eval_reasonmaxxer": engine}
+    assert report["engines"] == engines
+    assert json.loads((tmp_path / "out" / "demo.json").read_text())["engines"] == engines
+    assert f"engines: eval_base {engine}, rollouts {engine}" in capsys.readouterr().out

@@ -64,3 +64,23 @@ def test_help_lists_the_config_flag(capsys):
     with pytest.raises(SystemExit):
         parse("--help")
     assert "--config FILE.yaml" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("command", ["train", "eval", "demo", "compare"])
+def test_every_generating_command_takes_the_llama_cpp_switch(command):
+    """``--use_llama_cpp true|false`` (unset: auto) and ``--llama_cpp_model_path`` on every command that samples."""
+    import importlib
+
+    parser = importlib.import_module(f"trl_reasonmaxxer.scripts.{command}").make_parser()
+
+    def switch(*argv):
+        holders = [obj for obj in parser.parse_args_and_config(list(argv)) if hasattr(obj, "use_llama_cpp")]
+        assert len(holders) == 1
+        return holders[0].use_llama_cpp, holders[0].llama_cpp_model_path
+
+    assert switch() == (None, None)
+    assert switch("--use_llama_cpp", "false") == (False, None)
+    assert switch("--use_llama_cpp", "true", "--llama_cpp_model_path", "m.gguf") == (True, "m.gguf")
+    if command == "compare":
+        _, budget = parser.parse_args_and_config(["--grpo_use_llama_cpp", "true"])
+        assert budget.grpo_use_llama_cpp is True and parser.parse_args_and_config([])[1].grpo_use_llama_cpp is False

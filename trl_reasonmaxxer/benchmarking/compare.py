@@ -80,6 +80,19 @@ class CompareConfig:
 
         max_problems (`int`, *optional*, defaults to `8`):
             Mixed-success problems kept.
+
+        > Generation engine (CPU)
+
+        use_llama_cpp (`bool` or `None`, *optional*, defaults to `None`):
+            Sample every evaluation and ReasonMaxxer's rollouts with llama.cpp (`ReasonMaxxerConfig.use_llama_cpp`):
+            `true`, `false`, or unset for auto (no CUDA GPU, the `cpu` extra and the model's GGUF at hand).
+        llama_cpp_model_path (`str` or `None`, *optional*, defaults to `None`):
+            The model as a GGUF file for llama.cpp (the embedded default model has its own).
+        grpo_use_llama_cpp (`bool` or `None`, *optional*, defaults to `False`):
+            Also sample GRPO's rollouts with llama.cpp, through TRL's `rollout_func` (its LoRA exported to the engine
+            at every step; `llama_engine.GRPORollouts`). Off by default: GRPO as TRL runs it. With ReasonMaxxer on
+            llama.cpp and GRPO on `generate`, the wall-clock headline includes the engine's speed-up; the token
+            headline does not. `None`: auto, as `use_llama_cpp`.
     """
 
     num_pool_problems: int = field(default=8, metadata={"help": "Training pool of both methods."})
@@ -100,6 +113,17 @@ class CompareConfig:
     max_problems: int = field(default=8, metadata={"help": "Mixed-success problems ReasonMaxxer keeps."})
     prompt_style: str = field(
         default="brief", metadata={"help": "brief (short reasoning) or paper.", "choices": list(PROMPT_TEMPLATES)}
+    )
+    use_llama_cpp: bool | None = field(
+        default=None,
+        metadata={"help": "Evaluations and ReasonMaxxer's rollouts with llama.cpp: true, false; unset: auto."},
+    )
+    llama_cpp_model_path: str | None = field(
+        default=None, metadata={"help": "GGUF file of the model for llama.cpp (the default model has its own)."}
+    )
+    grpo_use_llama_cpp: bool | None = field(
+        default=False,
+        metadata={"help": "GRPO's rollouts with llama.cpp too (TRL's rollout_func, LoRA exported every step)."},
     )
 
 
@@ -174,6 +198,8 @@ class _Runner:
             batch_size=32,
             reward_fn=self.reward_fn,
             desc=desc,
+            use_llama_cpp=b.use_llama_cpp,
+            llama_cpp_model_path=b.llama_cpp_model_path,
         )
         if ledger is None:
             return run()
@@ -213,10 +239,12 @@ class _Runner:
         from trl import GRPOConfig, GRPOTrainer
 
         from ..config import default_lora_config
+        from ..llama_engine import grpo_rollout_func
 
         b, runner = self.budget, self
         model, tokenizer = self.load()
         ledger = self.new_ledger("grpo", model)
+        rollout_func = grpo_rollout_func(model, b.grpo_use_llama_cpp, b.llama_cpp_model_path)
         curve = [{"step": 0, "compute": dict.fromkeys(COMPUTE_UNITS, 0.0), "pass@1": base_val, "gain": 0.0}]
 
         class ValidationCurve(TrainerCallback):
@@ -249,6 +277,7 @@ class _Runner:
             processing_class=tokenizer,
             peft_config=default_lora_config(model),
             callbacks=[ValidationCurve()],
+            rollout_func=rollout_func,
         )
         ledger.wrap(trainer, "_generate", "generation", count_generated=lambda out: sum(map(len, out[1])))
         ledger.wrap(trainer, "_generate_and_score_completions", "scoring")
@@ -259,8 +288,12 @@ class _Runner:
         test = self.evaluate(trainer.model, tokenizer, "test", "GRPO (test)", ledger)
         ledger.finish_memory()
         trainer.save_model(os.path.join(args.output_dir, "adapter"))
+        engines = {"rollouts": "transformers" if rollout_func is None else "llama.cpp"}
+        if rollout_func is not None:
+            rollout_func.close()
         _free(trainer, model)
-        return {"test": test, "validation_curve": curve, "ledger": ledger.to_dict()}
+        engines["evaluation"] = test["summary"]["engine"]
+        return {"test": test, "validation_curve": curve, "ledger": ledger.to_dict(), "engines": engines}
 
     def run_reasonmaxxer(self, seed: int, gate: str, with_validation: bool) -> dict:
         from ..config import ReasonMaxxerConfig
@@ -275,6 +308,8 @@ class _Runner:
             num_generations=b.num_generations,
             max_problems=b.max_problems,
             fork_gate=gate,
+            use_llama_cpp=b.use_llama_cpp,
+            llama_cpp_model_path=b.llama_cpp_model_path,
             **self.common_args(seed),
         )
         trainer = ReasonMaxxerTrainer(
@@ -298,6 +333,7 @@ class _Runner:
         if with_validation:
             out["validation"] = self.evaluate(trainer.model, tokenizer, "validation", "ReasonMaxxer (val)", ledger)
         out["test"] = self.evaluate(trainer.model, tokenizer, "test", f"ReasonMaxxer {gate} (test)", ledger)
+        out["engines"] = {"rollouts": trainer.rollout_engine_name, "evaluation": out["test"]["summary"]["engine"]}
         ledger.finish_memory()
         trainer.save_model(os.path.join(self.output_dir, f"seed{seed}", f"reasonmaxxer-{gate}", "adapter"))
         _free(trainer, model)
@@ -347,6 +383,7 @@ def run_comparison(
         "validation": runner.evaluate(base_model, tokenizer, "validation", "Base (val)", base_ledger),
         "ledger": base_ledger.to_dict(),
     }
+    base["engines"] = {"evaluation": base["test"]["summary"]["engine"]}
     _free(base_model)
     base_val = base["validation"]["summary"]["pass@1"]
 

@@ -184,6 +184,13 @@ def format_table(report: dict) -> str:
         )
         greedy = f"{row['greedy'][0]:.3f} ± {row['greedy'][1]:.3f}" if row.get("greedy") else "—"
         lines.append(f"{name:<26}{row['pass@1'][0]:>12.3f} ± {row['pass@1'][1]:.3f}{greedy:>16}{cost}")
+    engines = [
+        f"{name} " + ", ".join(f"{phase} {engine}" for phase, engine in row["engines"].items())
+        for name, row in s["methods"].items()
+        if row.get("engines")
+    ]
+    if engines:
+        lines.append("engines: " + "; ".join(engines))
     for unit, headline in s["headline"].items():
         lines.append(f"headline ({unit}): {headline['text']}")
     return "\n".join(lines)
@@ -214,21 +221,40 @@ def method_paths(gate_ablation: bool) -> list[tuple[str, tuple[str, ...]]]:
     return paths
 
 
-def collect(runs: list[dict], path: tuple[str, ...], key: str) -> list[dict]:
-    """``key`` ("test" or "ledger") of the method at ``path`` in every seed's run."""
+_REQUIRED = object()
+
+
+def collect(runs: list[dict], path: tuple[str, ...], key: str, default=_REQUIRED) -> list:
+    """``key`` ("test", "ledger", "engines") of the method at ``path`` in every seed's run (``default`` where a run
+    lacks it, when given)."""
     out = []
     for run in runs:
         node = run
         for step in path:
             node = node[step]
-        out.append(node[key])
+        out.append(node[key] if default is _REQUIRED else node.get(key, default))
     return out
+
+
+def engines_used(per_seed: list[dict]) -> dict[str, str]:
+    """Which engine each phase used (``{"rollouts": "llama.cpp", "evaluation": "transformers"}``) over the seeds;
+    a phase whose engine differed between seeds lists them joined by " + "."""
+    phases: dict[str, list[str]] = {}
+    for engines in per_seed:
+        for phase, engine in engines.items():
+            if engine not in phases.setdefault(phase, []):
+                phases[phase].append(engine)
+    return {phase: " + ".join(names) for phase, names in phases.items()}
 
 
 def build_report(budget, model, dataset_name, seeds, splits, base, runs, gate_ablation, label) -> dict:
     """The JSON report: configuration, splits, every run, and the seed-pooled summary with the headline."""
     methods = {
-        "base": {"pass@1": pooled_metric([base["test"]]), "greedy": pooled_metric([base["test"]], "greedy_accuracy")}
+        "base": {
+            "pass@1": pooled_metric([base["test"]]),
+            "greedy": pooled_metric([base["test"]], "greedy_accuracy"),
+            "engines": engines_used([base.get("engines", {})]),
+        }
     }
     for name, path in method_paths(gate_ablation):
         tests = collect(runs, path, "test")
@@ -236,6 +262,7 @@ def build_report(budget, model, dataset_name, seeds, splits, base, runs, gate_ab
             "pass@1": pooled_metric(tests),
             "greedy": pooled_metric(tests, "greedy_accuracy"),
             "ledger": mean_ledger(collect(runs, path, "ledger")),
+            "engines": engines_used(collect(runs, path, "engines", {})),
         }
     base_val = base["validation"]["summary"]["pass@1"]
     rm_gain = sum(r["reasonmaxxer"]["validation"]["summary"]["pass@1"] for r in runs) / len(runs) - base_val

@@ -73,6 +73,15 @@ class DemoConfig(QuickArguments):
         warmup_steps (`float`, *optional*, defaults to `0`):
             The pairs give a few optimiser steps only: a linear warm-up would run the first of them at learning
             rate 0.
+
+        > Generation engine (CPU)
+
+        use_llama_cpp (`bool` or `None`, *optional*, defaults to `None`):
+            Sample the evaluations and the rollouts with llama.cpp (`ReasonMaxxerConfig.use_llama_cpp`): `true`,
+            `false`, or unset for auto (no CUDA GPU, the `cpu` extra and the model's GGUF at hand). `demo.json`
+            records the engine of each phase under `engines`.
+        llama_cpp_model_path (`str` or `None`, *optional*, defaults to `None`):
+            The model as a GGUF file for llama.cpp (the embedded default model has its own).
     """
 
     # one generate call per phase (24 and 8 sequences) and one small optimiser step: ~10 minutes on 2 cores
@@ -113,6 +122,12 @@ class DemoConfig(QuickArguments):
     max_steps: int = field(default=-1, metadata={"help": "> 0 caps the optimiser steps."})
     gradient_accumulation_steps: int = field(default=4, metadata={"help": "Pairs per optimiser step."})
     warmup_steps: float = field(default=0, metadata={"help": "Warm-up steps (a ratio if < 1); a few steps only: 0."})
+    use_llama_cpp: bool | None = field(
+        default=None, metadata={"help": "Evaluations and rollouts with llama.cpp on CPU: true, false; unset: auto."}
+    )
+    llama_cpp_model_path: str | None = field(
+        default=None, metadata={"help": "GGUF file of the model for llama.cpp (the default model has its own)."}
+    )
 
 
 def make_parser(prog: str | None = None) -> ScriptParser:
@@ -146,6 +161,8 @@ def run_demo(config: DemoConfig | None = None) -> dict:
         seed=seed,
         greedy=False,
         batch_size=32,
+        use_llama_cpp=budget.use_llama_cpp,
+        llama_cpp_model_path=budget.llama_cpp_model_path,
     )
     start = time.perf_counter()
     base_results = evaluate(base, tokenizer, test, desc="Base model", **eval_kwargs)
@@ -167,6 +184,8 @@ def run_demo(config: DemoConfig | None = None) -> dict:
         report_to="none",
         use_cpu=use_cpu,
         seed=seed,
+        use_llama_cpp=budget.use_llama_cpp,
+        llama_cpp_model_path=budget.llama_cpp_model_path,
     )
     trainer = ReasonMaxxerTrainer(
         model=base, reward_funcs=[math_accuracy_reward], args=args, train_dataset=train, processing_class=tokenizer
@@ -180,8 +199,10 @@ def run_demo(config: DemoConfig | None = None) -> dict:
     trainer.save_model(os.path.join(output_dir, "adapter"))
 
     start = time.perf_counter()
-    # merged LoRA decodes at the base model's speed; the base weights are not needed any more
-    tuned_results = evaluate(trainer.model.merge_and_unload(), tokenizer, test, desc="ReasonMaxxer", **eval_kwargs)
+    # llama.cpp (when the rollouts used it) applies the adapter as a GGUF LoRA; transformers decodes a merged LoRA
+    # at the base model's speed (the base weights are not needed any more)
+    tuned = trainer.model if trainer.rollout_engine_name == "llama.cpp" else trainer.model.merge_and_unload()
+    tuned_results = evaluate(tuned, tokenizer, test, desc="ReasonMaxxer", **eval_kwargs)
     times["eval_reasonmaxxer"] = time.perf_counter() - start
 
     report = {
@@ -194,6 +215,11 @@ def run_demo(config: DemoConfig | None = None) -> dict:
         "budget": asdict(budget),
         "device": "cpu" if use_cpu else torch.cuda.get_device_name(0),
         "pool": trainer.pool_stats,
+        "engines": {
+            "eval_base": base_results["summary"]["engine"],
+            "rollouts": trainer.rollout_engine_name,
+            "eval_reasonmaxxer": tuned_results["summary"]["engine"],
+        },
         "wall_time_s": times,
         "base": base_results["summary"],
         "reasonmaxxer": tuned_results["summary"],
@@ -226,6 +252,8 @@ def format_table(report: dict) -> str:
             f"{name:<14}{s['pass@1']:>12.3f} ± {s['pass@1_stderr']:.3f}"
             f"{s['extraction_rate']:>12.2f}{s['truncation_rate']:>11.2f}{s['mean_completion_tokens']:>13.1f}"
         )
+    if report.get("engines"):
+        lines.append("engines: " + ", ".join(f"{k} {v}" for k, v in report["engines"].items()))
     lines.append("wall time: " + ", ".join(f"{k} {v:.0f}s" for k, v in report["wall_time_s"].items()))
     return "\n".join(lines)
 

@@ -46,6 +46,11 @@ class EvalConfig:
             Seed of the problem subset and of sampling.
         output_dir (`str`, *optional*, defaults to `"runs/eval"`):
             Where `eval.json` and `eval.png` go.
+        use_llama_cpp (`bool` or `None`, *optional*, defaults to `None`):
+            Sample with llama.cpp on CPU (an adapter is applied as a GGUF LoRA): `true`, `false`, or unset for auto
+            (no CUDA GPU, the `cpu` extra and the model's GGUF at hand). `eval.json` records it as `engine`.
+        llama_cpp_model_path (`str` or `None`, *optional*, defaults to `None`):
+            The model as a GGUF file for llama.cpp (the embedded default model has its own).
     """
 
     model_name_or_path: str = field(
@@ -68,6 +73,12 @@ class EvalConfig:
     prompt_style: str = field(default="paper", metadata={"help": "paper or brief.", "choices": list(PROMPT_TEMPLATES)})
     seed: int = field(default=42, metadata={"help": "Seed of the problem subset and of sampling."})
     output_dir: str = field(default="runs/eval", metadata={"help": "Where eval.json and eval.png go."})
+    use_llama_cpp: bool | None = field(
+        default=None, metadata={"help": "Sample with llama.cpp on CPU: true, false; unset: auto."}
+    )
+    llama_cpp_model_path: str | None = field(
+        default=None, metadata={"help": "GGUF file of the model for llama.cpp (the default model has its own)."}
+    )
 
 
 def make_parser(prog: str | None = None) -> ScriptParser:
@@ -113,9 +124,12 @@ def main(config: EvalConfig) -> dict:
             greedy=config.greedy,
             seed=config.seed,
             desc=name,
+            use_llama_cpp=config.use_llama_cpp,
+            llama_cpp_model_path=config.llama_cpp_model_path,
         )
         s = results[name]["summary"]
-        print(f"{name}: pass@1 {s['pass@1']:.3f} ± {s['pass@1_stderr']:.3f}" if "pass@1" in s else name, flush=True)
+        score = f": pass@1 {s['pass@1']:.3f} ± {s['pass@1_stderr']:.3f}" if "pass@1" in s else ""
+        print(f"{name}{score} ({s['engine']})", flush=True)
         save_results(results, os.path.join(config.output_dir, "eval.json"))
     if len(results) > 1 and config.num_samples:
         plot_comparison(results, os.path.join(config.output_dir, "eval.png"))
