@@ -5,9 +5,8 @@
 1. **generate** (:meth:`OfflinePhase.build_pool`, :func:`generate_pool`): the frozen base model (the adapter
    disabled) samples ``num_generations`` rollouts per prompt, with HF ``generate`` (``rollouts.py``), vLLM
    (``vllm_backend.py``) or llama.cpp on CPU (``llama_engine.py``); :meth:`OfflinePhase.rollout_engine` picks the
-   backend. Chunks of prompts are cached
-   (``cache.py``), so an interrupted phase resumes at the first missing chunk; with several processes each one
-   generates its shard of the chunks.
+   backend. Chunks of prompts are cached (``cache.py``), so an interrupted phase resumes at the first missing chunk;
+   with several processes each one generates its shard of the chunks.
 2. **reward** (:meth:`OfflinePhase.reward`): the reward functions, called as GRPOTrainer calls them
    (``rewards.call_reward_funcs``). Rewards are cheap and recomputed on every run, so reward functions can change
    freely. The rewarded *pool*, one row per rollout, is saved under ``<cache_dir>/pool``.
@@ -48,9 +47,8 @@ from .vllm_backend import VLLMRollouts, resolve_use_vllm
 logger = logging.getLogger(__name__)
 
 Scores = dict[int, tuple[list[float], list[float]]]  # row id -> (entropy, base log-probs) per completion token
-Engine = (
-    VLLMRollouts | llama_engine.LlamaRollouts
-)  # generate(prompt_ids, prompt_indices) and close(), seeded per prompt
+# a rollout backend other than HF generate: generate(prompt_ids, prompt_indices) and close(), seeded per prompt
+Engine = VLLMRollouts | llama_engine.LlamaRollouts
 
 
 class OfflinePhase:
