@@ -83,4 +83,4 @@ def test_every_generating_command_takes_the_llama_cpp_switch(command):
     assert switch("--use_llama_cpp", "true", "--llama_cpp_model_path", "m.gguf") == (True, "m.gguf")
     if command == "compare":
         _, budget = parser.parse_args_and_config(["--grpo_use_llama_cpp", "true"])
-        assert budget.grpo_use_llama_cpp is True and parser.parse_args_and_config([])[1].grpo_use_llama_cpp is False
+        assert budget.grpo_use_llama_cpp is True and parser.parse_args_and_config([])[1].grpo_use_llama_cpp is None

@@ -88,11 +88,12 @@ class CompareConfig:
             `true`, `false`, or unset for auto (no CUDA GPU, the `cpu` extra and the model's GGUF at hand).
         llama_cpp_model_path (`str` or `None`, *optional*, defaults to `None`):
             The model as a GGUF file for llama.cpp (the embedded default model has its own).
-        grpo_use_llama_cpp (`bool` or `None`, *optional*, defaults to `False`):
-            Also sample GRPO's rollouts with llama.cpp, through TRL's `rollout_func` (its LoRA exported to the engine
-            at every step; `llama_engine.GRPORollouts`). Off by default: GRPO as TRL runs it. With ReasonMaxxer on
-            llama.cpp and GRPO on `generate`, the wall-clock headline includes the engine's speed-up; the token
-            headline does not. `None`: auto, as `use_llama_cpp`.
+        grpo_use_llama_cpp (`bool` or `None`, *optional*, defaults to `None`):
+            Sample GRPO's rollouts with llama.cpp too, through TRL's `rollout_func` (its LoRA exported to the engine
+            at every step; `llama_engine.GRPORollouts`). `None` follows `use_llama_cpp`, so both methods sample on
+            the same engine and the wall-clock headline compares like with like; `false` runs GRPO as TRL does
+            (then the wall-clock headline includes the engine's speed-up for ReasonMaxxer; the token headline
+            does not).
     """
 
     num_pool_problems: int = field(default=8, metadata={"help": "Training pool of both methods."})
@@ -122,8 +123,8 @@ class CompareConfig:
         default=None, metadata={"help": "GGUF file of the model for llama.cpp (the default model has its own)."}
     )
     grpo_use_llama_cpp: bool | None = field(
-        default=False,
-        metadata={"help": "GRPO's rollouts with llama.cpp too (TRL's rollout_func, LoRA exported every step)."},
+        default=None,
+        metadata={"help": "GRPO's rollouts with llama.cpp (TRL's rollout_func); unset: as use_llama_cpp."},
     )
 
 
@@ -244,7 +245,8 @@ class _Runner:
         b, runner = self.budget, self
         model, tokenizer = self.load()
         ledger = self.new_ledger("grpo", model)
-        rollout_func = grpo_rollout_func(model, b.grpo_use_llama_cpp, b.llama_cpp_model_path)
+        grpo_engine = b.use_llama_cpp if b.grpo_use_llama_cpp is None else b.grpo_use_llama_cpp
+        rollout_func = grpo_rollout_func(model, grpo_engine, b.llama_cpp_model_path)
         curve = [{"step": 0, "compute": dict.fromkeys(COMPUTE_UNITS, 0.0), "pass@1": base_val, "gain": 0.0}]
 
         class ValidationCurve(TrainerCallback):
