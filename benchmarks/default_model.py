@@ -21,7 +21,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from trl_reasonmaxxer.models import MODEL_DIRNAME, cache_root, default_model_path
+from trl_reasonmaxxer.default_model import MODEL_DIRNAME, cache_root, default_model_path
 
 
 PROMPT = [

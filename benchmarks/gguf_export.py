@@ -23,8 +23,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import numpy as np
 import torch
 
+from trl_reasonmaxxer.default_model import default_model_path
 from trl_reasonmaxxer.gguf_export import find_base_gguf, lora_base_problems, merge_to_gguf, peft_to_gguf_lora
-from trl_reasonmaxxer.models import default_model_path
 
 
 CONVERSATIONS = [

@@ -242,9 +242,9 @@ def check_memory(device: str, shape: dict, length: int) -> dict:
     from datasets import Dataset
 
     from trl_reasonmaxxer import DataCollatorForForkPairs, ReasonMaxxerConfig, ReasonMaxxerTrainer
-    from trl_reasonmaxxer.ledger import peak_memory, reset_peak_memory
+    from trl_reasonmaxxer.benchmarking.ledger import peak_memory, reset_peak_memory
+    from trl_reasonmaxxer.config import default_lora_config
     from trl_reasonmaxxer.testing import make_tiny_tokenizer
-    from trl_reasonmaxxer.trainer import default_lora_config
 
     cuda = device == "cuda"
     model = qwen2_model(shape, torch.bfloat16 if cuda else torch.float32, device)

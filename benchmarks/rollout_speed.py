@@ -77,7 +77,7 @@ def setup(ns: argparse.Namespace, workdir: str):
         texts = [f"what is {i % 10} plus {(3 * i) % 10} ?" for i in range(64)]
         prompts = [tokenize_prompt(tokenizer, [{"role": "user", "content": t}]) for t in texts]
         return model.eval(), tokenizer, gguf, prompts
-    from trl_reasonmaxxer.models import embedded_gguf, resolve_model
+    from trl_reasonmaxxer.default_model import embedded_gguf, resolve_model
     from trl_reasonmaxxer.tasks import load_task
 
     path = resolve_model(ns.model)

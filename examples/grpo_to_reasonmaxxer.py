@@ -13,7 +13,7 @@ away from their defaults (scale_rewards="batch" here) are reported once as havin
 import argparse
 
 from trl_reasonmaxxer import ReasonMaxxerConfig, ReasonMaxxerTrainer  # was: from trl import GRPOConfig, GRPOTrainer
-from trl_reasonmaxxer.models import resolve_model
+from trl_reasonmaxxer.default_model import resolve_model
 from trl_reasonmaxxer.rewards import math_accuracy_reward
 from trl_reasonmaxxer.tasks import load_task
 

@@ -32,10 +32,10 @@ def run(model_dir: str, output_dir: str) -> dict:
         train_dataset=chat_prompts(7),  # 4 chunks of 2 prompts, the last one short
     )
     seen: dict = {"pool": None, "scores": {}, "batches": []}
-    build, scores, compute_loss = trainer.build_rollout_dataset, trainer._scores, trainer.compute_loss
+    build, scores, compute_loss = trainer.offline.build_pool, trainer.offline.score, trainer.compute_loss
 
-    def record_pool():
-        seen["pool"] = build()
+    def record_pool(*args):
+        seen["pool"] = build(*args)
         return seen["pool"]
 
     def record_scores(rows, row_ids):
@@ -46,7 +46,7 @@ def run(model_dir: str, output_dir: str) -> dict:
         seen["batches"].append(inputs["input_ids"].tolist())
         return compute_loss(model, inputs, **kwargs)
 
-    trainer.build_rollout_dataset, trainer._scores, trainer.compute_loss = record_pool, record_scores, record_batch
+    trainer.offline.build_pool, trainer.offline.score, trainer.compute_loss = record_pool, record_scores, record_batch
     trainer.train()
     lora = [p.detach() for n, p in trainer.model.named_parameters() if "lora_B" in n]
     return {

@@ -12,7 +12,7 @@ from datasets import Dataset
 from huggingface_hub import HfApi, RepoUrl
 from huggingface_hub.utils import filter_repo_objects
 
-from trl_reasonmaxxer import ReasonMaxxerConfig
+from trl_reasonmaxxer import ReasonMaxxerConfig, ReasonMaxxerTrainer
 
 
 # Settings that keep every CPU run to a fraction of a second.
@@ -62,6 +62,16 @@ def alternating_reward(completions, **kwargs):
     """1, 0, 1, 0 ... in call order: with an even ``num_generations`` every prompt is a 50% mixed group,
     whatever the model samples."""
     return [float(i % 2 == 0) for i in range(len(completions))]
+
+
+def make_trainer(model_dir, output_dir, dataset=None, reward=alternating_reward, **config) -> ReasonMaxxerTrainer:
+    """A trainer on ``chat_prompts(3)`` (or ``dataset``) with ``alternating_reward`` and ``tiny_config(**config)``."""
+    return ReasonMaxxerTrainer(
+        model=model_dir,
+        reward_funcs=reward,
+        args=tiny_config(output_dir, **config),
+        train_dataset=chat_prompts(3) if dataset is None else dataset,
+    )
 
 
 def make_pool(groups, prompt_len=3, vocab: int = 40, seed: int = 0, scored: bool = True) -> Dataset:

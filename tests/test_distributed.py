@@ -12,7 +12,9 @@ from pathlib import Path
 import pytest
 from datasets import load_from_disk
 
-from trl_reasonmaxxer import ReasonMaxxerTrainer, pool
+from trl_reasonmaxxer import ReasonMaxxerTrainer, offline
+from trl_reasonmaxxer.cache import ChunkCache, model_fingerprint, shard
+from trl_reasonmaxxer.offline import generate_pool, score_pool
 
 from .distributed_offline import run
 from .helpers import CallCounter, alternating_reward, chat_prompts, is_close_list, tiny_config
@@ -23,14 +25,14 @@ TESTS = Path(__file__).parent
 
 @pytest.mark.parametrize("n, world", [(7, 2), (3, 4), (8, 3), (0, 2)])
 def test_shards_are_contiguous_balanced_and_cover_everything_once(n, world):
-    shards = [pool.shard(range(n), rank, world) for rank in range(world)]
+    shards = [shard(range(n), rank, world) for rank in range(world)]
     assert [i for s in shards for i in s] == list(range(n))  # concatenated in rank order: the original order
     assert max(map(len, shards)) - min(map(len, shards)) <= 1
 
 
 def test_shard_rejects_a_rank_outside_the_world():
     with pytest.raises(ValueError, match=r"rank must be in \[0, 2\), got 2"):
-        pool.shard([1, 2, 3], 2, 2)
+        shard([1, 2, 3], 2, 2)
 
 
 def fake_generate(indices):
@@ -40,15 +42,15 @@ def fake_generate(indices):
 
 def test_sharded_generation_gathers_into_the_single_process_pool(tmp_path):
     prompts = [[100 + i] for i in range(7)]
-    single = pool.generate_pool(fake_generate, prompts, pool.ChunkCache(str(tmp_path / "one")), chunk_size=2)
-    cache = pool.ChunkCache(str(tmp_path / "two"))
-    parts = [pool.generate_pool(fake_generate, prompts, cache, 2, rank=r, world=2) for r in range(2)]
+    single = generate_pool(fake_generate, prompts, ChunkCache(str(tmp_path / "one")), chunk_size=2)
+    cache = ChunkCache(str(tmp_path / "two"))
+    parts = [generate_pool(fake_generate, prompts, cache, 2, rank=r, world=2) for r in range(2)]
     assert parts[0] + parts[1] == single
     assert {r["prompt_index"] for r in parts[0]} == {0, 1, 2, 3}  # chunks 0-1 of 4: whole chunks per process
     assert sorted(os.listdir(tmp_path / "two" / "generations")) == [f"chunk-0000{c}.jsonl" for c in range(4)]
     # a later run, with any number of processes, reuses every chunk
     never = CallCounter(fake_generate, fail_on=1)
-    assert pool.generate_pool(never, prompts, cache, 2) == single and never.calls == 0
+    assert generate_pool(never, prompts, cache, 2) == single and never.calls == 0
 
 
 def test_sharded_scoring_scores_each_row_once_and_reuses_the_cache(tmp_path):
@@ -58,9 +60,9 @@ def test_sharded_scoring_scores_each_row_once_and_reuses_the_cache(tmp_path):
     def score(sequences):
         return [([float(c[0])] * 2, [-float(c[0])] * 2) for _, c in sequences]
 
-    cache = pool.ChunkCache(str(tmp_path))
+    cache = ChunkCache(str(tmp_path))
     counters = [CallCounter(score) for _ in range(2)]
-    parts = [pool.score_pool(counters[r], rows, row_ids, cache, chunk_size=2, rank=r, world=2) for r in range(2)]
+    parts = [score_pool(counters[r], rows, row_ids, cache, chunk_size=2, rank=r, world=2) for r in range(2)]
     assert list(parts[0]) == [0, 2, 3] and list(parts[1]) == [5, 6, 7, 9]
     assert {**parts[0], **parts[1]} == {i: ([float(i)] * 2, [-float(i)] * 2) for i in row_ids}
     assert [c.calls for c in counters] == [2, 2]
@@ -68,13 +70,13 @@ def test_sharded_scoring_scores_each_row_once_and_reuses_the_cache(tmp_path):
     assert sorted(os.listdir(tmp_path / "scores")) == [f"chunk-0000{i}.jsonl" for i in (0, 3, 5, 7)]
     # one process, more rows: only the new row is scored
     again = CallCounter(score)
-    assert pool.score_pool(again, rows, row_ids + [8], cache, chunk_size=2)[8] == ([8.0] * 2, [-8.0] * 2)
+    assert score_pool(again, rows, row_ids + [8], cache, chunk_size=2)[8] == ([8.0] * 2, [-8.0] * 2)
     assert again.calls == 1
 
 
 def test_model_fingerprint_is_computed_once(tiny_model_dir, tmp_path, monkeypatch):
-    counter = CallCounter(pool.model_fingerprint)
-    monkeypatch.setattr(pool, "model_fingerprint", counter)
+    counter = CallCounter(model_fingerprint)
+    monkeypatch.setattr(offline, "model_fingerprint", counter)
     trainer = ReasonMaxxerTrainer(
         model=tiny_model_dir,
         reward_funcs=alternating_reward,

@@ -139,6 +139,36 @@ def run(model, tokenizer, dataset, **kwargs):
     return evaluate(model, tokenizer, dataset, batch_size=8, **kwargs)
 
 
+def test_grading_calls_rewards_as_training_does(dataset):
+    """Evaluation's reward call is training's (rewards.call_reward_funcs): async functions are awaited, NaN is an
+    ungradable completion like None, only-ungradable is allowed, and a failing function is named."""
+    from trl_reasonmaxxer.testing import make_tiny_tokenizer
+
+    tokenizer = make_tiny_tokenizer()
+    rows = list(dataset)
+    groups = [[{"completion_ids": tokenizer.encode("1 plus 1"), "truncated": False}] for _ in rows]
+
+    async def async_reward(completions, solution, **kwargs):
+        assert completions[0][0]["role"] == "assistant"  # conversational, as the prompts are
+        return [1.0, float("nan"), None]
+
+    graded = [g for (g,) in evaluation.grade_completions(rows, groups, tokenizer, async_reward)]
+    assert [g["reward"] for g in graded] == [1.0, None, None] and [g["correct"] for g in graded] == [
+        True,
+        False,
+        False,
+    ]
+    assert graded[0]["text"] == "1 plus 1"
+    ungradable = evaluation.grade_completions(rows, groups, tokenizer, lambda completions, **kw: [None] * 3)
+    assert [g["reward"] for (g,) in ungradable] == [None] * 3
+
+    def broken(completions, **kwargs):
+        raise KeyError("answer")
+
+    with pytest.raises(RuntimeError, match=r"Reward function 'broken' raised KeyError: 'answer'\.$"):
+        evaluation.grade_completions(rows, groups, tokenizer, broken)
+
+
 def test_evaluate_metrics_match_the_records(tiny, dataset, last_word_answers):
     results = run(*tiny, dataset)
     json.dumps(results)  # serialisable as is

@@ -202,21 +202,3 @@ def test_build_fork_masks_rejects_unknown_gate_or_scope():
 def test_gated_fraction():
     assert gating.gated_fraction([[True, False], [False, False, True, True]]) == pytest.approx(0.5)
     assert gating.gated_fraction([]) == 0.0
-
-
-def test_tau_is_calibrated_on_the_rollouts_that_train_only(tmp_path):
-    """A rollout with no reward (NaN, A = 0) never trains, so its entropies must not move τ (audit F9): here its
-    four 9-nat tokens would have taken the whole 25% budget (τ 0.8 instead of 0.6)."""
-    from trl_reasonmaxxer import ReasonMaxxerTrainer
-    from trl_reasonmaxxer.testing import save_tiny_model
-
-    from .helpers import make_pool, tiny_config
-
-    rows = [(1.0, [0.1, 0.2, 0.3, 0.4]), (0.0, [0.5, 0.6, 0.7, 0.8]), (None, [9.0, 9.0, 9.0, 9.0])]
-    pool = make_pool({0: rows}, prompt_len=2, vocab=39)
-    model = save_tiny_model(str(tmp_path / "model"))
-    trainer = ReasonMaxxerTrainer(model, args=tiny_config(tmp_path / "run", fork_fraction=0.25), rollout_dataset=pool)
-    trainer.prepare_training_data()
-    assert trainer.pool_stats["fork/threshold"] == pytest.approx(0.6)
-    assert trainer.pool_stats["fork/gated_fraction"] == pytest.approx(0.25)
-    assert trainer.pool_stats["pool/rollouts_selected"] == 2

@@ -11,7 +11,7 @@ from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 
 from trl_reasonmaxxer import ReasonMaxxerTrainer
 from trl_reasonmaxxer.hub import HubPushError, card_settings, describe_precision
-from trl_reasonmaxxer.trainer import check_quantization_supported
+from trl_reasonmaxxer.inputs import check_quantization_supported
 
 from .helpers import LocalHub, alternating_reward, chat_prompts, tiny_config
 
@@ -72,7 +72,7 @@ def test_push_uploads_a_loadable_adapter_tokenizer_and_card_but_not_the_cache(ti
     base = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
     loaded = PeftModel.from_pretrained(base, str(repo)).eval()
     trainer.model.eval()
-    ids = torch.tensor([trainer._prompt_ids()[0]])
+    ids = torch.tensor([trainer.offline.prompt_ids[0]])
     with torch.no_grad():
         assert torch.allclose(loaded(input_ids=ids).logits, trainer.model(input_ids=ids).logits, atol=1e-6)
 

@@ -8,22 +8,20 @@ import gc
 import json
 import logging
 import os
+import re
 import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-import torch
 from datasets import Dataset, DatasetDict, IterableDataset
 from transformers import AutoConfig, AutoModelForCausalLM
 
 import trl_reasonmaxxer.trainer as trainer_module
-from trl_reasonmaxxer import ReasonMaxxerConfig, ReasonMaxxerTrainer, pool
-from trl_reasonmaxxer.testing import make_tiny_tokenizer
-from trl_reasonmaxxer.trainer import (
+from trl_reasonmaxxer import ReasonMaxxerConfig, ReasonMaxxerTrainer, offline
+from trl_reasonmaxxer.inputs import (
     LOCK_FILE,
-    _pool_diagnosis,
     acquire_output_dir_lock,
     check_prompt_lengths,
     invalid_prompts,
@@ -31,17 +29,9 @@ from trl_reasonmaxxer.trainer import (
     release_output_dir_lock,
     resolve_resume_checkpoint,
 )
+from trl_reasonmaxxer.testing import make_tiny_tokenizer
 
-from .helpers import CallCounter, alternating_reward, chat_prompts, make_pool, tiny_config
-
-
-def make_trainer(model_dir, output_dir, dataset=None, reward=alternating_reward, **config):
-    return ReasonMaxxerTrainer(
-        model=model_dir,
-        reward_funcs=reward,
-        args=tiny_config(output_dir, **config),
-        train_dataset=chat_prompts(3) if dataset is None else dataset,
-    )
+from .helpers import CallCounter, alternating_reward, chat_prompts, make_pool, make_trainer, tiny_config
 
 
 def config(tmp_path, **overrides) -> ReasonMaxxerConfig:
@@ -50,12 +40,38 @@ def config(tmp_path, **overrides) -> ReasonMaxxerConfig:
 
 @pytest.fixture
 def counted_generate(monkeypatch):
-    counter = CallCounter(trainer_module.generate_completions)
-    monkeypatch.setattr(trainer_module, "generate_completions", counter)
+    counter = CallCounter(offline.generate_completions)
+    monkeypatch.setattr(offline, "generate_completions", counter)
     return counter
 
 
 # ------------------------------------------------------------------------------------------------ configuration
+
+
+def test_config_docstring_documents_each_own_or_changed_parameter_in_trl_format():
+    """TRL's docstring format (one ``name (`type`, ...):`` entry per parameter under ``Parameters:``) for every field
+    ReasonMaxxerConfig adds or whose default differs from GRPOConfig's, and argparse choices where values are fixed."""
+    import dataclasses
+
+    from trl import GRPOConfig
+
+    grpo = {f.name: f for f in dataclasses.fields(GRPOConfig)}
+    ours = {f.name: f for f in dataclasses.fields(ReasonMaxxerConfig)}
+    changed = {n for n, f in ours.items() if n not in grpo or f.default != grpo[n].default}
+    doc = ReasonMaxxerConfig.__doc__
+    assert "\n    Parameters:\n        > Parameters that control" in doc and "> [!NOTE]" in doc
+    assert {n for n in changed if not re.search(rf"^        {n} \(`", doc, re.MULTILINE)} == set()
+    assert {
+        n
+        for n in ("loss_type", "fork_gate", "fork_scope", "vllm_mode", "hub_strategy")
+        if "choices" not in ours[n].metadata
+    } == set()
+
+
+@pytest.mark.parametrize("num_generations", [1, 0, None])
+def test_error_num_generations_below_two(tmp_path, num_generations):
+    with pytest.raises(ValueError, match="num_generations must be at least 2"):
+        ReasonMaxxerConfig(output_dir=str(tmp_path), num_generations=num_generations, use_cpu=True, report_to="none")
 
 
 def test_loss_type_typo_is_refused_and_grpo_names_fall_back(tmp_path, caplog):  # C12
@@ -162,7 +178,7 @@ def test_a_grpo_config_is_refused_with_the_rename(tiny_model_dir, tmp_path):
 
 
 def test_eval_strategy_is_reset_to_no_and_training_runs(tiny_model_dir, tmp_path, caplog):  # C32, L15
-    with caplog.at_level(logging.WARNING, logger="trl_reasonmaxxer.trainer"):
+    with caplog.at_level(logging.WARNING, logger="trl_reasonmaxxer.inputs"):
         trainer = make_trainer(tiny_model_dir, tmp_path, eval_strategy="steps", eval_steps=1)
     assert "eval_strategy='steps' has no effect" in caplog.text and "trl-reasonmaxxer eval" in caplog.text
     assert trainer.args.eval_strategy == "no"
@@ -171,6 +187,17 @@ def test_eval_strategy_is_reset_to_no_and_training_runs(tiny_model_dir, tmp_path
 
 
 # ------------------------------------------------------------------------------------------------ dataset
+
+
+def test_error_without_prompt_column(tiny_model_dir, tmp_path):
+    dataset = Dataset.from_dict({"question": ["what is 1 plus 1 ?"]})
+    with pytest.raises(ValueError, match=r"no `prompt` column.*question"):
+        make_trainer(tiny_model_dir, tmp_path, dataset=dataset)
+
+
+def test_error_on_empty_dataset(tiny_model_dir, tmp_path):
+    with pytest.raises(ValueError, match="train_dataset is empty"):
+        make_trainer(tiny_model_dir, tmp_path, dataset=Dataset.from_dict({"prompt": []}))
 
 
 @pytest.mark.parametrize(
@@ -266,78 +293,6 @@ def test_async_reward_functions_run_as_in_grpo(tiny_model_dir, tmp_path):  # R12
     assert trainer.state.global_step == 2 and trainer.pool_stats["pool/prompts_selected"] == 3
 
 
-def test_async_rewards_run_concurrently_even_inside_an_event_loop():
-    started = []
-
-    async def slow(completions, **kwargs):
-        started.append(len(completions))
-        await asyncio.sleep(0.05)
-        return [1.0] * len(completions)
-
-    async def failing(completions, **kwargs):
-        raise KeyError("solution")
-
-    async def inside_a_loop():  # as in Jupyter, where an event loop already runs
-        return pool.compute_rewards([slow, slow], [1.0, 0.5], ["p"] * 2, ["c"] * 2, [[1], [2]], {}, "here")
-
-    totals, per_func = asyncio.run(inside_a_loop())
-    assert totals == [1.5, 1.5] and list(per_func) == ["slow", "slow_2"] and started == [2, 2]
-    with pytest.raises(RuntimeError, match=r"'failing' raised KeyError.*rollouts are kept in here"):
-        pool.compute_rewards([failing], None, ["p"], ["c"], [[1]], {}, "here")
-
-
-def reward_returning(value):
-    def reward(completions, **kwargs):
-        return value(len(completions)) if callable(value) else value
-
-    return reward
-
-
-@pytest.mark.parametrize(
-    "returned, error, message",
-    [
-        (lambda n: ["correct", "wrong"] * (n // 2), TypeError, r"returned 'correct' for completion 0, which is not a"),
-        (1.0, TypeError, r"returned 1.0 \(float\); it must return a list with one float"),  # R8
-        (lambda n: {i: float(i % 2) for i in range(n)}, TypeError, r"returned a dict; it must return a list"),  # R9
-        (None, TypeError, r"returned a NoneType"),
-        (lambda n: [float("inf")] + [0.0] * (n - 1), ValueError, r"returned inf for completion 0.*must be finite"),
-        (lambda n: [1.0] * (n + 1), ValueError, r"returned 3 rewards for 2 completions"),  # R10
-    ],
-)
-def test_reward_outputs_are_checked_with_the_function_named(returned, error, message):  # R6-R10, R13
-    with pytest.raises(error, match=rf"Reward function 'reward' {message}"):
-        pool.compute_rewards([reward_returning(returned)], None, ["p"] * 2, ["c"] * 2, [[1], [2]], {}, "here")
-
-
-def test_reward_outputs_grpo_accepts_are_accepted():  # R1-R5, R7
-    n = 4
-    outputs = [
-        lambda: (float(i % 2 == 0) for i in range(n)),  # a generator (R7)
-        lambda: torch.tensor([[1.0], [0.0], [1.0], [0.0]]),  # [N, 1]
-        lambda: ["1", "0", "1.0", None],  # numeric strings and None
-        lambda: [True, False, 1, 0],
-    ]
-    for make in outputs:
-        totals, _ = pool.compute_rewards(
-            [lambda completions, make=make, **kwargs: make()], None, ["p"] * n, ["c"] * n, [[1]] * n, {}, "here"
-        )
-        assert totals[:2] == [1.0, 0.0]
-
-
-def test_one_reward_function_returning_only_none_is_allowed_with_others(caplog):  # R17
-    def ungradable(completions, **kwargs):
-        return [None] * len(completions)
-
-    with caplog.at_level(logging.WARNING, logger="trl_reasonmaxxer.pool"):
-        totals, per_func = pool.compute_rewards(
-            [alternating_reward, ungradable], None, ["p"] * 2, ["c"] * 2, [[1], [2]], {"solution": ["1", "2"]}, "x"
-        )
-    assert totals == [1.0, 0.0] and "'ungradable' returned None for every completion" in caplog.text
-    kwargs = {"solution": ["1", "2"], "trainer_state": None, "log_metric": None, "log_extra": None}
-    with pytest.raises(ValueError, match=r"only None/NaN for all 2 completions.*columns it reads \(solution\)"):
-        pool.compute_rewards([ungradable], None, ["p"] * 2, ["c"] * 2, [[1], [2]], kwargs, "x")
-
-
 def test_a_reward_function_that_edits_its_inputs_changes_nothing(tiny_model_dir, tmp_path):  # R24
     def clearing(completions, completion_ids, **kwargs):
         for ids in completion_ids:
@@ -383,20 +338,6 @@ def test_infinite_rewards_are_refused_and_no_pairs_is_explained(tiny_model_dir, 
     assert "dataloader_drop_last=False" in str(err.value) and "rollouts are kept in" in str(err.value)
 
 
-def test_pool_diagnosis_names_the_reward_scale_truncation_and_ungraded_rows(tmp_path):  # D-2, C28
-    rows = [
-        {"prompt_index": 0, "reward": 0.4, "truncated": False},
-        {"prompt_index": 0, "reward": 0.1, "truncated": False},
-        {"prompt_index": 1, "reward": float("nan"), "truncated": True},
-        {"prompt_index": 1, "reward": float("nan"), "truncated": False},
-    ]
-    text = _pool_diagnosis(rows, config(tmp_path, mask_truncated_completions=True, max_completion_length=8))
-    assert "Rewards range from 0.1 to 0.4 over 2 graded rollouts" in text
-    assert "1 prompt has rewards that differ between rollouts" in text and "success threshold" in text
-    assert "1 of 4 rollouts hit max_completion_length=8 and were ignored" in text
-    assert "1 rollouts have no reward" in text
-
-
 # ------------------------------------------------------------------------------------------------ rollout_dataset
 
 
@@ -437,7 +378,7 @@ def test_unrewarded_pool_with_prompts_outside_train_dataset(tiny_model_dir, tmp_
 
 
 def test_rewarded_pool_with_reward_funcs_warns(tiny_model_dir, tmp_path, caplog):  # R26
-    with caplog.at_level(logging.WARNING, logger="trl_reasonmaxxer.trainer"):
+    with caplog.at_level(logging.WARNING, logger="trl_reasonmaxxer.inputs"):
         ReasonMaxxerTrainer(
             tiny_model_dir,
             alternating_reward,
@@ -446,70 +387,6 @@ def test_rewarded_pool_with_reward_funcs_warns(tiny_model_dir, tmp_path, caplog)
             rollout_dataset=scored_pool(),
         )
     assert "reward_funcs are not called" in caplog.text and "remove_columns('reward')" in caplog.text
-
-
-# ------------------------------------------------------------------------------------------------ rollout cache
-
-
-def test_model_fingerprint_sees_every_base_weight(tiny_model_dir):  # D-1
-    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
-    before = pool.model_fingerprint(model)
-    assert pool.model_fingerprint(AutoModelForCausalLM.from_pretrained(tiny_model_dir)) == before
-    for name, param in model.named_parameters():  # one element of any tensor changes the fingerprint
-        with torch.no_grad():
-            original = param.view(-1)[-1].item()
-            param.view(-1)[-1] += 1e-3
-            assert pool.model_fingerprint(model) != before, name
-            param.view(-1)[-1] = original
-        assert pool.model_fingerprint(model) == before
-
-
-def test_a_model_changed_in_place_is_sampled_again(tiny_model_dir, tmp_path, monkeypatch, caplog):  # D-1, F13
-    first = make_trainer(tiny_model_dir, tmp_path, max_steps=1, learning_rate=0.5)
-    first.train()
-    merged = first.model.merge_and_unload()  # the next round starts from the merged model, same config and path
-    counter = CallCounter(trainer_module.generate_completions)
-    monkeypatch.setattr(trainer_module, "generate_completions", counter)
-    second = ReasonMaxxerTrainer(
-        merged, alternating_reward, args=tiny_config(tmp_path, max_steps=1), train_dataset=chat_prompts(3)
-    )
-    with caplog.at_level(logging.WARNING, logger="trl_reasonmaxxer.trainer"):
-        second.train()
-    assert second.rollout_cache_dir != first.rollout_cache_dir and counter.calls == 3
-    assert "1 other rollout cache" in caplog.text and "not reused" in caplog.text
-
-
-def test_damaged_cache_chunks_are_made_again(tiny_model_dir, tmp_path, monkeypatch, caplog):
-    trainer = make_trainer(tiny_model_dir, tmp_path)
-    trainer.train()
-    cache = Path(trainer.rollout_cache_dir)
-    (cache / "generations" / "chunk-00001.jsonl").write_text('{"prompt_index": 1, "prompt_ids"')  # cut mid-line
-    scores = sorted((cache / "scores").iterdir())
-    rows = [json.loads(line) for line in scores[0].read_text().splitlines()]
-    rows[0]["entropy"] = rows[0]["entropy"][:-1]  # one score short
-    scores[0].write_text("".join(json.dumps(r) + "\n" for r in rows))
-    generate = CallCounter(trainer_module.generate_completions)
-    score = CallCounter(trainer_module.score_rollouts)
-    monkeypatch.setattr(trainer_module, "generate_completions", generate)
-    monkeypatch.setattr(trainer_module, "score_rollouts", score)
-    with caplog.at_level(logging.WARNING, logger="trl_reasonmaxxer.pool"):
-        rerun = make_trainer(tiny_model_dir, tmp_path)
-        rerun.train()
-    assert generate.calls == 1 and score.calls >= 1 and rerun.state.global_step == 2
-    assert "unreadable rollout cache chunk" in caplog.text and "do not fit their rollouts" in caplog.text
-
-
-def test_a_file_in_the_pools_place_is_replaced(tiny_model_dir, tmp_path):  # F8
-    make_trainer(tiny_model_dir, tmp_path).train()
-    (pool_dir,) = tmp_path.glob("rollouts/*/pool")
-    import shutil
-
-    shutil.rmtree(pool_dir)
-    pool_dir.write_text("x")
-    (pool_dir.parent / "pool.tmp").mkdir()  # left by an older, killed run
-    trainer = make_trainer(tiny_model_dir, tmp_path)
-    trainer.train()
-    assert pool_dir.is_dir() and not list(pool_dir.parent.glob("pool.tmp*"))
 
 
 # ------------------------------------------------------------------------------------------------ output_dir
@@ -552,7 +429,7 @@ def test_second_run_on_one_output_dir_is_refused_and_a_stale_lock_taken_over(tin
     finally:
         other.kill()
         other.wait()
-    with caplog.at_level(logging.WARNING, logger="trl_reasonmaxxer.trainer"):
+    with caplog.at_level(logging.WARNING, logger="trl_reasonmaxxer.inputs"):
         trainer = make_trainer(tiny_model_dir, tmp_path)  # the other run died: its lock is stale
     assert "left by a run that is no longer running" in caplog.text
     assert json.loads((tmp_path / LOCK_FILE).read_text())["pid"] == os.getpid()
@@ -589,7 +466,7 @@ def fake_checkpoints(output_dir: Path, complete: list[int], incomplete: list[int
 
 def test_resume_skips_checkpoints_cut_mid_write(tmp_path, caplog):  # D-8
     fake_checkpoints(tmp_path, complete=[2, 10], incomplete=[12, 14])
-    with caplog.at_level(logging.WARNING, logger="trl_reasonmaxxer.trainer"):
+    with caplog.at_level(logging.WARNING, logger="trl_reasonmaxxer.inputs"):
         assert resolve_resume_checkpoint(True, str(tmp_path)) == str(tmp_path / "checkpoint-10")
     assert "Skipping incomplete checkpoints" in caplog.text and "checkpoint-14" in caplog.text
     with pytest.raises(ValueError, match=r"checkpoint-12 is incomplete.*Resume from .*checkpoint-10"):

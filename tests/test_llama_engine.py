@@ -372,7 +372,7 @@ def test_trainer_rollouts_with_llama_cpp(tiny, tmp_path, capsys):
     for row in pool:
         assert 1 <= len(row["completion_ids"]) <= 5
         assert row["truncated"] == (row["completion_ids"][-1] != tiny.tokenizer.eos_token_id)
-    assert trainer._llama_rollouts.engine is None  # freed after the offline phase
+    assert trainer.offline.llama_rollouts.engine is None  # freed after the offline phase
     # HF keeps its own cache key: the two engines draw different samples
     hf = ReasonMaxxerTrainer(
         model=tiny.folder,

@@ -9,8 +9,7 @@ import pytest
 import torch
 from transformers import TrainerCallback
 
-import trl_reasonmaxxer.trainer as trainer_module
-from trl_reasonmaxxer import ReasonMaxxerTrainer
+from trl_reasonmaxxer import ReasonMaxxerTrainer, offline
 
 from .helpers import CallCounter, SimulatedCrash, alternating_reward, chat_prompts, tiny_config
 
@@ -48,10 +47,10 @@ def test_resumed_run_matches_uninterrupted_run_without_regenerating(tiny_model_d
     assert sorted(d for d in os.listdir(run_dir) if d.startswith("checkpoint-")) == ["checkpoint-2"]
     after_crash = adapter(crashed)
 
-    generate = CallCounter(trainer_module.generate_completions)
-    score = CallCounter(trainer_module.score_rollouts)
-    monkeypatch.setattr(trainer_module, "generate_completions", generate)
-    monkeypatch.setattr(trainer_module, "score_rollouts", score)
+    generate = CallCounter(offline.generate_completions)
+    score = CallCounter(offline.score_rollouts)
+    monkeypatch.setattr(offline, "generate_completions", generate)
+    monkeypatch.setattr(offline, "score_rollouts", score)
     resumed = make_trainer(tiny_model_dir, run_dir, save_strategy="steps", save_steps=2)
     resumed.train(resume_from_checkpoint=True)
 
@@ -84,7 +83,7 @@ def test_resume_skips_a_checkpoint_cut_off_mid_save(tiny_model_dir, tmp_path, ca
     resumed = make_trainer(tiny_model_dir, run_dir, save_strategy="steps", save_steps=2)
     with pytest.raises(ValueError, match=r"checkpoint-4 is incomplete.*Resume from .*checkpoint-2"):
         resumed.train(resume_from_checkpoint=str(run_dir / "checkpoint-4"))
-    with caplog.at_level("WARNING", logger="trl_reasonmaxxer.trainer"):
+    with caplog.at_level("WARNING", logger="trl_reasonmaxxer.inputs"):
         resumed.train(resume_from_checkpoint=True)
     assert "Skipping incomplete checkpoint" in caplog.text and "resuming from" in caplog.text
     assert resumed.state.global_step == 4

@@ -1,16 +1,22 @@
+import asyncio
+import logging
 import threading
 
 import pytest
+import torch
 
 from trl_reasonmaxxer import rewards
 from trl_reasonmaxxer.rewards import (
     as_number,
     boxed_format_reward,
     canonical_answer,
+    compute_rewards,
     extract_answer,
     extract_answers,
     math_accuracy_reward,
 )
+
+from .helpers import alternating_reward
 
 
 @pytest.mark.parametrize(
@@ -142,3 +148,79 @@ def test_length_mismatch_is_a_clear_error():
 def test_boxed_format_reward():
     completions = [r"\boxed{1}", r"\boxed{}", "#### 3", [{"role": "assistant", "content": r"x \boxed{y}"}]]
     assert boxed_format_reward(completions=completions) == [1.0, 0.0, 0.0, 1.0]
+
+
+# ------------------------------------------------------------------------------------------------ the reward-call convention
+# (case ids R1-R17 refer to the reliability audit, as in test_inputs.py)
+
+
+def test_async_rewards_run_concurrently_even_inside_an_event_loop():
+    started = []
+
+    async def slow(completions, **kwargs):
+        started.append(len(completions))
+        await asyncio.sleep(0.05)
+        return [1.0] * len(completions)
+
+    async def failing(completions, **kwargs):
+        raise KeyError("solution")
+
+    async def inside_a_loop():  # as in Jupyter, where an event loop already runs
+        return compute_rewards([slow, slow], [1.0, 0.5], ["p"] * 2, ["c"] * 2, [[1], [2]], {}, "here")
+
+    totals, per_func = asyncio.run(inside_a_loop())
+    assert totals == [1.5, 1.5] and list(per_func) == ["slow", "slow_2"] and started == [2, 2]
+    with pytest.raises(RuntimeError, match=r"'failing' raised KeyError.*rollouts are kept in here"):
+        compute_rewards([failing], None, ["p"], ["c"], [[1]], {}, "here")
+
+
+def reward_returning(value):
+    def reward(completions, **kwargs):
+        return value(len(completions)) if callable(value) else value
+
+    return reward
+
+
+@pytest.mark.parametrize(
+    "returned, error, message",
+    [
+        (lambda n: ["correct", "wrong"] * (n // 2), TypeError, r"returned 'correct' for completion 0, which is not a"),
+        (1.0, TypeError, r"returned 1.0 \(float\); it must return a list with one float"),  # R8
+        (lambda n: {i: float(i % 2) for i in range(n)}, TypeError, r"returned a dict; it must return a list"),  # R9
+        (None, TypeError, r"returned a NoneType"),
+        (lambda n: [float("inf")] + [0.0] * (n - 1), ValueError, r"returned inf for completion 0.*must be finite"),
+        (lambda n: [1.0] * (n + 1), ValueError, r"returned 3 rewards for 2 completions"),  # R10
+    ],
+)
+def test_reward_outputs_are_checked_with_the_function_named(returned, error, message):  # R6-R10, R13
+    with pytest.raises(error, match=rf"Reward function 'reward' {message}"):
+        compute_rewards([reward_returning(returned)], None, ["p"] * 2, ["c"] * 2, [[1], [2]], {}, "here")
+
+
+def test_reward_outputs_grpo_accepts_are_accepted():  # R1-R5, R7
+    n = 4
+    outputs = [
+        lambda: (float(i % 2 == 0) for i in range(n)),  # a generator (R7)
+        lambda: torch.tensor([[1.0], [0.0], [1.0], [0.0]]),  # [N, 1]
+        lambda: ["1", "0", "1.0", None],  # numeric strings and None
+        lambda: [True, False, 1, 0],
+    ]
+    for make in outputs:
+        totals, _ = compute_rewards(
+            [lambda completions, make=make, **kwargs: make()], None, ["p"] * n, ["c"] * n, [[1]] * n, {}, "here"
+        )
+        assert totals[:2] == [1.0, 0.0]
+
+
+def test_one_reward_function_returning_only_none_is_allowed_with_others(caplog):  # R17
+    def ungradable(completions, **kwargs):
+        return [None] * len(completions)
+
+    with caplog.at_level(logging.WARNING, logger="trl_reasonmaxxer.rewards"):
+        totals, per_func = compute_rewards(
+            [alternating_reward, ungradable], None, ["p"] * 2, ["c"] * 2, [[1], [2]], {"solution": ["1", "2"]}, "x"
+        )
+    assert totals == [1.0, 0.0] and "'ungradable' returned None for every completion" in caplog.text
+    kwargs = {"solution": ["1", "2"], "trainer_state": None, "log_metric": None, "log_extra": None}
+    with pytest.raises(ValueError, match=r"only None/NaN for all 2 completions.*columns it reads \(solution\)"):
+        compute_rewards([ungradable], None, ["p"] * 2, ["c"] * 2, [[1], [2]], kwargs, "x")

@@ -4,31 +4,24 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import re
-from collections import Counter
-from pathlib import Path
 
 import pytest
 import torch
-from datasets import Dataset, load_from_disk
+from datasets import Dataset
 from peft import LoraConfig
 from transformers import AutoModelForCausalLM
 from trl.trainer.utils import selective_log_softmax, use_adapter
 
 import trl_reasonmaxxer.trainer as trainer_module
-from trl_reasonmaxxer import ReasonMaxxerConfig, ReasonMaxxerTrainer
+from trl_reasonmaxxer import ReasonMaxxerTrainer
 from trl_reasonmaxxer.losses import reasonmaxxer_loss, token_kl
-from trl_reasonmaxxer.scoring import score_rollouts
 from trl_reasonmaxxer.testing import make_tiny_tokenizer
 
 from .helpers import (
-    CallCounter,
-    SimulatedCrash,
-    alternating_reward,
     chat_prompts,
     make_pool,
-    pool_key,
+    make_trainer,
     softcapped_model,
     tiny_config,
 )
@@ -98,15 +91,6 @@ def decision_objective(trainer) -> float:
         "adv_ce", logps, batch["base_logps"][:, 1:], batch["advantages"], fork, ~fork, batch["weights"], beta=0.0
     )
     return parts["decision_loss"].item()
-
-
-def make_trainer(model_dir, output_dir, dataset=None, reward=alternating_reward, **config):
-    return ReasonMaxxerTrainer(
-        model=model_dir,
-        reward_funcs=reward,
-        args=tiny_config(output_dir, **config),
-        train_dataset=chat_prompts(3) if dataset is None else dataset,
-    )
 
 
 # ------------------------------------------------------------------------------------------------ token alignment
@@ -299,7 +283,7 @@ def test_train_changes_only_lora_parameters(tiny_model_dir, tmp_path):
     assert any(not torch.equal(after[n], before[n]) for n in lora if "lora_B" in n)
     # the adapter-disabled model is still exactly the base model on disk
     base = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
-    ids = torch.tensor([trainer._prompt_ids()[0]])
+    ids = torch.tensor([trainer.offline.prompt_ids[0]])
     trainer.model.eval()
     with torch.no_grad(), use_adapter(trainer.model, None):
         disabled = trainer.model(input_ids=ids).logits
@@ -333,7 +317,7 @@ def test_train_learns_a_toy_task(tiny_model_dir, tmp_path):
         with torch.no_grad():
             probs = [
                 trainer.model(input_ids=torch.tensor([ids])).logits[0, -1].softmax(-1)[digits].sum().item()
-                for ids in trainer._prompt_ids()
+                for ids in trainer.offline.prompt_ids
             ]
         return sum(probs) / len(probs)
 
@@ -406,7 +390,7 @@ def test_grpo_script_runs_with_the_two_names_swapped(tiny_model_dir, tmp_path, c
 
     base = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
     loaded = PeftModel.from_pretrained(base, training_args.output_dir)
-    ids = torch.tensor([trainer._prompt_ids()[1]])
+    ids = torch.tensor([trainer.offline.prompt_ids[1]])
     trainer.model.eval()
     loaded.eval()
     with torch.no_grad():
@@ -426,200 +410,3 @@ def test_model_card_names_the_method(tiny_model_dir, tmp_path):
     tags = re.findall(r"^- (\S+)$", front_matter, flags=re.MULTILINE)
     assert "reasonmaxxer" in tags and "trl" in tags
     assert "2605.06241" in text  # the paper
-
-
-# ------------------------------------------------------------------------------------------------ bad input
-
-
-def test_error_without_prompt_column(tiny_model_dir, tmp_path):
-    dataset = Dataset.from_dict({"question": ["what is 1 plus 1 ?"]})
-    with pytest.raises(ValueError, match=r"no `prompt` column.*question"):
-        make_trainer(tiny_model_dir, tmp_path, dataset=dataset)
-
-
-def test_error_on_empty_dataset(tiny_model_dir, tmp_path):
-    with pytest.raises(ValueError, match="train_dataset is empty"):
-        make_trainer(tiny_model_dir, tmp_path, dataset=Dataset.from_dict({"prompt": []}))
-
-
-def test_error_chat_prompts_without_chat_template(tiny_model_dir, tmp_path):
-    with pytest.raises(ValueError, match="no chat template") as err:
-        trainer = ReasonMaxxerTrainer(
-            model=tiny_model_dir,
-            reward_funcs=alternating_reward,
-            args=tiny_config(tmp_path),
-            train_dataset=chat_prompts(2),
-            processing_class=make_tiny_tokenizer(chat_template=False),
-        )
-        trainer.train()
-    assert "chat_template" in str(err.value) and "plain strings" in str(err.value)
-
-
-def test_reward_function_error_keeps_rollouts_and_rerun_does_not_regenerate(tiny_model_dir, tmp_path, monkeypatch):
-    def broken(completions, **kwargs):
-        raise ZeroDivisionError("oops")
-
-    real_generate = trainer_module.generate_completions
-    counter = CallCounter(real_generate)
-    monkeypatch.setattr(trainer_module, "generate_completions", counter)
-    trainer = make_trainer(tiny_model_dir, tmp_path, reward=broken)
-    with pytest.raises(RuntimeError) as err:
-        trainer.train()
-    message = str(err.value)
-    assert "broken" in message and "ZeroDivisionError" in message and "oops" in message
-    assert "rollouts are kept" in message and trainer.rollout_cache_dir in message
-    assert counter.calls == 3
-    chunks = sorted(os.listdir(Path(trainer.rollout_cache_dir) / "generations"))
-    assert chunks == ["chunk-00000.jsonl", "chunk-00001.jsonl", "chunk-00002.jsonl"]
-
-    rerun = CallCounter(real_generate)
-    monkeypatch.setattr(trainer_module, "generate_completions", rerun)
-    fixed = make_trainer(tiny_model_dir, tmp_path)
-    assert fixed.rollout_cache_dir == trainer.rollout_cache_dir
-    fixed.train()
-    assert rerun.calls == 0
-    assert fixed.state.global_step == 2
-
-
-def test_error_wrong_number_of_rewards(tiny_model_dir, tmp_path):
-    def short(completions, **kwargs):
-        return [1.0, 0.0, 1.0]
-
-    with pytest.raises(ValueError, match=r"'short' returned 3 rewards for 12 completions"):
-        make_trainer(tiny_model_dir, tmp_path, reward=short).train()
-
-
-def test_error_all_none_rewards(tiny_model_dir, tmp_path):
-    def unparsable(completions, **kwargs):
-        return [None] * len(completions)
-
-    with pytest.raises(ValueError, match=r"only None/NaN for all 12 completions") as err:
-        make_trainer(tiny_model_dir, tmp_path, reward=unparsable).train()
-    assert "answer" in str(err.value)  # the dataset columns the reward reads
-
-
-def test_error_no_mixed_success_prompt(tiny_model_dir, tmp_path):
-    def always_right(completions, **kwargs):
-        return [1.0] * len(completions)
-
-    with pytest.raises(ValueError, match="No prompt has mixed success") as err:
-        make_trainer(tiny_model_dir, tmp_path, reward=always_right).train()
-    message = str(err.value)
-    assert "3 always solved" in message and "0 never solved" in message and "0 mixed" in message
-    assert "num_generations" in message and "temperature" in message
-
-    def always_wrong(completions, **kwargs):
-        return [0.0] * len(completions)
-
-    with pytest.raises(ValueError, match="0 always solved, 3 never solved"):
-        make_trainer(tiny_model_dir, tmp_path, reward=always_wrong).train()
-
-
-def test_error_gate_selects_nothing(tiny_model_dir, tmp_path):
-    with pytest.raises(ValueError, match="selected no token") as err:
-        make_trainer(tiny_model_dir, tmp_path, fork_threshold=1e9).train()
-    assert "fork_threshold" in str(err.value)
-
-
-@pytest.mark.parametrize("num_generations", [1, 0, None])
-def test_error_num_generations_below_two(tmp_path, num_generations):
-    with pytest.raises(ValueError, match="num_generations must be at least 2"):
-        ReasonMaxxerConfig(output_dir=str(tmp_path), num_generations=num_generations, use_cpu=True, report_to="none")
-
-
-def test_pool_with_missing_rewards_ignores_those_rollouts(tiny_model_dir, tmp_path):
-    """A passed-in pool may hold None rewards (a reward function's "cannot grade"): those rollouts are ignored."""
-    pool = make_pool({0: [(1.0, [0.1, 3.0]), (0.0, [3.0, 0.2]), (None, [3.0, 3.0]), (1.0, [0.1, 3.0, 0.2])]})
-    trainer = ReasonMaxxerTrainer(
-        model=tiny_model_dir, args=tiny_config(tmp_path, fork_threshold=1.0), rollout_dataset=pool
-    )
-    pairs = trainer.prepare_training_data()
-    used = {tuple(p[f"{s}_completion_ids"]) for p in pairs for s in ("chosen", "rejected")}
-    assert tuple(pool[2]["completion_ids"]) not in used
-    assert len(used) == 3
-
-
-# ------------------------------------------------------------------------------------------------ rollout cache
-
-
-def test_interrupted_offline_phase_resumes_and_cache_is_reused(tiny_model_dir, tmp_path, monkeypatch):
-    real_generate = trainer_module.generate_completions
-    reference = make_trainer(tiny_model_dir, tmp_path / "uninterrupted").build_rollout_dataset()
-
-    crash = CallCounter(real_generate, fail_on=2)
-    monkeypatch.setattr(trainer_module, "generate_completions", crash)
-    with pytest.raises(SimulatedCrash):
-        make_trainer(tiny_model_dir, tmp_path / "run").train()
-    crashed = make_trainer(tiny_model_dir, tmp_path / "run")
-    assert os.listdir(Path(crashed.rollout_cache_dir) / "generations") == ["chunk-00000.jsonl"]
-
-    resume = CallCounter(real_generate)
-    monkeypatch.setattr(trainer_module, "generate_completions", resume)
-    resumed = make_trainer(tiny_model_dir, tmp_path / "run")
-    resumed.train()
-    assert resume.calls == 2  # only the two missing chunks
-    pool = load_from_disk(os.path.join(resumed.rollout_cache_dir, "pool"))
-    assert pool_key(pool) == pool_key(reference)
-
-    again = CallCounter(real_generate)
-    scorer = CallCounter(trainer_module.score_rollouts)
-    monkeypatch.setattr(trainer_module, "generate_completions", again)
-    monkeypatch.setattr(trainer_module, "score_rollouts", scorer)
-    second = make_trainer(tiny_model_dir, tmp_path / "run")
-    second.train()
-    assert again.calls == 0 and scorer.calls == 0
-    assert second.train_dataset.to_list() == resumed.train_dataset.to_list()
-
-
-def test_cache_reuse_with_another_chunk_size_keeps_every_prompt(tiny_model_dir, tmp_path):
-    """Changing ``rollout_chunk_size`` between runs must not mix up which cached rows belong to which prompt."""
-    first = make_trainer(tiny_model_dir, tmp_path, rollout_chunk_size=1).build_rollout_dataset()
-    assert Counter(first["prompt_index"]) == {0: 4, 1: 4, 2: 4}
-    trainer = make_trainer(tiny_model_dir, tmp_path, rollout_chunk_size=2)
-    pool = trainer.build_rollout_dataset()
-    assert Counter(pool["prompt_index"]) == {0: 4, 1: 4, 2: 4}
-    for row in pool:
-        assert row["prompt_ids"] == trainer._prompt_ids()[row["prompt_index"]]
-
-
-@pytest.mark.parametrize("per_call, expected", [(1, 8), (5, 10), (3, 9), (8, 8), (32, 32)])
-def test_default_chunk_size_ends_on_a_generate_call_boundary(per_call, expected):
-    from trl_reasonmaxxer.pool import default_chunk_size
-
-    assert default_chunk_size(per_call) == expected
-
-
-def test_default_chunk_size_follows_the_generate_batch_and_an_explicit_one_is_kept(tiny_model_dir, tmp_path):
-    # 12 sequences per call / 4 generations = 3 prompts per call → chunks of 9 prompts, i.e. exactly 3 calls each
-    trainer = make_trainer(tiny_model_dir, tmp_path, rollout_chunk_size=None, rollout_batch_size=12)
-    assert trainer._rollout_chunk_size == 9
-    assert make_trainer(tiny_model_dir, tmp_path, rollout_chunk_size=2, rollout_batch_size=12)._rollout_chunk_size == 2
-
-
-def test_cached_scores_follow_their_rollouts_when_truncated_ones_are_masked(tiny_model_dir, tmp_path):
-    """Scores cached by one run must not be attached to other rollouts in a run that drops truncated rollouts."""
-    pool = make_pool(
-        {
-            0: [(1.0, 5, True), (1.0, 2), (0.0, 3), (0.0, 4)],
-            1: [(1.0, 6), (0.0, 7), (1.0, 8), (0.0, 9)],
-        },
-        scored=False,
-    )
-    ReasonMaxxerTrainer(
-        model=tiny_model_dir, args=tiny_config(tmp_path, fork_gate="all"), rollout_dataset=pool
-    ).prepare_training_data()
-    masked = ReasonMaxxerTrainer(
-        model=tiny_model_dir,
-        args=tiny_config(tmp_path, fork_gate="all", mask_truncated_completions=True),
-        rollout_dataset=pool,
-    )
-    pairs = masked.prepare_training_data()
-    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
-    pad = make_tiny_tokenizer().pad_token_id
-    for pair in pairs:
-        for side in ("chosen", "rejected"):
-            completion = pair[f"{side}_completion_ids"]
-            assert len(completion) != 5  # the truncated rollout is gone
-            assert len(pair[f"{side}_logps"]) == len(pair[f"{side}_fork_mask"]) == len(completion)
-            ((_, fresh),) = score_rollouts(base, [(pair["prompt_ids"], completion)], pad, disable_progress=True)
-            assert pair[f"{side}_logps"] == pytest.approx(fresh, abs=1e-5)

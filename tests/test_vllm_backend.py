@@ -12,8 +12,7 @@ from collections import Counter
 import pytest
 from trl.generation import vllm_client  # before any test puts a fake `vllm` in sys.modules
 
-import trl_reasonmaxxer.trainer as trainer_module
-from trl_reasonmaxxer import ReasonMaxxerConfig, ReasonMaxxerTrainer
+from trl_reasonmaxxer import ReasonMaxxerConfig, ReasonMaxxerTrainer, offline
 from trl_reasonmaxxer.testing import make_tiny_model, make_tiny_tokenizer
 from trl_reasonmaxxer.vllm_backend import VLLMRollouts, model_path
 
@@ -78,8 +77,8 @@ def make_trainer(model_dir, output_dir, **config):
 
 def test_colocated_vllm_rows_match_the_hf_rows(fake_vllm, tiny_model_dir, tmp_path, monkeypatch):
     hf = make_trainer(tiny_model_dir, tmp_path / "hf").build_rollout_dataset()
-    hf_generate = CallCounter(trainer_module.generate_completions)
-    monkeypatch.setattr(trainer_module, "generate_completions", hf_generate)
+    hf_generate = CallCounter(offline.generate_completions)
+    monkeypatch.setattr(offline, "generate_completions", hf_generate)
     trainer = make_trainer(
         tiny_model_dir,
         tmp_path / "vllm",
@@ -101,7 +100,7 @@ def test_colocated_vllm_rows_match_the_hf_rows(fake_vllm, tiny_model_dir, tmp_pa
     assert vllm_pool["prompt_ids"] == hf["prompt_ids"]
     assert Counter(vllm_pool["prompt_index"]) == {0: 4, 1: 4, 2: 4}
     # one request per prompt, seeded by prompt index: sample j of prompt i has seed 3 + 4 i + j
-    assert [p["prompt_token_ids"] for p, _ in llm.requests] == trainer._prompt_ids()
+    assert [p["prompt_token_ids"] for p, _ in llm.requests] == trainer.offline.prompt_ids
     params = [s for _, s in llm.requests]
     assert [s.seed for s in params] == [3, 7, 11] and {s.n for s in params} == {4}
     assert params[0].stop_token_ids == [EOS] and params[0].max_tokens == 3
@@ -137,7 +136,7 @@ def test_server_mode_sends_one_seeded_request_per_prompt(fake_vllm, tiny_model_d
     (client,) = clients
     assert client.kwargs["base_url"] == "http://gpu-box:8000" and not FakeLLM.instances
     calls = sorted(client.calls, key=lambda c: c[2]["seed"])
-    assert [c[0] for c in calls] == [[ids] for ids in trainer._prompt_ids()]
+    assert [c[0] for c in calls] == [[ids] for ids in trainer.offline.prompt_ids]
     assert [c[2]["seed"] for c in calls] == [0, 4, 8] and {c[1] for c in calls} == {4}
     assert rows["completion_ids"][0] == scripted_ids(0)[:2] and rows["truncated"][:2] == [False, True]
 
@@ -177,8 +176,8 @@ def test_both_backends_get_every_sampling_setting_explicitly(tiny_model_dir, tmp
     from trl_reasonmaxxer.vllm_backend import sampling_kwargs
 
     seen = []
-    real = trainer_module.generate_completions
-    monkeypatch.setattr(trainer_module, "generate_completions", lambda *a, **kw: seen.append(kw) or real(*a, **kw))
+    real = offline.generate_completions
+    monkeypatch.setattr(offline, "generate_completions", lambda *a, **kw: seen.append(kw) or real(*a, **kw))
     trainer = make_trainer(tiny_model_dir, tmp_path, top_k=None, min_p=None, repetition_penalty=1.0)
     trainer.build_rollout_dataset()
     hf = {k: seen[0][k] for k in ("temperature", "top_p", "top_k", "min_p", "repetition_penalty")}

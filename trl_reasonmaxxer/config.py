@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 
 import torch
 from peft import LoraConfig
+from transformers.trainer_utils import HubStrategy
 from trl import GRPOConfig
 from trl.trainer.base_config import _BaseConfig
 
@@ -18,6 +19,8 @@ from trl.trainer.base_config import _BaseConfig
 logger = logging.getLogger(__name__)
 
 LOSS_TYPES = ("adv_ce", "adv_ratio", "fork_dpo")
+# GRPO's loss names: a GRPO script may set one, and it falls back to ReasonMaxxer's default with a warning
+GRPO_LOSS_TYPES = ("grpo", "dr_grpo", "dapo", "bnpo", "cispo", "sapo", "luspo", "vespo")
 FORK_GATES = ("entropy", "random", "all")
 FORK_SCOPES = ("pool", "rollout")
 PAPER_LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj"]
@@ -71,139 +74,188 @@ HONOURED_GRPO_FIELDS = frozenset(
     }
 )
 VLLM_MODES = ("colocate", "server")
+HUB_STRATEGIES = tuple(s.value for s in HubStrategy)  # end, every_save, checkpoint, all_checkpoints
 
 
 @dataclass
 class ReasonMaxxerConfig(GRPOConfig):
     r"""
-    Configuration for [`ReasonMaxxerTrainer`]. It accepts every [`~trl.GRPOConfig`] argument, so a GRPO script runs
-    unchanged; arguments with no ReasonMaxxer meaning (vLLM importance sampling and weight sync, GRPO loss variants,
-    ...) are reported once as having no effect. Defaults follow the paper (Akgül et al., 2026, Table 6).
+    Configuration class for the [`ReasonMaxxerTrainer`].
 
-    > Parameters that control the offline rollouts (sampled once from the frozen base model)
+    It accepts every [`~trl.GRPOConfig`] argument, so a GRPO script runs unchanged; arguments with no ReasonMaxxer
+    meaning (vLLM importance sampling and weight sync, GRPO loss variants, ...) are reported once as having no effect.
+    Listed here are ReasonMaxxer's own parameters and the GRPOConfig ones whose meaning or default differs. Defaults
+    follow the paper (Akgül et al., 2026, Table 6); see the note at the end.
 
-    num_generations (`int`, *optional*, defaults to `20`):
-        Rollouts per prompt. At least 2: selection needs both successes and failures of the same prompt.
-    temperature (`float`, *optional*, defaults to `0.6`) and top_p (`float`, *optional*, defaults to `0.95`):
-        Sampling settings of the rollouts. `top_k`, `min_p`, `repetition_penalty` and `generation_kwargs` are
-        passed to `generate` too; as in GRPO, a `generation_kwargs` key naming one of these settings (or
-        `max_new_tokens`) overrides it.
-    max_completion_length (`int`, *optional*, defaults to `512`):
-        Maximum new tokens per rollout; a rollout that hits it is flagged `truncated`. GRPOConfig's default, not the
-        paper's 8192: every `generate` call decodes as long as its longest row, so the cap sets the cost of the
-        offline phase, and 8192 is out of reach on a CPU. Long-reasoning tasks (MATH) on a GPU want 2048-8192; a
-        warning names this field when more than 20% of the pool is truncated (`pool/truncation_rate`).
-    rollout_batch_size (`int`, *optional*, defaults to `32`):
-        Sequences per `generate` call.
-    rollout_chunk_size (`int` or `None`, *optional*, defaults to `None`):
-        Prompts per cached chunk: an interrupted offline phase resumes at the first missing chunk. `None`: the
-        smallest multiple of the prompts per `generate` call (`rollout_batch_size // num_generations`) that is at
-        least 8, so no chunk ends in a short extra `generate` call.
-    scoring_batch_size (`int`, *optional*, defaults to `4`):
-        Sequences per teacher-forced scoring forward (entropy and log-probs of the base model).
-    rollout_cache (`bool`, *optional*, defaults to `True`):
-        Cache rollouts and scores under `output_dir/rollouts/<fingerprint>` and reuse them on the next run with the
-        same model, prompts and generation settings. With several processes each one generates and scores its share
-        of the chunks, and the pool does not depend on the number of processes.
+    Using [`~transformers.HfArgumentParser`] we can turn this class into
+    [argparse](https://docs.python.org/3/library/argparse#module-argparse) arguments that can be specified on the
+    command line.
 
-    > Parameters that control vLLM rollouts (GRPOConfig's names)
+    Parameters:
+        > Parameters that control the offline rollouts (sampled once from the frozen base model)
 
-    use_vllm (`bool`, *optional*, defaults to `False`):
-        Sample the rollouts with vLLM instead of `generate`: the same rows, seeded per prompt. Without vLLM installed
-        it falls back to `generate` with one warning (`pip install trl-reasonmaxxer[vllm]`).
-    vllm_mode (`str`, *optional*, defaults to `"colocate"`):
-        `"colocate"`: one engine per training process, alive during the offline phase only
-        (`vllm_gpu_memory_utilization`, `vllm_max_model_length`, `vllm_model_impl`, `vllm_tensor_parallel_size`,
-        which must be 1 with several processes). `"server"`: a running `trl vllm-serve` or `vllm serve` of the base
-        model (`vllm_server_base_url` or `vllm_server_host`/`vllm_server_port`, `vllm_server_timeout`). No weights
-        are synchronised: the adapter is untrained while the rollouts are sampled.
-    vllm_enable_sleep_mode (`bool`, *optional*, defaults to `False`):
-        Colocate: put the engine to sleep (level 2) after the offline phase, so training gets all its GPU memory back.
+        num_generations (`int`, *optional*, defaults to `20`):
+            Rollouts per prompt. At least 2: selection needs both successes and failures of the same prompt.
+        temperature (`float`, *optional*, defaults to `0.6`):
+            Sampling temperature of the rollouts (> 0: a prompt's greedy rollouts would all be the same).
+        top_p (`float`, *optional*, defaults to `0.95`):
+            Nucleus sampling of the rollouts. `top_k`, `min_p`, `repetition_penalty` and `generation_kwargs` are
+            passed to `generate` too; as in GRPO, a `generation_kwargs` key naming one of these settings (or
+            `max_new_tokens`) overrides it.
+        max_completion_length (`int`, *optional*, defaults to `512`):
+            Maximum new tokens per rollout; a rollout that hits it is flagged `truncated`. GRPOConfig's default, not
+            the paper's 8192: every `generate` call decodes as long as its longest row, so the cap sets the cost of the
+            offline phase, and 8192 is out of reach on a CPU. Long-reasoning tasks (MATH) on a GPU want 2048-8192; a
+            warning names this field when more than 20% of the pool is truncated (`pool/truncation_rate`).
+        rollout_batch_size (`int`, *optional*, defaults to `32`):
+            Sequences per `generate` call.
+        rollout_chunk_size (`int` or `None`, *optional*, defaults to `None`):
+            Prompts per cached chunk: an interrupted offline phase resumes at the first missing chunk. `None`: the
+            smallest multiple of the prompts per `generate` call (`rollout_batch_size // num_generations`) that is at
+            least 8, so no chunk ends in a short extra `generate` call.
+        scoring_batch_size (`int`, *optional*, defaults to `4`):
+            Sequences per teacher-forced scoring forward (entropy and log-probs of the base model).
+        rollout_cache (`bool`, *optional*, defaults to `True`):
+            Cache rollouts and scores under `output_dir/rollouts/<fingerprint>` and reuse them on the next run with
+            the same model, prompts and generation settings. With several processes each one generates and scores its
+            share of the chunks, and the pool does not depend on the number of processes.
 
-    > Parameters that control llama.cpp rollouts on CPU (the `cpu` extra)
+        > Parameters that control vLLM rollouts (GRPOConfig's names)
 
-    use_llama_cpp (`bool` or `None`, *optional*, defaults to `None`):
-        Sample the rollouts with llama.cpp from a GGUF of the model: the same rows, about 2x faster than float32
-        `generate` on CPU, seeded per prompt; log-probs for the loss still come from the model itself. `None` (auto):
-        on when there is no CUDA GPU, `pip install 'trl-reasonmaxxer[cpu]'` is installed, a GGUF is at hand (the
-        embedded default model's, or `llama_cpp_model_path`), `repetition_penalty` is 1 and `generation_kwargs` set
-        nothing but the sampling fields above (those it samples with, as `generate` does). `True` makes a missing
-        piece an error.
-    llama_cpp_model_path (`str` or `None`, *optional*, defaults to `None`):
-        The model as a GGUF file (its vocabulary must be the tokenizer's). Not needed for the embedded default model.
-    llama_cpp_n_threads (`int` or `None`, *optional*, defaults to `None`):
-        llama.cpp threads; `None`: the cores other processes leave free, measured at each call, at most
-        `OMP_NUM_THREADS` or the cores this process may use (llama.cpp's threads wait for each other at every
-        operation, so a thread sharing its core with another busy process slows them all down).
+        use_vllm (`bool`, *optional*, defaults to `False`):
+            Sample the rollouts with vLLM instead of `generate`: the same rows, seeded per prompt. Without vLLM
+            installed it falls back to `generate` with one warning (`pip install trl-reasonmaxxer[vllm]`).
+        vllm_mode (`str`, *optional*, defaults to `"colocate"`):
+            `"colocate"`: one engine per training process, alive during the offline phase only
+            (`vllm_gpu_memory_utilization`, `vllm_max_model_length`, `vllm_model_impl`, `vllm_tensor_parallel_size`,
+            which must be 1 with several processes). `"server"`: a running `trl vllm-serve` or `vllm serve` of the
+            base model (`vllm_server_base_url` or `vllm_server_host`/`vllm_server_port`, `vllm_server_timeout`). No
+            weights are synchronised: the adapter is untrained while the rollouts are sampled.
+        vllm_enable_sleep_mode (`bool`, *optional*, defaults to `False`):
+            Colocate: put the engine to sleep (level 2) after the offline phase, so training gets all its GPU memory
+            back.
 
-    > Parameters that control problem selection
+        > Parameters that control llama.cpp rollouts on CPU (the `cpu` extra)
 
-    max_problems (`int`, *optional*, defaults to `50`):
-        Number of mixed-success prompts (0 < pass rate < 1) kept, those closest to a pass rate of 0.5 (ties: fewer
-        truncated rollouts, then shorter mean completion, then dataset order, as in the authors' code).
-    success_threshold (`float` or `None`, *optional*, defaults to `None`):
-        A rollout counts as solved, for pass rates and selection, when its (weighted) reward is above this. `None`:
-        halfway between the lowest and highest reward in the pool (0.5 if they are equal), i.e. 0.5 for a 0/1
-        verifier (the paper) and the same split for any scale (`0.4 × accuracy`, ±1). Set it for graded or combined
-        rewards, e.g. `0.9` when accuracy is worth 1 and a format bonus 0.2.
-    advantage_clip (`float`, *optional*, defaults to `2.5`):
-        Advantages `(r - mean) / std` per prompt (population std) are clipped to `±advantage_clip`.
+        use_llama_cpp (`bool` or `None`, *optional*, defaults to `None`):
+            Sample the rollouts with llama.cpp from a GGUF of the model: the same rows, about 2x faster than float32
+            `generate` on CPU, seeded per prompt; log-probs for the loss still come from the model itself. `None`
+            (auto): on when there is no CUDA GPU, `pip install 'trl-reasonmaxxer[cpu]'` is installed, a GGUF is at hand
+            (the embedded default model's, or `llama_cpp_model_path`), `repetition_penalty` is 1 and
+            `generation_kwargs` set nothing but the sampling fields above (those it samples with, as `generate` does).
+            `True` makes a missing piece an error.
+        llama_cpp_model_path (`str` or `None`, *optional*, defaults to `None`):
+            The model as a GGUF file (its vocabulary must be the tokenizer's). Not needed for the embedded default
+            model.
+        llama_cpp_n_threads (`int` or `None`, *optional*, defaults to `None`):
+            llama.cpp threads; `None`: the cores other processes leave free, measured at each call, at most
+            `OMP_NUM_THREADS` or the cores this process may use (llama.cpp's threads wait for each other at every
+            operation, so a thread sharing its core with another busy process slows them all down).
 
-    > Parameters that control the fork-token gate
+        > Parameters that control problem selection
 
-    fork_gate (`str`, *optional*, defaults to `"entropy"`):
-        `"entropy"` (the method), `"random"` (control: the same number of positions per rollout as the entropy gate,
-        chosen uniformly with `seed`) or `"all"` (control: every completion token).
-    fork_threshold (`float` or `None`, *optional*, defaults to `None`):
-        Absolute entropy threshold τ in nats (a position is a fork when `H > τ`). `None` calibrates τ on the
-        selected pool so that `fork_fraction` of its completion tokens are forks.
-    fork_fraction (`float`, *optional*, defaults to `0.03`):
-        Target share of completion tokens gated, about the top 3% by base entropy as in the paper.
-    fork_scope (`str`, *optional*, defaults to `"pool"`):
-        `"pool"`: one τ for the whole pool. `"rollout"`: the top `fork_fraction` (or `fork_topk`) positions of each
-        rollout by entropy.
-    fork_topk (`int` or `None`, *optional*, defaults to `None`):
-        With `fork_scope="rollout"`, gate exactly this many positions per rollout (fewer if it is shorter).
+        max_problems (`int`, *optional*, defaults to `50`):
+            Number of mixed-success prompts (0 < pass rate < 1) kept, those closest to a pass rate of 0.5 (ties: fewer
+            truncated rollouts, then shorter mean completion, then dataset order, as in the authors' code).
+        success_threshold (`float` or `None`, *optional*, defaults to `None`):
+            A rollout counts as solved, for pass rates and selection, when its (weighted) reward is above this.
+            `None`: halfway between the lowest and highest reward in the pool (0.5 if they are equal), i.e. 0.5 for a
+            0/1 verifier (the paper) and the same split for any scale (`0.4 × accuracy`, ±1). Set it for graded or
+            combined rewards, e.g. `0.9` when accuracy is worth 1 and a format bonus 0.2.
+        advantage_clip (`float`, *optional*, defaults to `2.5`):
+            Advantages `(r - mean) / std` per prompt (population std) are clipped to `±advantage_clip`.
 
-    > Parameters that control the loss
+        > Parameters that control the fork-token gate
 
-    loss_type (`str`, *optional*, defaults to `"adv_ce"`):
-        `"adv_ce"`: the paper's loss, mean over forks of `-A·log π(token)` plus `beta` × mean KL(π_base ‖ π) over
-        the other valid positions. `"adv_ratio"`: a clipped variant, PPO's clipped surrogate with the base model as
-        the old policy (`epsilon`). `"fork_dpo"`: a bounded pairwise loss, `-log σ(dpo_beta · margin)` where margin is
-        the chosen-minus-rejected mean fork-token log-ratio to the base. GRPO loss names (`"dapo"`, `"grpo"`, ...)
-        fall back to `"adv_ce"` with a warning; any other name is an error.
-    beta (`float`, *optional*, defaults to `0.2`):
-        Weight of the KL anchor to the base model (the reference is the same model with the adapter disabled).
-    epsilon (`float`, *optional*, defaults to `0.2`):
-        Clip range of `"adv_ratio"`.
-    neg_prob_floor (`float` or `None`, *optional*, defaults to `None`):
-        Bounds `"adv_ce"`: a negative-advantage fork token stops being pushed down once its probability is below
-        this floor. `None` is the paper's unbounded loss.
-    dpo_beta (`float`, *optional*, defaults to `1.0`):
-        Inverse temperature of `"fork_dpo"` (its margin is a per-token mean log-ratio, hence larger than DPO's 0.1).
-    kl_on_prompt (`bool`, *optional*, defaults to `True`):
-        Include prompt positions in the KL anchor, as the paper does.
-    disable_dropout (`bool`, *optional*, defaults to `True`):
-        Turn off the model's dropout (LoRA dropout included) for training, as DPOConfig does (GRPOConfig: `False`):
-        the fork targets and base log-probs were scored without dropout, and the paper's models have none. The KL
-        anchor's reference forward runs in eval mode either way.
+        fork_gate (`str`, *optional*, defaults to `"entropy"`):
+            `"entropy"` (the method), `"random"` (control: the same number of positions per rollout as the entropy
+            gate, chosen uniformly with `seed`) or `"all"` (control: every completion token).
+        fork_threshold (`float` or `None`, *optional*, defaults to `None`):
+            Absolute entropy threshold τ in nats (a position is a fork when `H > τ`). `None` calibrates τ on the
+            selected pool so that `fork_fraction` of its completion tokens are forks.
+        fork_fraction (`float`, *optional*, defaults to `0.03`):
+            Target share of completion tokens gated, about the top 3% by base entropy as in the paper.
+        fork_scope (`str`, *optional*, defaults to `"pool"`):
+            `"pool"`: one τ for the whole pool. `"rollout"`: the top `fork_fraction` (or `fork_topk`) positions of each
+            rollout by entropy.
+        fork_topk (`int` or `None`, *optional*, defaults to `None`):
+            With `fork_scope="rollout"`, gate exactly this many positions per rollout (fewer if it is shorter).
 
-    > Parameters that control the Hub upload
+        > Parameters that control the loss
 
-    hub_strategy (`str`, *optional*, defaults to `"end"`):
-        With `push_to_hub=True`, upload once, at the end, through [`ReasonMaxxerTrainer.push_to_hub`], which leaves
-        the rollout cache and checkpoints out. Trainer's `"every_save"`/`"checkpoint"` strategies upload the whole
-        `output_dir` at each save, the rollout cache included.
+        loss_type (`str`, *optional*, defaults to `"adv_ce"`):
+            `"adv_ce"`: the paper's loss, mean over forks of `-A·log π(token)` plus `beta` × mean KL(π_base ‖ π) over
+            the other valid positions. `"adv_ratio"`: a clipped variant, PPO's clipped surrogate with the base model
+            as the old policy (`epsilon`). `"fork_dpo"`: a bounded pairwise loss, `-log σ(dpo_beta · margin)` where
+            margin is the chosen-minus-rejected mean fork-token log-ratio to the base. GRPO loss names (`"dapo"`,
+            `"grpo"`, ...) fall back to `"adv_ce"` with a warning; any other name is an error.
+        beta (`float`, *optional*, defaults to `0.2`):
+            Weight of the KL anchor to the base model (the reference is the same model with the adapter disabled).
+        epsilon (`float`, *optional*, defaults to `0.2`):
+            Clip range of `"adv_ratio"`.
+        neg_prob_floor (`float` or `None`, *optional*, defaults to `None`):
+            Bounds `"adv_ce"`: a negative-advantage fork token stops being pushed down once its probability is below
+            this floor. `None` is the paper's unbounded loss.
+        dpo_beta (`float`, *optional*, defaults to `1.0`):
+            Inverse temperature of `"fork_dpo"` (its margin is a per-token mean log-ratio, hence larger than DPO's
+            0.1).
+        kl_on_prompt (`bool`, *optional*, defaults to `True`):
+            Include prompt positions in the KL anchor, as the paper does.
+        disable_dropout (`bool`, *optional*, defaults to `True`):
+            Turn off the model's dropout (LoRA dropout included) for training, as DPOConfig does (GRPOConfig:
+            `False`): the fork targets and base log-probs were scored without dropout, and the paper's models have
+            none. The KL anchor's reference forward runs in eval mode either way.
+
+        > Parameters that control the training
+
+        learning_rate (`float`, *optional*, defaults to `1e-4`):
+            AdamW learning rate of the LoRA (the authors' code: 1e-4).
+        per_device_train_batch_size (`int`, *optional*, defaults to `1`):
+            Training items per device per step; each item is two rollouts of one prompt.
+        gradient_accumulation_steps (`int`, *optional*, defaults to `4`):
+            4 items = 8 rollouts per optimiser step, as in the paper.
+        warmup_steps (`float`, *optional*, defaults to `50`):
+            Linear warm-up steps (a float < 1 is a ratio of the training steps).
+        num_train_epochs (`float`, *optional*, defaults to `1.0`):
+            Epochs over the selected rollouts (`"fork_dpo"`: over its preference pairs).
+        logging_steps (`float`, *optional*, defaults to `5`):
+            Log every N optimiser steps (the pool statistics with the first one).
+        bf16 (`bool` or `None`, *optional*, defaults to `None`):
+            bf16 mixed precision; `None` turns it on when the GPU supports it (never on CPU).
+
+        > Parameters that control the Hub upload
+
+        hub_strategy (`str`, *optional*, defaults to `"end"`):
+            With `push_to_hub=True`, upload once, at the end, through [`ReasonMaxxerTrainer.push_to_hub`], which
+            leaves the rollout cache and checkpoints out. Trainer's `"every_save"`/`"checkpoint"`/`"all_checkpoints"`
+            strategies upload the whole `output_dir` at each save, the rollout cache included.
+
+    > [!NOTE]
+    > These parameters have default values different from [`~trl.GRPOConfig`], the paper's (Table 6 and the authors'
+    > code) unless said otherwise:
+    > - `num_generations`: `20` instead of `8`; `temperature`: `0.6` instead of `1.0`; `top_p`: `0.95` instead of
+    >   `1.0`.
+    > - `beta`: `0.2` instead of `0.0`; `loss_type`: `"adv_ce"` (the paper's loss) instead of `"dapo"`.
+    > - `learning_rate`: `1e-4` instead of `1e-6`; `per_device_train_batch_size`: `1` (two rollouts) instead of
+    >   `8`; `gradient_accumulation_steps`: `4` instead of `1`; `warmup_steps`: `50` instead of `0`;
+    >   `num_train_epochs`: `1.0` instead of `3.0`.
+    > - Not from the paper: `logging_steps`: `5` instead of `10` (the few steps of a run); `disable_dropout`: `True`
+    >   instead of `False` (as DPOConfig); `bf16`: on where the GPU supports it; `hub_strategy`: `"end"` instead of
+    >   `"every_save"` (keeps the rollout cache off the Hub).
+    >
+    > Where we depart from the paper: `max_completion_length` keeps GRPOConfig's `512` (the paper samples up to
+    > 8192 tokens, out of reach on a CPU), and τ is calibrated to `fork_fraction` of the selected pool's tokens
+    > instead of an absolute threshold swept per model family (`fork_threshold` sets one). docs/method.md lists the
+    > rest ("Where we depart from the paper, and why").
     """
 
-    # Paper defaults (Table 6) replacing GRPOConfig's
+    # Parameters whose default values are overridden from GRPOConfig (the paper's, see the note above)
     learning_rate: float = field(default=1e-4, metadata={"help": "AdamW learning rate (the authors' code: 1e-4)."})
     per_device_train_batch_size: int = field(
-        default=1, metadata={"help": "Preference pairs per device per step (each pair is two rollouts)."}
+        default=1, metadata={"help": "Training items per device per step (each item is two rollouts of a prompt)."}
     )
     gradient_accumulation_steps: int = field(
-        default=4, metadata={"help": "4 pairs = 8 rollouts per optimiser step, as in the paper."}
+        default=4, metadata={"help": "4 items = 8 rollouts per optimiser step, as in the paper."}
     )
     warmup_steps: float = field(default=50, metadata={"help": "Linear warm-up steps (a float < 1 is a ratio)."})
     num_train_epochs: float = field(
@@ -213,11 +265,10 @@ class ReasonMaxxerConfig(GRPOConfig):
     bf16: bool | None = field(
         default=None, metadata={"help": "bf16 mixed precision; None means on when the GPU supports it."}
     )
-    disable_dropout: bool = field(
-        default=True, metadata={"help": "Disable dropout (LoRA dropout included) during training, as DPOConfig does."}
-    )
+
+    # Parameters that control the offline rollouts (sampled once from the frozen base model)
     num_generations: int | None = field(default=20, metadata={"help": "Rollouts per prompt (>= 2)."})
-    temperature: float = field(default=0.6, metadata={"help": "Rollout sampling temperature."})
+    temperature: float = field(default=0.6, metadata={"help": "Rollout sampling temperature (> 0)."})
     top_p: float = field(default=0.95, metadata={"help": "Rollout nucleus sampling."})
     max_completion_length: int | None = field(
         default=512,
@@ -226,15 +277,25 @@ class ReasonMaxxerConfig(GRPOConfig):
             "A warning names it when over a fifth of the rollouts are truncated."
         },
     )
-    beta: float = field(default=0.2, metadata={"help": "KL-anchor weight."})
-    loss_type: str = field(default="adv_ce", metadata={"help": "adv_ce, adv_ratio or fork_dpo."})
-    # Rollouts
     rollout_batch_size: int = field(default=32, metadata={"help": "Sequences per generate call."})
     rollout_chunk_size: int | None = field(
         default=None,
         metadata={"help": "Prompts per cached (resumable) chunk; default: a multiple of the prompts per call."},
     )
     scoring_batch_size: int = field(default=4, metadata={"help": "Sequences per scoring forward."})
+    rollout_cache: bool = field(default=True, metadata={"help": "Cache and reuse rollouts under output_dir."})
+
+    # Parameters that control vLLM rollouts (GRPOConfig's names)
+    vllm_mode: str = field(
+        default="colocate",
+        metadata={
+            "help": "colocate (an engine per training process, during the offline phase) or server (a running "
+            "`trl vllm-serve` of the base model).",
+            "choices": list(VLLM_MODES),
+        },
+    )
+
+    # Parameters that control llama.cpp rollouts on CPU (the `cpu` extra)
     use_llama_cpp: bool | None = field(
         default=None,
         metadata={"help": "Rollouts with llama.cpp on CPU; None: when the cpu extra and a GGUF are there."},
@@ -245,8 +306,8 @@ class ReasonMaxxerConfig(GRPOConfig):
     llama_cpp_n_threads: int | None = field(
         default=None, metadata={"help": "llama.cpp threads (None: the free cores)."}
     )
-    rollout_cache: bool = field(default=True, metadata={"help": "Cache and reuse rollouts under output_dir."})
-    # Selection
+
+    # Parameters that control problem selection
     max_problems: int = field(default=50, metadata={"help": "Mixed-success prompts kept (closest to p=0.5)."})
     advantage_clip: float = field(default=2.5, metadata={"help": "Advantages are clipped to +-this."})
     success_threshold: float | None = field(
@@ -255,19 +316,47 @@ class ReasonMaxxerConfig(GRPOConfig):
             "help": "A rollout is solved when its reward is above this; None: midway between min and max reward."
         },
     )
-    # Gate
-    fork_gate: str = field(default="entropy", metadata={"help": "entropy, random or all."})
+
+    # Parameters that control the fork-token gate
+    fork_gate: str = field(
+        default="entropy",
+        metadata={
+            "help": "entropy (the method), or the controls random (as many positions, uniform) and all (every token).",
+            "choices": list(FORK_GATES),
+        },
+    )
     fork_threshold: float | None = field(default=None, metadata={"help": "Absolute entropy threshold (nats)."})
     fork_fraction: float = field(default=0.03, metadata={"help": "Target share of completion tokens gated."})
-    fork_scope: str = field(default="pool", metadata={"help": "pool (one threshold) or rollout (per rollout)."})
+    fork_scope: str = field(
+        default="pool",
+        metadata={"help": "pool (one threshold) or rollout (per rollout).", "choices": list(FORK_SCOPES)},
+    )
     fork_topk: int | None = field(default=None, metadata={"help": "Forks per rollout with fork_scope=rollout."})
-    # Loss
+
+    # Parameters that control the loss
+    loss_type: str = field(
+        default="adv_ce",
+        metadata={
+            "help": "adv_ce (the paper's), adv_ratio (clipped) or fork_dpo (pairwise); a GRPO loss name falls back to "
+            "adv_ce with a warning.",
+            "choices": list(LOSS_TYPES + GRPO_LOSS_TYPES),
+        },
+    )
+    beta: float = field(default=0.2, metadata={"help": "KL-anchor weight."})
     neg_prob_floor: float | None = field(default=None, metadata={"help": "Probability floor bounding adv_ce."})
     dpo_beta: float = field(default=1.0, metadata={"help": "Inverse temperature of fork_dpo."})
     kl_on_prompt: bool = field(default=True, metadata={"help": "Include prompt positions in the KL anchor."})
-    # Hub
+    disable_dropout: bool = field(
+        default=True, metadata={"help": "Disable dropout (LoRA dropout included) during training, as DPOConfig does."}
+    )
+
+    # Parameters that control the Hub upload
     hub_strategy: str = field(
-        default="end", metadata={"help": "When to push with push_to_hub: end (adapter and card only) or Trainer's."}
+        default="end",
+        metadata={
+            "help": "When to push with push_to_hub: end (adapter and card only) or Trainer's.",
+            "choices": list(HUB_STRATEGIES),
+        },
     )
 
     def __post_init__(self):
@@ -304,8 +393,6 @@ class ReasonMaxxerConfig(GRPOConfig):
             logger.warning("%s=%r has no effect in ReasonMaxxer (a GRPO-only argument).", name, getattr(self, name))
 
 
-# GRPO's loss names: a GRPO script may set one, and it falls back to ReasonMaxxer's default with a warning
-GRPO_LOSS_TYPES = ("grpo", "dr_grpo", "dapo", "bnpo", "cispo", "sapo", "luspo", "vespo")
 # generation_kwargs keys that are this config's own sampling fields: as in GRPO, the generation_kwargs value wins
 GENERATION_KWARGS_FIELDS = {
     "temperature": "temperature",

@@ -20,7 +20,7 @@ import torch
 
 from .llama_engine import evaluation_engine
 from .plotting import new_figure, save_figure
-from .rewards import canonical_answer, extract_answer, math_accuracy_reward
+from .rewards import call_reward_funcs, canonical_answer, extract_answer, math_accuracy_reward
 from .rollouts import generate_completions, tokenize_prompt
 
 
@@ -89,32 +89,21 @@ def _pass_ks(n: int) -> list[int]:
 
 
 def grade_completions(rows: list[dict], groups: list[list[dict]], tokenizer, reward_fn: Callable) -> list[list[dict]]:
-    """Decode, extract and reward every completion in one ``reward_fn`` call, as GRPOTrainer calls it.
-
-    Completions are conversational when the prompts are (as GRPOTrainer passes them); every dataset column
-    except ``prompt`` is passed as a keyword argument, repeated per completion.
+    """Decode, extract and reward every completion in one ``reward_fn`` call, as training rewards its rollouts
+    (:func:`~.rewards.call_reward_funcs`: GRPOTrainer's convention, conversational completions for chat prompts,
+    every dataset column but ``prompt`` as a keyword argument, repeated per completion). A None (or NaN) reward is
+    an ungradable completion: it counts as wrong, and in ``num_ungradable``.
     """
     flat = [(row, c) for row, group in zip(rows, groups) for c in group]
-    texts = tokenizer.batch_decode([c["completion_ids"] for _, c in flat], skip_special_tokens=True)
-    completions = [
-        [{"role": "assistant", "content": t}] if not isinstance(row["prompt"], str) else t
-        for (row, _), t in zip(flat, texts)
-    ]
-    columns = {key: [row[key] for row, _ in flat] for key in rows[0] if key != "prompt"}
-    rewards = reward_fn(
-        prompts=[row["prompt"] for row, _ in flat],
-        completions=completions,
-        completion_ids=[c["completion_ids"] for _, c in flat],
-        **columns,
+    texts, rewards, _ = call_reward_funcs(
+        [reward_fn], [row for row, _ in flat], [c["completion_ids"] for _, c in flat], tokenizer, allow_ungraded=True
     )
-    if len(rewards) != len(flat):
-        raise ValueError(f"reward_fn returned {len(rewards)} rewards for {len(flat)} completions; return one each.")
     graded = iter(
         {
             "text": text,
             "answer": extract_answer(text),
-            "reward": None if r is None else float(r),
-            "correct": r is not None and float(r) > 0.5,  # binary verifiers return 0/1
+            "reward": None if math.isnan(r) else r,
+            "correct": r > 0.5,  # binary verifiers return 0/1; NaN (ungradable) compares False
             "tokens": len(c["completion_ids"]),
             "truncated": bool(c["truncated"]),
         }

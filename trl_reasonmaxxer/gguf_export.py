@@ -36,7 +36,7 @@ MERGED_DTYPES = ("f16", "q8_0", "f32")
 # transformers ``model_type`` -> llama.cpp architecture, for the architectures whose q/k layout is known here.
 ARCH_FOR_MODEL_TYPE = {"llama": "llama", "mistral": "llama", "qwen2": "qwen2", "qwen3": "qwen3"}
 QK_PERMUTED_ARCHS = frozenset({"llama"})
-EMBEDDED_ARCH = "qwen2"  # the embedded default model (models.DEFAULT_MODEL)
+EMBEDDED_ARCH = "qwen2"  # the embedded default model (default_model.DEFAULT_MODEL)
 CONVERT_HF_HINT = (
     "llama.cpp's convert_hf_to_gguf.py (merge first: `PeftModel.from_pretrained(base, adapter).merge_and_unload()"
     ".save_pretrained(dir)`, then `python convert_hf_to_gguf.py dir --outtype f16`)"
@@ -262,7 +262,7 @@ def adapter_problems(config: dict, tensors: dict, name_map) -> list[str]:
 
 def base_model_config(adapter_config: dict) -> dict | None:
     """The base model's ``config.json`` as a dict, from ``base_model_name_or_path`` when it can be found offline."""
-    from .models import DEFAULT_ALIASES, MODEL_DIRNAME, cache_root
+    from .default_model import DEFAULT_ALIASES, MODEL_DIRNAME, cache_root
 
     name = adapter_config.get("base_model_name_or_path")
     if not name:
@@ -434,10 +434,10 @@ def peft_to_gguf_lora(
 def find_base_gguf(model_dir_or_name: str, base_gguf: str | None = None) -> str | None:
     """The GGUF file a base model was born from, or ``None`` when it has none (a plain transformers folder).
 
-    ``base_gguf`` wins; ``"default"`` or the embedded model's folder is its joined GGUF (``models.embedded_gguf``,
+    ``base_gguf`` wins; ``"default"`` or the embedded model's folder is its joined GGUF (``default_model.embedded_gguf``,
     joined on first use, seconds); a ``.gguf`` path is itself; another folder holds exactly one ``*.gguf``.
     """
-    from .models import embedded_gguf
+    from .default_model import embedded_gguf
 
     if base_gguf:
         return str(Path(base_gguf).expanduser())
@@ -457,7 +457,7 @@ def resolve_merge_base(model_dir_or_name: str, base_gguf: str | None = None) -> 
     A model that was never a GGUF has no tokenizer metadata to copy: that case is refused, pointing to llama.cpp's
     converter.
     """
-    from .models import DEFAULT_ALIASES, default_model_path
+    from .default_model import DEFAULT_ALIASES, default_model_path
 
     gguf_file = find_base_gguf(model_dir_or_name, base_gguf)
     if gguf_file is None:
@@ -499,7 +499,7 @@ def load_float_model(model_path: str):
     import torch
     from transformers import AutoModelForCausalLM
 
-    from .models import _dense_gguf_options
+    from .default_model import _dense_gguf_options
 
     path = Path(model_path)
     if path.is_file():

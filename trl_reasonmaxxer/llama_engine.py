@@ -197,7 +197,7 @@ _ANNOUNCED: set[str] = set()
 
 def announce(message: str, key: str | None = None) -> None:
     """One user-facing line, once per process and ``key`` (default: the message): through logging when it shows
-    INFO, else on stderr (like ``models``' progress lines)."""
+    INFO, else on stderr (like ``default_model``'s progress lines)."""
     key = key or message
     if key in _ANNOUNCED:
         return
@@ -666,12 +666,12 @@ def resolve_llama_cpp(
         return None, f"the llama.cpp engine does not reproduce {', '.join(unsupported)}"
     if model_path is not None:
         return check_gguf_path(model_path), f"llama_cpp_model_path={model_path}"
-    from . import models
+    from . import default_model
 
     folder = model_folder(model) if model is not None else None
     try:  # the embedded default model's GGUF, when the model was loaded from its folder
-        path = models.embedded_gguf(folder) if folder else None
-    except models.MissingModelPartsError:
+        path = default_model.embedded_gguf(folder) if folder else None
+    except default_model.MissingModelPartsError:
         path = None
     if path is None:
         if explicit:

@@ -105,7 +105,7 @@ def test_script_uses_peft_flags_a_saved_dataset_dict_and_num_problems(tiny_model
     lora = trainer.model.peft_config["default"]
     assert lora.r == 4 and set(lora.target_modules) == {"q_proj", "v_proj"}
     assert trainer.pool_stats["pool/prompts"] == 2
-    assert trainer.prompt_dataset["prompt"] == PROMPTS[:2]
+    assert trainer.offline.prompt_dataset["prompt"] == PROMPTS[:2]
 
 
 def test_push_to_hub_flag_uploads_the_adapter_and_card(tiny_model_dir, tmp_path, monkeypatch):

@@ -322,13 +322,13 @@ class _Runner:
             processing_class=tokenizer,
         )
         ledger.wrap(
-            trainer,
-            "_generate",
+            trainer.offline,
+            "generate",
             "generation",
             count_generated=lambda groups: sum(len(c["completion_ids"]) for g in groups for c in g),
         )
         with ledger.phase("scoring"):
-            trainer.train_dataset = trainer.prepare_training_data()
+            trainer.prepare_training_data()
         with ledger.phase("training"):
             trainer.train()
         out = {"pool": trainer.pool_stats}
@@ -364,8 +364,8 @@ def run_comparison(
 ) -> dict:
     """Run the whole comparison, print the table, write ``compare.json``, ``compare_pass1.png`` and
     ``compare_curve.png`` (and ``compare_curve_tokens.png``) under ``output_dir``; return the report."""
+    from ..default_model import DEFAULT_MODEL, resolve_model
     from ..evaluation import plot_comparison
-    from ..models import DEFAULT_MODEL, resolve_model
     from ..rewards import math_accuracy_reward
     from .ledger import CostLedger, device_name
 

@@ -93,8 +93,8 @@ def main(script_args: AnalyzeScriptArguments, config: AnalysisConfig) -> dict:
     from trl.trainer.utils import use_adapter
 
     from ..analysis import AdapterDisabled, format_table, run_analysis, save_report
+    from ..default_model import resolve_model
     from ..evaluation import load_model_for_eval
-    from ..models import resolve_model
     from ..tasks import load_prompts
 
     args = script_args

@@ -82,7 +82,7 @@ def make_parser(prog: str | None = None) -> ScriptParser:
 
 def main(script_args: CompareScriptArguments, budget: CompareConfig) -> dict:
     from ..benchmarking.compare import run_comparison
-    from ..trainer import resolve_reward_func
+    from ..rewards import resolve_reward_func
 
     return run_comparison(
         script_args.output_dir,

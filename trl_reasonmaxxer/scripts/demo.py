@@ -19,8 +19,8 @@ from dataclasses import asdict, dataclass, field
 import torch
 
 from ..config import ReasonMaxxerConfig
-from ..evaluation import evaluate, plot_comparison
-from ..models import DEFAULT_MODEL, resolve_model
+from ..default_model import DEFAULT_MODEL, resolve_model
+from ..evaluation import evaluate, load_model_for_eval, plot_comparison
 from ..rewards import math_accuracy_reward
 from ..tasks import PROMPT_TEMPLATES, load_prompts
 from ..trainer import ReasonMaxxerTrainer
@@ -140,8 +140,6 @@ def main(config: DemoConfig) -> dict:
 
 def run_demo(config: DemoConfig | None = None) -> dict:
     """Run the whole method once and return (and save) the comparison table."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
     budget = config or DemoConfig()
     output_dir, model, task, seed = budget.output_dir, budget.model_name_or_path, budget.dataset_name, budget.seed
     label = "quick smoke run" if budget.quick else "default"
@@ -150,10 +148,8 @@ def run_demo(config: DemoConfig | None = None) -> dict:
     use_cpu = not torch.cuda.is_available()
 
     start = time.perf_counter()
-    path = resolve_model(model)
-    tokenizer = AutoTokenizer.from_pretrained(path)
-    base = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32 if use_cpu else torch.bfloat16)
-    base.to("cpu" if use_cpu else "cuda")
+    # float32 on CPU, bfloat16 on a GPU that supports it, as eval and compare load models
+    base, tokenizer = load_model_for_eval(resolve_model(model))
     train = load_prompts(task, "train", budget.num_train_problems, seed=seed, prompt_style=budget.prompt_style)
     test = load_prompts(task, "test", budget.num_test_problems, seed=seed, prompt_style=budget.prompt_style)
     times["load"] = time.perf_counter() - start
@@ -195,8 +191,7 @@ def run_demo(config: DemoConfig | None = None) -> dict:
         model=base, reward_funcs=[math_accuracy_reward], args=args, train_dataset=train, processing_class=tokenizer
     )
     start = time.perf_counter()
-    pairs = trainer.prepare_training_data()
-    trainer.train_dataset = pairs
+    trainer.prepare_training_data()
     times["offline_phase"] = time.perf_counter() - start
     start = time.perf_counter()
     trainer.train()

@@ -87,6 +87,7 @@ def make_parser(prog: str | None = None) -> ScriptParser:
 
 def main(config: EvalConfig) -> dict:
     """Evaluate the model, then each adapter on top of it; print pass@1 and write the results."""
+    from ..default_model import resolve_model
     from ..evaluation import (
         check_adapter,
         check_model_path,
@@ -95,7 +96,6 @@ def main(config: EvalConfig) -> dict:
         plot_comparison,
         save_results,
     )
-    from ..models import resolve_model
     from ..tasks import load_prompts
 
     # every path is checked before the base evaluation runs, and results are written after each model

@@ -70,7 +70,7 @@ def make_parser(prog: str | None = None) -> ScriptParser:
 
 def _base_gguf(args: ExportArguments) -> str | None:
     """The base GGUF for the printed commands, or ``None`` (never converts the embedded model to float32)."""
-    from ..models import MissingModelPartsError
+    from ..default_model import MissingModelPartsError
 
     try:
         return find_base_gguf(args.model_name_or_path, args.base_gguf)

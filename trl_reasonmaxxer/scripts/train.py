@@ -22,7 +22,7 @@ from pathlib import Path
 from trl import ModelConfig, ScriptArguments, get_peft_config, get_quantization_config
 
 from ..config import ReasonMaxxerConfig
-from ..models import resolve_model
+from ..default_model import resolve_model
 from ..tasks import TASKS, load_prompts
 from ..trainer import ReasonMaxxerTrainer
 from .parser import QuickArguments, ScriptParser
