@@ -138,7 +138,7 @@ class ReasonMaxxerConfig(GRPOConfig):
         > Parameters that control llama.cpp rollouts on CPU (the `cpu` extra)
 
         use_llama_cpp (`bool` or `None`, *optional*, defaults to `None`):
-            Sample the rollouts with llama.cpp from a GGUF of the model: the same rows, about 2x faster than float32
+            Sample the rollouts with llama.cpp from a GGUF of the model: the same rows, about 4x faster than float32
             `generate` on CPU, seeded per prompt; log-probs for the loss still come from the model itself. `None`
             (auto): on when there is no CUDA GPU, `pip install 'trl-reasonmaxxer[cpu]'` is installed, a GGUF is at hand
             (the embedded default model's, or `llama_cpp_model_path`), `repetition_penalty` is 1 and

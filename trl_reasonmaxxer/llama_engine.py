@@ -1,4 +1,4 @@
-"""Sampling with llama.cpp on CPU: the rows of ``rollouts.generate_completions``, about twice as fast.
+"""Sampling with llama.cpp on CPU: the rows of ``rollouts.generate_completions``, about 4x as fast.
 
 The engine drives llama.cpp's C API (through ``llama-cpp-python``, the ``cpu`` extra) directly:
 
@@ -212,7 +212,7 @@ def announce(message: str, key: str | None = None) -> None:
 def install_hint_once() -> None:
     """The single info line of a CPU run without the extra."""
     announce(
-        "generation: transformers generate (float32). About 2x faster on CPU: the llama.cpp engine, "
+        "generation: transformers generate (float32). About 4x faster on CPU: the llama.cpp engine, "
         f"`{INSTALL_HINT}` (a one-time build of about 10 minutes); it is used by itself with the embedded default "
         "model, or with llama_cpp_model_path=<the model's .gguf>.",
         key="install-hint",
