@@ -35,6 +35,7 @@ vLLM, bitsandbytes or Hub access. Not collected by pytest (``testpaths = ["tests
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import math
 import os
@@ -239,63 +240,20 @@ def check_chunked_loss(device: str, shape: dict, dtype_name: str) -> dict:
 
 def check_memory(device: str, shape: dict, length: int) -> dict:
     import torch
-    from datasets import Dataset
 
-    from trl_reasonmaxxer import DataCollatorForForkPairs, ReasonMaxxerConfig, ReasonMaxxerTrainer
     from trl_reasonmaxxer.benchmarking.ledger import peak_memory, reset_peak_memory
-    from trl_reasonmaxxer.config import default_lora_config
-    from trl_reasonmaxxer.testing import make_tiny_tokenizer
+
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    from memory import training_step  # the memory benchmark's step: one measurement, two places it is reported
 
     cuda = device == "cuda"
-    model = qwen2_model(shape, torch.bfloat16 if cuda else torch.float32, device)
-    prompt_len, comp_len = length // 4, length - length // 4
-    (prompt, chosen), (_, rejected) = random_sequences(shape["vocab_size"], [(prompt_len, comp_len)] * 2)
-    pair = {"prompt_ids": prompt}
-    for side, completion, adv in (("chosen", chosen, 1.0), ("rejected", rejected, -1.0)):
-        pair |= {
-            f"{side}_completion_ids": completion,
-            f"{side}_fork_mask": [i % 33 == 0 for i in range(comp_len)],  # 3% forks
-            f"{side}_logps": [-1.0] * comp_len,
-            f"{side}_advantage": adv,
-            f"{side}_weight": 1.0,
-        }
-    batch = {k: v.to(device) for k, v in DataCollatorForForkPairs(0)([pair]).items()}
-    args = ReasonMaxxerConfig(
-        output_dir=tempfile.mkdtemp(prefix="gpu-smoke-memory-"),
-        use_cpu=not cuda,
-        bf16=False,
-        report_to="none",
-        save_strategy="no",
-        disable_tqdm=True,
-    )
-    pool = Dataset.from_list(
-        [{"prompt_index": 0, "prompt_ids": prompt, "completion_ids": [5], "truncated": False, "reward": 1.0}]
-    )
-    # the tokenizer only supplies a pad id: every input here is token ids
-    trainer = ReasonMaxxerTrainer(
-        model,
-        args=args,
-        rollout_dataset=pool,
-        processing_class=make_tiny_tokenizer(),
-        peft_config=default_lora_config(model),
-    )
-    peft_model = trainer.model
-    peft_model.train()
-    optimizer = torch.optim.AdamW([p for p in peft_model.parameters() if p.requires_grad], lr=1e-4)
-    labels = batch["input_ids"].masked_fill(batch["completion_mask"] == 0, -100)
-
-    def step(kind: str) -> None:
-        if kind == "reasonmaxxer":
-            loss = trainer.compute_loss(peft_model, batch)
-        else:
-            loss = peft_model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=labels).loss
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-
     result = {}
     for kind in ("sft", "reasonmaxxer"):
-        step(kind)  # warm-up: AdamW state, kernels' workspaces
+        # a fresh model per kind: each step wraps its model in its own LoRA; the previous one is freed below
+        step = training_step(
+            kind, qwen2_model(shape, torch.bfloat16 if cuda else torch.float32, device), 0, length, device
+        )
+        step()  # warm-up: AdamW state, kernels' workspaces
         if cuda:
             torch.cuda.synchronize()
             torch.cuda.empty_cache()
@@ -303,11 +261,15 @@ def check_memory(device: str, shape: dict, length: int) -> dict:
         else:
             before = 0
         reset_peak_memory(device)
-        step(kind)
+        step()
         if cuda:
             torch.cuda.synchronize()
         peak, memory_kind = peak_memory(device)
         result[kind] = {"peak_bytes": peak, "delta_bytes": peak - before, "memory_kind": memory_kind}
+        del step
+        gc.collect()
+        if cuda:
+            torch.cuda.empty_cache()
     ratio = result["reasonmaxxer"]["peak_bytes"] / max(result["sft"]["peak_bytes"], 1)
     mib = 2**20
     return {

@@ -81,9 +81,9 @@ def _random_ids(model, length: int, seed: int) -> list[int]:
     return torch.randint(5, model.config.vocab_size, (length,), generator=g).tolist()
 
 
-def _training_step(kind: str, model, pad_id: int, length: int, device: str):
+def training_step(kind: str, model, pad_id: int, length: int, device: str):
     """Returns a closure running one optimiser step of ``kind`` ("reasonmaxxer" or "sft") on a pair of sequences
-    of ``length`` tokens (a quarter prompt, the rest completion, 3% forks)."""
+    of ``length`` tokens (a quarter prompt, the rest completion, 3% forks). ``gpu_smoke.py`` measures with it too."""
     import torch
     from datasets import Dataset
 
@@ -173,7 +173,7 @@ def worker(spec: dict) -> dict:
     torch.set_num_threads(spec["threads"])
     device = "cuda" if torch.cuda.is_available() and not spec["cpu"] else "cpu"
     model, pad_id = build_model(spec["model"])
-    make = _training_step if spec["bench"] == "train_step" else _scoring
+    make = training_step if spec["bench"] == "train_step" else _scoring
     run = make(spec["kind"], model, pad_id, spec["length"], device)
     before = current_memory(device)
     if not reset_peak_memory(device):

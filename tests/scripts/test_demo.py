@@ -97,3 +97,36 @@ def test_demo_records_the_engine_of_each_phase(use_llama_cpp, tiny_model_dir, tm
     assert report["engines"] == engines
     assert json.loads((tmp_path / "out" / "demo.json").read_text())["engines"] == engines
     assert f"engines: eval_base {engine}, rollouts {engine}" in capsys.readouterr().out
+
+
+def test_the_demo_pairs_the_adapter_with_the_base_and_says_when_it_cannot_tell():
+    def result(correct, greedy):
+        records = [{"id": str(i), "correct": c, "greedy_correct": g} for i, (c, g) in enumerate(zip(correct, greedy))]
+        return {"summary": {"pass@1": 0.0}, "records": records}
+
+    base = result([[False, False]] * 4, [False] * 4)
+    tuned = result([[True, False], [False, False], [False, False], [False, False]], [True, False, False, False])
+    paired = demo.paired_differences(tuned, base, greedy=True)
+    assert set(paired) == {"pass@1", "greedy"}
+    assert paired["pass@1"]["mean"] == pytest.approx(0.125) and paired["greedy"]["mean"] == pytest.approx(0.25)
+    assert (paired["greedy"]["better"], paired["greedy"]["worse"], paired["greedy"]["n"]) == (1, 0, 4)
+    assert set(demo.paired_differences(tuned, base, greedy=False)) == {"pass@1"}
+    summary = {"pass@1": 0.1, "pass@1_stderr": 0.1, "extraction_rate": 1.0, "truncation_rate": 0.0}
+    report = {
+        "label": "default",
+        "model": "m",
+        "task": "svamp",
+        "seed": 1,
+        "device": "cpu",
+        "budget": {"num_samples": 2, "num_test_problems": 4},
+        "pool": {},
+        "wall_time_s": {},
+        "base": summary | {"mean_completion_tokens": 1.0},
+        "reasonmaxxer": summary | {"mean_completion_tokens": 1.0},
+        "paired": paired,
+    }
+    table = demo.format_table(report)
+    assert "paired greedy difference (reasonmaxxer - base): +0.250, 95% CI [" in table
+    assert "over 4 problems (1 better, 0 worse" in table
+    if not any(d["resolved"] for d in paired.values()):
+        assert "This demo's size cannot resolve" in table
