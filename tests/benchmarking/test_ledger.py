@@ -134,3 +134,47 @@ def test_to_dict_is_complete():
     assert d["method"] == "grpo" and d["token_totals"]["generated"] == 3
     assert set(d["seconds"]) == {"generation", "scoring", "training", "evaluation"}
     assert {"compute_wall_s", "compute_tokens", "peak_memory_bytes", "peak_memory_kind"} <= set(d)
+
+
+def test_part_and_charge_carry_a_cost_measured_elsewhere():
+    """The offline phase that filled a rollout cache is charged to the runs that reuse it (compare.py)."""
+    clock = FakeClock()
+    first = CostLedger("m", clock=clock)
+    with first.phase("generation"):
+        clock.now = 7.0
+    first.add_tokens("generation", generated=120)
+    first.add_tokens("scoring", forwarded=40)
+    part = first.part(("generation", "scoring"))
+    assert part == {
+        "seconds": {"generation": 7.0, "scoring": 0.0},
+        "tokens": {
+            "generation": {"generated": 120, "forwarded": 0, "backpropagated": 0},
+            "scoring": {"generated": 0, "forwarded": 40, "backpropagated": 0},
+        },
+    }
+    reuser = CostLedger("m", clock=clock)
+    reuser.add_tokens("training", forwarded=10, backpropagated=5)
+    reuser.charge(part)
+    assert reuser.compute("tokens") == 120 + 40 + 10 + 2 * 5 and reuser.compute("wall_s") == 7.0
+    assert reuser.compute("tokens", ("training",)) == 20 and reuser.totals(("scoring",))["forwarded"] == 40
+    with pytest.raises(ValueError, match="Unknown phase"):
+        reuser.charge({"seconds": {"offline": 1.0}})
+
+
+def test_wrap_calls_after_once_the_call_is_charged():
+    class Engine:
+        def generate(self, n):
+            return [[0] * n]
+
+    ledger, seen = CostLedger("m"), []
+    engine = Engine()
+    ledger.wrap(
+        engine,
+        "generate",
+        "generation",
+        count_generated=lambda out: len(out[0]),
+        after=lambda: seen.append(ledger.totals()["generated"]),
+    )
+    engine.generate(3)
+    engine.generate(2)
+    assert seen == [3, 5]

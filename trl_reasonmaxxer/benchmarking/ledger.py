@@ -19,7 +19,7 @@ import functools
 import resource
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -82,9 +82,11 @@ class CostLedger:
         for kind, n in zip(TOKEN_KINDS, (generated, forwarded, backpropagated)):
             self.tokens[phase][kind] += int(n)
 
-    def wrap(self, obj, name: str, phase: str, count_generated: Callable | None = None) -> None:
+    def wrap(
+        self, obj, name: str, phase: str, count_generated: Callable | None = None, after: Callable | None = None
+    ) -> None:
         """Replace ``obj.name`` (a method) by one that runs in ``phase``; ``count_generated(output)`` gives the
-        tokens that call generated."""
+        tokens that call generated; ``after()`` runs once the call is charged (e.g. to save the ledger)."""
         _check_phase(phase)
         original = getattr(obj, name)
 
@@ -94,6 +96,8 @@ class CostLedger:
                 out = original(*args, **kwargs)
             if count_generated is not None:
                 self.add_tokens(phase, generated=count_generated(out))
+            if after is not None:
+                after()
             return out
 
         setattr(obj, name, wrapped)
@@ -117,20 +121,35 @@ class CostLedger:
     def finish_memory(self) -> None:
         self.peak_memory_bytes, self.peak_memory_kind = peak_memory(self.device)
 
-    def compute(self, unit: str = "wall_s") -> float:
+    def compute(self, unit: str = "wall_s", phases: Sequence[str] = COMPUTE_PHASES) -> float:
         """The method's cost so far (evaluation excluded) in ``unit`` (see :data:`COMPUTE_UNITS`), including the
-        running phase up to now."""
+        running phase up to now; ``phases`` narrows it (``("training",)``: the training alone)."""
         self._charge()
         if unit == "wall_s":
-            return sum(self.seconds[p] for p in COMPUTE_PHASES)
+            return sum(self.seconds[p] for p in phases)
         if unit == "tokens":
-            t = self.totals()
+            t = self.totals(phases)
             return float(t["generated"] + t["forwarded"] + 2 * t["backpropagated"])
         raise ValueError(f"Unknown compute unit {unit!r}; choose one of {', '.join(COMPUTE_UNITS)}.")
 
-    def totals(self) -> dict[str, int]:
-        """Tokens of each kind summed over the compute phases."""
-        return {k: sum(self.tokens[p][k] for p in COMPUTE_PHASES) for k in TOKEN_KINDS}
+    def totals(self, phases: Sequence[str] = COMPUTE_PHASES) -> dict[str, int]:
+        """Tokens of each kind summed over ``phases`` (the compute phases)."""
+        return {k: sum(self.tokens[p][k] for p in phases) for k in TOKEN_KINDS}
+
+    def part(self, phases: Sequence[str]) -> dict:
+        """Seconds and tokens of ``phases`` so far, ``{"seconds": {phase: s}, "tokens": {phase: {kind: n}}}``: what
+        :meth:`charge` adds to another ledger."""
+        self._charge()
+        return {"seconds": {p: self.seconds[p] for p in phases}, "tokens": {p: dict(self.tokens[p]) for p in phases}}
+
+    def charge(self, part: dict) -> None:
+        """Add a :meth:`part` measured elsewhere (e.g. by the earlier run that filled a rollout cache this run
+        reuses) to this ledger's phases."""
+        for phase, seconds in part.get("seconds", {}).items():
+            _check_phase(phase)
+            self.seconds[phase] += seconds
+        for phase, counts in part.get("tokens", {}).items():
+            self.add_tokens(phase, **counts)
 
     def to_dict(self) -> dict:
         return {
