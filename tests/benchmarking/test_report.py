@@ -2,19 +2,27 @@
 table."""
 
 import math
+import os
 
 import pytest
 
 from trl_reasonmaxxer.benchmarking.report import (
+    REQUIRED_PAIRS,
+    build_evidence,
     eval_generated_tokens,
     first_crossing,
     format_table,
+    grpo_step_tokens,
+    grpo_steps_for_budget,
     headline_ratio,
     mean_curve,
     mean_ledger,
+    plot_paired,
     pooled_metric,
     split_indices,
 )
+
+from . import synthetic
 
 
 def test_split_indices_are_disjoint_sized_and_seeded():
@@ -130,42 +138,6 @@ def test_mean_ledger_averages_cost_and_keeps_the_largest_peak():
     assert out["peak_memory_bytes"] == 300
 
 
-def test_format_table_shows_every_method_the_seed_count_and_the_headline():
-    ledger = mean_ledger([_ledger(2.0, 2e9)])
-    report = {
-        "config": {
-            "model": "m",
-            "task": "svamp",
-            "seeds": [0, 1],
-            "device": "cpu",
-            "budget": {"num_samples": 4},
-            "sizes": {"pool": 8, "validation": 6, "test": 12},
-        },
-        "summary": {
-            "methods": {
-                "base": {"pass@1": (0.25, 0.1), "greedy": (0.2, 0.1)},
-                "GRPO": {"pass@1": (0.3, 0.1), "greedy": (0.2, 0.1), "ledger": ledger},
-                "ReasonMaxxer": {"pass@1": (0.4, 0.1), "greedy": (0.3, 0.1), "ledger": ledger},
-            },
-            "headline": {"wall_s": {"text": "GRPO never reached it."}},
-        },
-    }
-    table = format_table(report)
-    assert "2 seed(s) [0, 1]" in table and "held-out test 12" in table and "(k=4)" in table
-    assert "0.400 ± 0.100" in table and "headline (wall_s): GRPO never reached it." in table
-    assert table.splitlines()[2].split()[-5:] == ["—"] * 5  # base has no training cost
-    assert table.splitlines()[3].split()[-1] == "2.00"  # peak GB
-    assert "engines" not in table  # a report from before the engines were recorded
-    methods = report["summary"]["methods"]
-    methods["GRPO"]["engines"] = {"rollouts": "transformers", "evaluation": "llama.cpp"}
-    methods["ReasonMaxxer"]["engines"] = {"rollouts": "llama.cpp", "evaluation": "llama.cpp"}
-    line = next(x for x in format_table(report).splitlines() if x.startswith("engines: "))
-    assert line == (
-        "engines: GRPO rollouts transformers, evaluation llama.cpp; ReasonMaxxer rollouts llama.cpp, evaluation "
-        "llama.cpp"
-    )
-
-
 def test_engines_used_pools_the_seeds():
     from trl_reasonmaxxer.benchmarking.report import engines_used
 
@@ -176,3 +148,96 @@ def test_engines_used_pools_the_seeds():
         "evaluation": "llama.cpp",
     }
     assert engines_used([{}]) == {}
+
+
+def test_grpo_steps_for_a_token_budget():
+    # 8 completions of 195 tokens after 60-token prompts: 195 generated + 3 × 255 forwarded/back-propagated each
+    assert grpo_step_tokens(60, 195, 8) == 8 * (195 + 3 * 255) == 7680
+    assert grpo_steps_for_budget(266_000, 7680) == 35  # 34.6 steps: rounded up, never under the budget
+    assert grpo_steps_for_budget(3 * 7680, 7680) == 3  # exactly on a step
+    assert grpo_steps_for_budget(0, 7680) == 1
+    with pytest.raises(ValueError, match="must be positive"):
+        grpo_steps_for_budget(100, 0)
+    with pytest.raises(ValueError, match="completions_per_step >= 1"):
+        grpo_step_tokens(60, 195, 0)
+
+
+def test_build_evidence_pairs_seed_averaged_problems_and_lists_missing_pieces():
+    from trl_reasonmaxxer.benchmarking.pieces import piece_name, plan_pieces
+    from trl_reasonmaxxer.stats import paired_difference
+
+    expected = [piece_name(m, s) for m, s in plan_pieces([1, 3], [0, 1], gate_ablation=False)]
+    evidence = build_evidence(synthetic.all_pieces(), expected, commit="HEAD", num_resamples=2000)
+    for key in ("task", "model", "n_test_problems", "samples_per_problem", "seeds", "methods", "paired", "transfer"):
+        assert key in evidence
+    assert (evidence["task"], evidence["n_test_problems"], evidence["samples_per_problem"]) == ("svamp", 4, 2)
+    assert evidence["seeds"] == [0, 1] and evidence["commit"] == "HEAD"
+    assert evidence["missing"] == ["grpo_3x-seed1"] and "grpo_3x-seed0" in evidence["pieces"]
+    assert list(evidence["methods"]) == ["base", "reasonmaxxer", "grpo_equal", "grpo_3x"]
+    rm = evidence["methods"]["reasonmaxxer"]
+    assert rm["seeds"] == [0, 1] and rm["compute_tokens"] == 1100.0 and rm["compute_wall_s"] == 110.0
+    assert rm["pass@1"] == pytest.approx((0.75 + 0.5 + 1 + 0.25) / 4)  # seeds averaged per problem
+    assert evidence["methods"]["base"]["ledger"] is None and evidence["methods"]["base"]["compute_tokens"] == 0.0
+
+    # per problem (seeds averaged) minus base: p0 .75-0, p1 .5-.5, p2 1-1, p3 .25-0
+    paired = evidence["paired"]
+    assert set(paired) >= set(REQUIRED_PAIRS)
+    assert paired["reasonmaxxer-base"]["mean"] == pytest.approx(0.25)
+    assert paired["grpo_equal-base"]["mean"] == pytest.approx(0.0625)
+    assert paired["grpo_3x-base"]["mean"] == pytest.approx(0.25) and paired["grpo_3x-base"]["seeds"]["grpo_3x"] == [0]
+    assert paired["reasonmaxxer-grpo_equal"]["mean"] == pytest.approx(0.1875)
+    scores = {"p0": 0.75, "p1": 0.5, "p2": 1.0, "p3": 0.25}
+    by_hand = paired_difference(scores, {"p0": 0.0, "p1": 0.5, "p2": 1.0, "p3": 0.0}, num_resamples=2000, seed=0)
+    assert paired["reasonmaxxer-base"]["ci95"] == by_hand["ci95"]
+    lo, hi = paired["reasonmaxxer-base"]["ci95"]
+    assert lo <= 0.25 <= hi and paired["reasonmaxxer-base"]["n"] == 4
+    assert evidence["paired_greedy"]["reasonmaxxer-base"]["mean"] == pytest.approx((0.5 + 0 + 0 + 0) / 4)
+    # transfer: ReasonMaxxer and base only; GRPO has no transfer evaluation here, so its entries are None
+    assert evidence["transfer"]["reasonmaxxer-base"]["mean"] == pytest.approx((0.25 + 0 + 0.25 + 0) / 4)
+    assert evidence["transfer"]["grpo_equal-base"] is None and evidence["transfer"]["reasonmaxxer-grpo_equal"] is None
+
+    # headline: ReasonMaxxer's validation gain 0.65 - 0.5 at 1100 tokens; grpo_3x (the most compute) crosses it at
+    # 1500 + 0.5 × 1800 = 2400 tokens
+    headline = evidence["headline"]
+    assert headline["unit"] == "tokens" and headline["grpo_method"] == "grpo_3x"
+    assert headline["target_gain"] == pytest.approx(0.15)
+    assert headline["ratio"] == pytest.approx(2400 / 1100)
+    assert evidence["headline_by_unit"]["wall_s"]["ratio"] == pytest.approx(240 / 110)
+    assert evidence["fork_choice"]["0"]["fork"] == {"fork_threshold": 1.4}
+    assert evidence["truncation"]["base_test"] == 0.15
+    assert any("hit the 320-token budget" in w for w in evidence["warnings"])
+
+
+def test_build_evidence_without_pieces_keeps_the_schema():
+    evidence = build_evidence({}, ["base", "reasonmaxxer-seed0"])
+    assert evidence["methods"] == {} and evidence["headline"] is None
+    assert evidence["missing"] == ["base", "reasonmaxxer-seed0"]
+    assert all(evidence["paired"][k] is None for k in REQUIRED_PAIRS)
+    assert all(evidence["transfer"][k] is None for k in REQUIRED_PAIRS)
+
+
+def test_format_table_shows_methods_paired_differences_headline_and_missing_pieces():
+    evidence = build_evidence(synthetic.all_pieces(), ["grpo_3x-seed1"], num_resamples=200)
+    table = format_table(evidence)
+    lines = table.splitlines()
+    assert "held-out test 4 problems × 2 samples + greedy" in lines[0] and "2 seed(s) [0, 1]" in lines[0]
+    assert "transfer gsm8k 4" in lines[0]
+    base_row = next(line for line in lines if line.startswith("base "))
+    assert base_row.split()[-6:] == ["—"] * 6  # no training cost
+    rm_row = next(line for line in lines if line.startswith("reasonmaxxer "))
+    assert "0.625 ± " in rm_row and rm_row.split()[-1] == "2.00"  # peak GB
+    assert "  reasonmaxxer-base: +0.250, 95% CI" in table
+    assert "paired differences, gsm8k pass@1" in table
+    assert (
+        "fork choice, seed 0: fork_threshold=1.4 (validation: fork_threshold=1.2 0.550, fork_threshold=1.4 0.600)"
+        in table
+    )
+    assert "headline (tokens, grpo_3x's curve): GRPO reached" in table
+    assert "missing pieces (1): grpo_3x-seed1" in table and "warning: 15% of the base model's" in table
+    assert "; reasonmaxxer rollouts llama.cpp, evaluation llama.cpp" in table
+
+
+def test_plot_paired_draws_every_pair_with_its_ci(tmp_path):
+    evidence = build_evidence(synthetic.all_pieces(), num_resamples=200)
+    assert os.path.getsize(plot_paired(evidence, str(tmp_path / "paired.png"))) > 0
+    assert os.path.getsize(plot_paired(build_evidence({}), str(tmp_path / "empty.png"))) > 0

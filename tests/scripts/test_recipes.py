@@ -8,7 +8,14 @@ import yaml
 
 
 RECIPES = Path(__file__).resolve().parents[2] / "examples" / "recipes"
-COMMAND_OF = {"svamp": "train", "demo": "demo", "compare": "compare", "analyze": "analyze", "eval": "eval"}
+COMMAND_OF = {
+    "svamp": "train",
+    "demo": "demo",
+    "compare": "compare",
+    "evidence": "compare",
+    "analyze": "analyze",
+    "eval": "eval",
+}
 
 
 def test_every_recipe_has_a_command():

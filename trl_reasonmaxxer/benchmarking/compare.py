@@ -1,34 +1,56 @@
 """GRPO (TRL's own ``GRPOTrainer``) vs ReasonMaxxer on the same model, data, LoRA, reward and evaluation.
 
-One run: split problems into a training pool, a validation set (GRPO's checkpoint curve) and a disjoint held-out
-test set; evaluate the base model; per seed, train GRPO while evaluating on validation every few steps, train
-ReasonMaxxer (offline phase included), and evaluate both adapters on the test set; optionally a gate ablation.
-Every method gets a :class:`~.ledger.CostLedger`. The headline is the compute GRPO needs to reach ReasonMaxxer's
-validation gain over the base model, divided by ReasonMaxxer's compute.
+One run: split problems into a training pool, a validation set (choices, GRPO's checkpoint curve) and a disjoint
+held-out test set; evaluate the base model; per seed, train ReasonMaxxer (offline phase included; one training per
+fork-gate setting of the sweep, the best on validation kept), GRPO (a fixed number of steps, or multiples of
+ReasonMaxxer's token compute of the same seed) while evaluating it on validation every few steps, optionally the gate
+ablation; evaluate every final model on the test set and the transfer task. Every method gets a
+:class:`~.ledger.CostLedger`. Each (method, seed) is written as a piece as soon as it ends (:mod:`.pieces`), and
+finished pieces are skipped when the run starts again; :func:`aggregate` turns whatever pieces exist into
+``evidence.json``, a table and plots (:func:`.report.build_evidence`). The headline is the compute GRPO needs to reach
+ReasonMaxxer's validation gain over the base model, divided by ReasonMaxxer's compute.
 """
 
 from __future__ import annotations
 
 import gc
 import json
+import logging
 import os
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from ..tasks import PROMPT_TEMPLATES
 from .ledger import COMPUTE_UNITS
+from .pieces import (
+    PieceStore,
+    git_commit,
+    grpo_methods,
+    piece_name,
+    piece_settings,
+    plan_pieces,
+    select_methods,
+)
 from .report import (
-    build_report,
+    build_evidence,
     eval_generated_tokens,
     format_table,
-    mean_curve,
+    grpo_step_tokens,
+    grpo_steps_for_budget,
     plot_curve,
+    plot_paired,
     split_indices,
 )
 
 
-# raw results so far, rewritten after every method; removed once compare.json is written
-PARTIAL_JSON = "compare.partial.json"
+logger = logging.getLogger(__name__)
+
+EVIDENCE_JSON = "evidence.json"
+EVIDENCE_TABLE = "evidence_table.txt"
+# what filling one rollout cache has cost so far (in the cache's folder): charged to every run that reuses it
+OFFLINE_COST_JSON = "offline_cost.json"
+OFFLINE_PHASES = ("generation", "scoring")
 
 
 @dataclass
@@ -37,7 +59,7 @@ class CompareConfig:
     How much the comparison does (the budget flags of ``trl-reasonmaxxer compare``). The default (one seed) took
     ≈ 54 minutes on a 2-core CPU with the 0.5B default model, 78 with ``--gate_ablation`` (docs/benchmarks.md); its
     6-problem validation set is too small for a headline ratio, so raise ``num_validation_problems`` where compute
-    allows.
+    allows. ``examples/recipes/evidence.yaml`` is the powered run (issue 12).
 
     Parameters:
         > Data
@@ -45,9 +67,13 @@ class CompareConfig:
         num_pool_problems (`int`, *optional*, defaults to `8`):
             Training pool of both methods.
         num_validation_problems (`int`, *optional*, defaults to `6`):
-            Validation set: GRPO's checkpoint curve and ReasonMaxxer's gain for the headline.
+            Validation set: the fork-gate choice, GRPO's checkpoint curve and ReasonMaxxer's gain for the headline.
         num_test_problems (`int`, *optional*, defaults to `12`):
-            Held-out test set (final numbers only).
+            Held-out test set (final numbers only; each final model is evaluated on it once).
+        transfer_dataset_name (`str`, *optional*, defaults to `"gsm8k"`):
+            Transfer task: its test split (a packaged task) or a local dataset, for the base and every trained model.
+        num_transfer_problems (`int`, *optional*, defaults to `0`):
+            Problems of the transfer task (a subset seeded by the split seed); `0`: no transfer evaluation.
 
         > Shared by both methods
 
@@ -63,14 +89,21 @@ class CompareConfig:
         > Evaluation (same protocol for every model; T=0.6, top-p 0.95)
 
         num_samples (`int`, *optional*, defaults to `2`):
-            Samples per test problem (pass@1 is unbiased from them), plus one greedy completion.
+            Samples per test (and transfer) problem (pass@1 is unbiased from them), plus one greedy completion.
         num_validation_samples (`int`, *optional*, defaults to `2`):
             Samples per validation problem (no greedy).
+        eval_seed (`int` or `None`, *optional*, defaults to `None`):
+            Sampling seed of every evaluation; `None`: the first training seed. Set it when a run is made in pieces
+            (`--seeds 1` alone would otherwise evaluate with seed 1, and its pieces would not match).
 
         > GRPO
 
+        grpo_compute_multiples (`list[float]`, *optional*, defaults to `[]`):
+            GRPO's budget as multiples of ReasonMaxxer's token compute of the same seed (offline phase included):
+            `[1, 3]` trains `grpo_equal` and `grpo_3x`. Steps = the fewest whose estimated cost reaches the budget
+            (`report.grpo_steps_for_budget`, `report.grpo_step_tokens`). Empty: one `grpo` run of `grpo_max_steps`.
         grpo_max_steps (`int`, *optional*, defaults to `4`):
-            Optimiser steps (GRPO's budget B).
+            Optimiser steps (GRPO's budget B) when `grpo_compute_multiples` is empty.
         grpo_eval_every (`int`, *optional*, defaults to `2`):
             Validation evaluation every N steps (and after the last).
         grpo_prompts_per_step (`int`, *optional*, defaults to `1`):
@@ -80,6 +113,12 @@ class CompareConfig:
 
         max_problems (`int`, *optional*, defaults to `8`):
             Mixed-success problems kept.
+        fork_thresholds (`list[float]`, *optional*, defaults to `[]`):
+            Absolute entropy thresholds τ (nats) to sweep (the paper's: 1.2 1.4 1.6 1.8): one training each on the
+            seed's one cached pool, the best on validation is evaluated on test. With `fork_fractions`, both lists
+            are swept; both empty: the trainer's default gate (τ calibrated to `fork_fraction` 0.03).
+        fork_fractions (`list[float]`, *optional*, defaults to `[]`):
+            Shares of completion tokens gated (τ calibrated on the pool) to sweep, as `fork_thresholds`.
 
         > Generation engine (CPU)
 
@@ -98,20 +137,39 @@ class CompareConfig:
 
     num_pool_problems: int = field(default=8, metadata={"help": "Training pool of both methods."})
     num_validation_problems: int = field(
-        default=6, metadata={"help": "Validation set: GRPO's curve and ReasonMaxxer's gain for the headline."}
+        default=6, metadata={"help": "Validation set: fork choice, GRPO's curve, ReasonMaxxer's headline gain."}
     )
     num_test_problems: int = field(default=12, metadata={"help": "Held-out test set (final numbers only)."})
+    transfer_dataset_name: str = field(
+        default="gsm8k", metadata={"help": "Transfer task (its test split) for the base and every trained model."}
+    )
+    num_transfer_problems: int = field(
+        default=0, metadata={"help": "Problems of the transfer task; 0: no transfer evaluation."}
+    )
     num_generations: int = field(default=6, metadata={"help": "Rollouts per prompt, for both methods."})
     max_completion_length: int = field(default=224, metadata={"help": "Completion budget of rollouts and evaluation."})
     learning_rate: float = field(default=2e-4, metadata={"help": "AdamW learning rate of both LoRAs."})
     num_samples: int = field(default=2, metadata={"help": "Samples per test problem, plus one greedy completion."})
     num_validation_samples: int = field(default=2, metadata={"help": "Samples per validation problem (no greedy)."})
-    grpo_max_steps: int = field(default=4, metadata={"help": "GRPO's optimiser steps (its budget B)."})
+    eval_seed: int | None = field(
+        default=None, metadata={"help": "Sampling seed of every evaluation; unset: the first training seed."}
+    )
+    grpo_compute_multiples: list[float] = field(
+        default_factory=list,
+        metadata={"help": "GRPO budgets as multiples of ReasonMaxxer's token compute (1 3: grpo_equal, grpo_3x)."},
+    )
+    grpo_max_steps: int = field(default=4, metadata={"help": "GRPO's optimiser steps without compute multiples."})
     grpo_eval_every: int = field(default=2, metadata={"help": "GRPO validation evaluation every N steps."})
     grpo_prompts_per_step: int = field(
         default=1, metadata={"help": "GRPO prompts per step, each with num_generations completions."}
     )
     max_problems: int = field(default=8, metadata={"help": "Mixed-success problems ReasonMaxxer keeps."})
+    fork_thresholds: list[float] = field(
+        default_factory=list, metadata={"help": "Entropy thresholds (nats) to sweep; the best on validation is kept."}
+    )
+    fork_fractions: list[float] = field(
+        default_factory=list, metadata={"help": "Gated token shares to sweep; the best on validation is kept."}
+    )
     prompt_style: str = field(
         default="brief", metadata={"help": "brief (short reasoning) or paper.", "choices": list(PROMPT_TEMPLATES)}
     )
@@ -127,31 +185,52 @@ class CompareConfig:
         metadata={"help": "GRPO's rollouts with llama.cpp (TRL's rollout_func); unset: as use_llama_cpp."},
     )
 
+    def fork_candidates(self) -> list[dict]:
+        """ReasonMaxxer's fork-gate settings, one training each: ``fork_thresholds``, then ``fork_fractions``;
+        ``[{}]`` (the trainer's default) when both are empty."""
+        forks = [{"fork_threshold": t} for t in self.fork_thresholds]
+        return forks + [{"fork_fraction": f} for f in self.fork_fractions] or [{}]
+
 
 def load_splits(dataset_name: str, budget: CompareConfig, split_seed: int) -> dict:
-    """``{"pool", "validation", "test"}`` datasets with ``prompt`` and ``solution`` columns, pairwise disjoint.
+    """``{"pool", "validation", "test"}`` datasets with ``prompt`` and ``solution`` columns, pairwise disjoint, and
+    ``"transfer"`` (``budget.num_transfer_problems`` of the transfer task's test split) when asked for.
 
     A packaged task: pool and validation come from its train split, test from its test split. A local dataset (a
     ``save_to_disk`` folder or a json/jsonl/parquet/csv file with ``prompt`` and ``solution`` columns, read by
     :func:`~trl_reasonmaxxer.tasks.load_local_dataset`): all three from its rows.
     """
-    from ..tasks import TASKS, load_local_dataset, load_task
+    from ..tasks import TASKS, load_local_dataset, load_prompts, load_task
 
-    if dataset_name not in TASKS:
-        data = load_local_dataset(dataset_name)
+    def checked(data, name: str):
         missing = {"prompt", "solution"} - set(data.column_names)
         if missing:
-            raise ValueError(
-                f"{dataset_name} lacks the columns {sorted(missing)}: give every row a prompt and a solution."
-            )
-        if "id" not in data.column_names:
-            data = data.add_column("id", [f"{os.path.basename(dataset_name)}/{i}" for i in range(len(data))])
+            raise ValueError(f"{name} lacks the columns {sorted(missing)}: give every row a prompt and a solution.")
+        if "id" not in data.column_names:  # pieces pair problems by id
+            data = data.add_column("id", [f"{os.path.basename(name)}/{i}" for i in range(len(data))])
+        return data
+
+    out = {}
+    if budget.num_transfer_problems:
+        transfer = budget.transfer_dataset_name
+        out["transfer"] = checked(
+            load_prompts(
+                transfer,
+                "test",
+                num_problems=budget.num_transfer_problems,
+                seed=split_seed,
+                prompt_style=budget.prompt_style,
+            ),
+            transfer,
+        )
+    if dataset_name not in TASKS:
+        data = checked(load_local_dataset(dataset_name), dataset_name)
         sizes = {
             "pool": budget.num_pool_problems,
             "validation": budget.num_validation_problems,
             "test": budget.num_test_problems,
         }
-        return {name: data.select(idx) for name, idx in split_indices(len(data), sizes, split_seed).items()}
+        return {name: data.select(idx) for name, idx in split_indices(len(data), sizes, split_seed).items()} | out
     train = load_task(dataset_name, "train", prompt_style=budget.prompt_style)
     sizes = {"pool": budget.num_pool_problems, "validation": budget.num_validation_problems}
     parts = split_indices(len(train), sizes, split_seed)
@@ -165,29 +244,32 @@ def load_splits(dataset_name: str, budget: CompareConfig, split_seed: int) -> di
             seed=split_seed,
             prompt_style=budget.prompt_style,
         ),
-    }
+    } | out
 
 
 class _Runner:
-    """Shared state of one comparison: model path, splits, budget, reward, evaluation protocol."""
+    """Shared state of one comparison: model path, splits, budget, reward, evaluation protocol. Its ``run_*``
+    methods return the raw result of one piece."""
 
-    def __init__(self, model_path, splits, budget, reward_fn, output_dir, eval_seed, unit):
+    def __init__(self, model_path, splits, budget, reward_fn, output_dir, eval_seed):
         import torch
 
         self.model_path, self.splits, self.budget = model_path, splits, budget
-        self.reward_fn, self.output_dir, self.eval_seed, self.unit = reward_fn, output_dir, eval_seed, unit
+        self.reward_fn, self.output_dir, self.eval_seed = reward_fn, output_dir, eval_seed
         self.use_cpu = not torch.cuda.is_available()
 
-    def load(self):
+    def load(self, adapter: str | None = None):
         from ..evaluation import load_model_for_eval
 
-        return load_model_for_eval(self.model_path)
+        return load_model_for_eval(self.model_path, adapter)
 
     def evaluate(self, model, tokenizer, split: str, desc: str, ledger=None) -> dict:
+        """``evaluation.evaluate`` on ``split`` with the protocol of its kind: validation samples only; test and
+        transfer samples and a greedy completion. Its records keep answers and correctness, not texts."""
         from ..evaluation import evaluate
 
         b = self.budget
-        samples, greedy = (b.num_samples, True) if split == "test" else (b.num_validation_samples, False)
+        samples, greedy = (b.num_validation_samples, False) if split == "validation" else (b.num_samples, True)
         run = lambda: evaluate(
             model,
             tokenizer,
@@ -208,6 +290,13 @@ class _Runner:
             result = run()
         ledger.add_tokens("evaluation", generated=eval_generated_tokens(result["summary"]))
         return result
+
+    def final_evaluations(self, model, tokenizer, name: str) -> dict:
+        """The held-out test evaluation of a final model, and the transfer task's when there is one."""
+        out = {"test": self.evaluate(model, tokenizer, "test", f"{name} (test)")}
+        if "transfer" in self.splits:
+            out["transfer"] = self.evaluate(model, tokenizer, "transfer", f"{name} (transfer)")
+        return out
 
     def new_ledger(self, method, model):
         from .ledger import CostLedger, device_name
@@ -235,7 +324,57 @@ class _Runner:
             seed=seed,
         )
 
-    def run_grpo(self, seed: int, base_val: float) -> dict:
+    def run_piece(self, method: str, seed: int, base: dict, store: PieceStore) -> dict:
+        """One trained method for one seed; GRPO at a compute multiple and the gate ablation read the same seed's
+        ReasonMaxxer piece (its compute, its fork choice)."""
+        b = self.budget
+        if method == "reasonmaxxer":
+            return self.run_reasonmaxxer(seed, "entropy", b.fork_candidates(), with_validation=True)
+        grpo = grpo_methods(b.grpo_compute_multiples)
+        if method in grpo:
+            rm = None if grpo[method] is None else _required_piece(store, "reasonmaxxer", seed, method)
+            return self.run_grpo(seed, method, base, rm, grpo[method])
+        rm = _required_piece(store, "reasonmaxxer", seed, method)
+        gate = method.removeprefix("reasonmaxxer_")
+        return self.run_reasonmaxxer(seed, gate, [rm["fork_choice"]], with_validation=False)
+
+    def run_base(self) -> dict:
+        from .ledger import CostLedger, device_name
+
+        model, tokenizer = self.load()
+        ledger = CostLedger("base", device=device_name())
+        out = {"validation": self.evaluate(model, tokenizer, "validation", "Base (val)", ledger)}
+        out |= self.final_evaluations(model, tokenizer, "Base")
+        _free(model)
+        out["engines"] = {"evaluation": out["test"]["summary"]["engine"]}
+        # the problem ids of every split (the settings only keep their fingerprint), to audit disjointness
+        return out | {"ledger": ledger.to_dict(), "splits": {name: list(s["id"]) for name, s in self.splits.items()}}
+
+    def grpo_budget(self, tokenizer, multiple: float, rm_tokens: float, base_validation: dict) -> dict:
+        """GRPO's ``max_steps`` for ``multiple`` × ReasonMaxxer's token compute (:func:`.report.grpo_step_tokens`
+        and :func:`.report.grpo_steps_for_budget`): prompt length averaged over the pool, completion length from the
+        base model's validation samples (the same model, sampling and token budget as GRPO's first rollouts)."""
+        from ..rollouts import tokenize_prompt
+
+        b = self.budget
+        prompt_lengths = [len(tokenize_prompt(tokenizer, p)) for p in self.splits["pool"]["prompt"]]
+        prompt_tokens = sum(prompt_lengths) / len(prompt_lengths)
+        completion_tokens = base_validation["summary"]["mean_completion_tokens"]
+        per_step = grpo_step_tokens(prompt_tokens, completion_tokens, b.num_generations * b.grpo_prompts_per_step)
+        target = multiple * rm_tokens
+        return {
+            "multiple": multiple,
+            "reasonmaxxer_tokens": rm_tokens,
+            "target_tokens": target,
+            "prompt_tokens": prompt_tokens,
+            "completion_tokens": completion_tokens,
+            "tokens_per_step": per_step,
+            "max_steps": grpo_steps_for_budget(target, per_step),
+        }
+
+    def run_grpo(self, seed: int, method: str, base: dict, rm: dict | None = None, multiple: float | None = None):
+        """GRPO for one seed: ``grpo_max_steps``, or (with ``multiple``) as many steps as ``multiple`` × the
+        ReasonMaxxer piece ``rm``'s token compute buys; evaluated on validation along the way (its curve)."""
         from transformers import TrainerCallback
         from trl import GRPOConfig, GRPOTrainer
 
@@ -243,8 +382,12 @@ class _Runner:
         from ..llama_engine import grpo_rollout_func
 
         b, runner = self.budget, self
+        base_val = base["validation"]["summary"]["pass@1"]
         model, tokenizer = self.load()
-        ledger = self.new_ledger("grpo", model)
+        ledger = self.new_ledger(method, model)
+        budget = None
+        if multiple is not None:
+            budget = self.grpo_budget(tokenizer, multiple, rm["compute"]["tokens"], base["validation"])
         grpo_engine = b.use_llama_cpp if b.grpo_use_llama_cpp is None else b.grpo_use_llama_cpp
         rollout_func = grpo_rollout_func(model, grpo_engine, b.llama_cpp_model_path)
         curve = [{"step": 0, "compute": dict.fromkeys(COMPUTE_UNITS, 0.0), "pass@1": base_val, "gain": 0.0}]
@@ -264,8 +407,8 @@ class _Runner:
                 )
 
         args = GRPOConfig(
-            output_dir=os.path.join(self.output_dir, f"seed{seed}", "grpo"),
-            max_steps=b.grpo_max_steps,
+            output_dir=os.path.join(self.output_dir, f"seed{seed}", method),
+            max_steps=b.grpo_max_steps if budget is None else budget["max_steps"],
             per_device_train_batch_size=b.num_generations * b.grpo_prompts_per_step,
             gradient_accumulation_steps=1,
             num_generations=b.num_generations,
@@ -287,24 +430,68 @@ class _Runner:
             trainer.train()
         ledger.extra["grpo_num_input_tokens_seen"] = trainer.state.num_input_tokens_seen
         ledger.extra["steps"] = trainer.state.global_step
-        test = self.evaluate(trainer.model, tokenizer, "test", "GRPO (test)", ledger)
+        if budget is not None:
+            realized = ledger.compute("tokens")
+            budget |= {"realized_tokens": realized, "realized_over_target": realized / max(budget["target_tokens"], 1)}
+        out = self.final_evaluations(trainer.model, tokenizer, method)
         ledger.finish_memory()
         trainer.save_model(os.path.join(args.output_dir, "adapter"))
         engines = {"rollouts": "transformers" if rollout_func is None else "llama.cpp"}
         if rollout_func is not None:
             rollout_func.close()
         _free(trainer, model)
-        engines["evaluation"] = test["summary"]["engine"]
-        return {"test": test, "validation_curve": curve, "ledger": ledger.to_dict(), "engines": engines}
+        engines["evaluation"] = out["test"]["summary"]["engine"]
+        return out | {"validation_curve": curve, "ledger": ledger.to_dict(), "engines": engines, "grpo_budget": budget}
 
-    def run_reasonmaxxer(self, seed: int, gate: str, with_validation: bool) -> dict:
+    def run_reasonmaxxer(self, seed: int, gate: str, forks: Sequence[dict], with_validation: bool) -> dict:
+        """ReasonMaxxer with ``gate`` for one seed: one training per fork setting of ``forks``, all on the seed's one
+        cached pool, each scored on validation (when ``with_validation`` or when there is a choice to make); the
+        best on validation (ties: the first) is evaluated on test and transfer, once. Its ledger is that training's
+        plus the offline phase; ``sweep_compute`` adds the other settings' training."""
+        runs = [self.train_reasonmaxxer(seed, gate, fork, with_validation or len(forks) > 1) for fork in forks]
+        best = max(range(len(runs)), key=lambda i: runs[i]["validation"]["summary"]["pass@1"]) if len(runs) > 1 else 0
+        chosen = runs[best]
+        model, tokenizer = self.load(chosen["adapter"])
+        out = self.final_evaluations(model, tokenizer, f"ReasonMaxxer {chosen['label']}")
+        _free(model)
+        sweep = [
+            {
+                "fork": r["fork"],
+                "validation_pass@1": r["validation"]["summary"]["pass@1"] if "validation" in r else None,
+                "compute": {u: r["ledger"][f"compute_{u}"] for u in COMPUTE_UNITS},
+                "threshold": r["pool"].get("fork/threshold"),
+                "gated_fraction": r["pool"].get("fork/gated_fraction"),
+            }
+            for r in runs
+        ]
+        others = [r for i, r in enumerate(runs) if i != best]
+        out |= {
+            "ledger": chosen["ledger"],
+            "pool": chosen["pool"],
+            "engines": chosen["engines"] | {"evaluation": out["test"]["summary"]["engine"]},
+            "fork_choice": chosen["fork"],
+            "fork_sweep": sweep,
+            "adapter": chosen["adapter"],
+            "sweep_compute": {
+                u: chosen["ledger"][f"compute_{u}"] + sum(r["training_compute"][u] for r in others)
+                for u in COMPUTE_UNITS
+            },
+        }
+        if "validation" in chosen:
+            out["validation"] = chosen["validation"]
+        return out
+
+    def train_reasonmaxxer(self, seed: int, gate: str, fork: dict, with_validation: bool) -> dict:
+        """One ReasonMaxxer training (offline phase, possibly from the seed's cache, then training), its adapter
+        saved under ``seed<N>/reasonmaxxer-<gate>[-<fork setting>]``."""
         from ..config import ReasonMaxxerConfig
         from ..trainer import ReasonMaxxerTrainer
 
         b = self.budget
+        label = gate + "".join(f"-{key.removeprefix('fork_')}{value:g}" for key, value in fork.items())
         model, tokenizer = self.load()
-        ledger = self.new_ledger(f"reasonmaxxer/{gate}", model)
-        # one output_dir per seed for every gate: the gate ablation reuses the cached rollouts and scores
+        ledger = self.new_ledger(f"reasonmaxxer/{label}", model)
+        # one output_dir per seed for every gate and fork setting: they share the seed's cached rollouts and scores
         args = ReasonMaxxerConfig(
             output_dir=os.path.join(self.output_dir, f"seed{seed}", "reasonmaxxer"),
             num_generations=b.num_generations,
@@ -312,6 +499,7 @@ class _Runner:
             fork_gate=gate,
             use_llama_cpp=b.use_llama_cpp,
             llama_cpp_model_path=b.llama_cpp_model_path,
+            **fork,
             **self.common_args(seed),
         )
         trainer = ReasonMaxxerTrainer(
@@ -321,25 +509,73 @@ class _Runner:
             train_dataset=self.splits["pool"],
             processing_class=tokenizer,
         )
-        ledger.wrap(
-            trainer.offline,
-            "generate",
-            "generation",
-            count_generated=lambda groups: sum(len(c["completion_ids"]) for g in groups for c in g),
-        )
         with ledger.phase("scoring"):
+            earlier = _track_offline_cost(trainer, ledger)
             trainer.prepare_training_data()
+        ledger.charge(earlier)
+        if ledger.totals()["generated"] == 0:
+            ledger.extra["offline_cost_unknown"] = True
+            logger.warning(
+                "The rollouts in %s were generated by a run that recorded no cost (%s is missing): ReasonMaxxer's "
+                "compute misses its offline phase. Delete that folder to measure it again.",
+                trainer.rollout_cache_dir,
+                OFFLINE_COST_JSON,
+            )
         with ledger.phase("training"):
             trainer.train()
-        out = {"pool": trainer.pool_stats}
+        out = {"fork": fork, "label": label, "pool": trainer.pool_stats}
+        out["engines"] = {"rollouts": trainer.rollout_engine_name}
         if with_validation:
-            out["validation"] = self.evaluate(trainer.model, tokenizer, "validation", "ReasonMaxxer (val)", ledger)
-        out["test"] = self.evaluate(trainer.model, tokenizer, "test", f"ReasonMaxxer {gate} (test)", ledger)
-        out["engines"] = {"rollouts": trainer.rollout_engine_name, "evaluation": out["test"]["summary"]["engine"]}
+            out["validation"] = self.evaluate(trainer.model, tokenizer, "validation", f"ReasonMaxxer {label}", ledger)
         ledger.finish_memory()
-        trainer.save_model(os.path.join(self.output_dir, f"seed{seed}", f"reasonmaxxer-{gate}", "adapter"))
+        out["adapter"] = os.path.join(self.output_dir, f"seed{seed}", f"reasonmaxxer-{label}", "adapter")
+        trainer.save_model(out["adapter"])
+        out["training_compute"] = {u: ledger.compute(u, ("training",)) for u in COMPUTE_UNITS}
+        out["ledger"] = ledger.to_dict()
         _free(trainer, model)
-        return out | {"ledger": ledger.to_dict()}
+        return out
+
+
+def _track_offline_cost(trainer, ledger) -> dict:
+    """Charge the offline phase's generation and scoring calls to ``ledger``, and keep the running total of what
+    filling this rollout cache has cost in its ``offline_cost.json``, rewritten after every chunk generated or
+    scored (so an interrupted offline phase keeps its cost). Returns the cost of the earlier runs that filled it,
+    for ``ledger.charge`` once the offline phase ends: a run that reuses the cache (another fork setting, the gate
+    ablation, a resumed run) pays for the rollouts it trains on, and nothing is paid twice."""
+    from .ledger import CostLedger
+
+    folder = trainer.rollout_cache_dir
+    earlier = {}
+    if os.path.exists(os.path.join(folder, OFFLINE_COST_JSON)):
+        with open(os.path.join(folder, OFFLINE_COST_JSON)) as f:
+            earlier = json.load(f)
+
+    def save():
+        total = CostLedger("offline")
+        total.charge(earlier)
+        total.charge(ledger.part(OFFLINE_PHASES))
+        os.makedirs(folder, exist_ok=True)
+        _save_json(total.part(OFFLINE_PHASES), folder, OFFLINE_COST_JSON)
+
+    ledger.wrap(
+        trainer.offline,
+        "generate",
+        "generation",
+        count_generated=lambda groups: sum(len(c["completion_ids"]) for g in groups for c in g),
+        after=save,
+    )
+    ledger.wrap(trainer.offline, "score_sequences", "scoring", after=save)
+    return earlier
+
+
+def _required_piece(store: PieceStore, method: str, seed: int, needed_by: str) -> dict:
+    piece = store.load(piece_name(method, seed))
+    if piece is None:
+        raise ValueError(
+            f"{needed_by} of seed {seed} needs {store.path(piece_name(method, seed))} (ReasonMaxxer's compute and "
+            f"fork choice of that seed): run `--methods {method} --seeds {seed}` first."
+        )
+    return piece
 
 
 def _free(*objects) -> None:
@@ -361,76 +597,82 @@ def run_comparison(
     reward_fn: Callable | None = None,
     split_seed: int = 42,
     label: str = "default",
+    methods: Sequence[str] | None = None,
+    pieces_dir: str | None = None,
 ) -> dict:
-    """Run the whole comparison, print the table, write ``compare.json``, ``compare_pass1.png`` and
-    ``compare_curve.png`` (and ``compare_curve_tokens.png``) under ``output_dir``; return the report."""
+    """Run every piece of the comparison (``methods`` only, when given; the base model whenever its piece is
+    missing) that ``pieces_dir`` (default ``output_dir/pieces``) does not hold yet, each written as soon as it
+    ends; then :func:`aggregate` all the pieces there. Returns the evidence."""
+    from ..cache import fingerprint
     from ..default_model import DEFAULT_MODEL, resolve_model
-    from ..evaluation import plot_comparison
     from ..rewards import math_accuracy_reward
-    from .ledger import CostLedger, device_name
 
     budget = budget or CompareConfig()
     seeds = list(seeds)
     if not seeds:
         raise ValueError("Give at least one seed (--seeds 42).")
     reward_fn = reward_fn or math_accuracy_reward
-    os.makedirs(output_dir, exist_ok=True)
+    plan = plan_pieces(budget.grpo_compute_multiples, seeds, gate_ablation)
+    todo = select_methods(plan, methods)
     splits = load_splits(dataset_name, budget, split_seed)
-    runner = _Runner(resolve_model(model), splits, budget, reward_fn, output_dir, seeds[0], COMPUTE_UNITS[0])
-
-    base_model, tokenizer = runner.load()
-    base_ledger = CostLedger("base", device=device_name())
-    base = {
-        "test": runner.evaluate(base_model, tokenizer, "test", "Base (test)", base_ledger),
-        "validation": runner.evaluate(base_model, tokenizer, "validation", "Base (val)", base_ledger),
-        "ledger": base_ledger.to_dict(),
-    }
-    base["engines"] = {"evaluation": base["test"]["summary"]["engine"]}
-    _free(base_model)
-    base_val = base["validation"]["summary"]["pass@1"]
-
-    runs = []
-    for seed in seeds:
-        # raw results are written after every method, so an interrupted comparison keeps what it measured
-        run = {"seed": seed}
-        _save_json({"base": base, "runs": runs + [run]}, output_dir, PARTIAL_JSON)
-        run["grpo"] = runner.run_grpo(seed, base_val)
-        _save_json({"base": base, "runs": runs + [run]}, output_dir, PARTIAL_JSON)
-        run["reasonmaxxer"] = runner.run_reasonmaxxer(seed, "entropy", with_validation=True)
-        if gate_ablation:
-            run["gate_ablation"] = {}
-            for gate in ("random", "all"):
-                _save_json({"base": base, "runs": runs + [run]}, output_dir, PARTIAL_JSON)
-                run["gate_ablation"][gate] = runner.run_reasonmaxxer(seed, gate, with_validation=False)
-        runs.append(run)
-        _save_json(
-            build_report(budget, model, dataset_name, seeds, splits, base, runs, gate_ablation, label), output_dir
-        )
-
-    report = build_report(budget, model, dataset_name, seeds, splits, base, runs, gate_ablation, label)
-    _save_json(report, output_dir)
-    os.remove(os.path.join(output_dir, PARTIAL_JSON))
-    methods = report["summary"]["methods"]
-    plot_comparison(
-        {name: {"pass@1": m["pass@1"][0], "pass@1_stderr": m["pass@1"][1]} for name, m in methods.items()},
-        os.path.join(output_dir, "compare_pass1.png"),
+    eval_seed = seeds[0] if budget.eval_seed is None else budget.eval_seed
+    settings = piece_settings(
+        DEFAULT_MODEL if model == "default" else model,
+        dataset_name,
+        split_seed,
+        f"{getattr(reward_fn, '__module__', '')}.{getattr(reward_fn, '__qualname__', type(reward_fn).__name__)}",
+        budget,
+        eval_seed,
+        fingerprint({name: list(split["id"]) for name, split in splits.items()}),
     )
-    rm_point = report["summary"]["reasonmaxxer_validation"]
+    store = PieceStore(pieces_dir or os.path.join(output_dir, "pieces"), settings)
+    store.load_all()  # a piece made with other settings is refused now, not after hours of work
+    os.makedirs(output_dir, exist_ok=True)
+    runner = _Runner(resolve_model(model), splits, budget, reward_fn, output_dir, eval_seed)
+    base = None
+    for method, seed in todo:
+        name = piece_name(method, seed)
+        piece = store.load(name)
+        if piece is not None:
+            print(f"{name}: finished earlier, loaded from {store.path(name)}", flush=True)
+        else:
+            start = time.perf_counter()
+            result = runner.run_base() if method == "base" else runner.run_piece(method, seed, base, store)
+            compute = {u: result["ledger"][f"compute_{u}"] for u in COMPUTE_UNITS}
+            info = {"method": method, "seed": seed, "elapsed_s": time.perf_counter() - start, "compute": compute}
+            piece = store.save(name, info | result)
+            print(f"{name}: written to {store.path(name)}", flush=True)
+        if method == "base":
+            base = piece
+    return aggregate(output_dir, store, [piece_name(m, s) for m, s in plan], label)
+
+
+def aggregate(output_dir: str, pieces: PieceStore | str, expected: Sequence[str] = (), label: str = "default"):
+    """``evidence.json`` (:func:`.report.build_evidence`), ``evidence_table.txt``, ``evidence_curve.png`` and
+    ``evidence_curve_tokens.png`` (validation gain vs compute: GRPO's curves, ReasonMaxxer's point) and
+    ``evidence_paired.png`` (paired differences with their CIs) under ``output_dir``, from whatever pieces
+    ``pieces`` (a :class:`.pieces.PieceStore` or its folder) holds, without a model; ``expected`` names the pieces
+    a complete run has (the missing ones are listed). Prints the table; returns the evidence."""
+    store = pieces if isinstance(pieces, PieceStore) else PieceStore(pieces)
+    evidence = build_evidence(store.load_all(), expected, git_commit()) | {"label": label}
+    os.makedirs(output_dir, exist_ok=True)
+    _save_json(evidence, output_dir, EVIDENCE_JSON)
+    table = format_table(evidence)
+    with open(os.path.join(output_dir, EVIDENCE_TABLE), "w") as f:
+        f.write(table + "\n")
+    validation = evidence["validation"] or {}
     for unit in COMPUTE_UNITS:
-        curve = mean_curve([r["grpo"]["validation_curve"] for r in runs], unit)
-        suffix = "" if unit == "wall_s" else f"_{unit}"
-        plot_curve(
-            {"GRPO": curve},
-            {"ReasonMaxxer": (rm_point["compute"][unit], rm_point["gain"])},
-            os.path.join(output_dir, f"compare_curve{suffix}.png"),
-            unit,
-        )
-    report["config"]["model"] = DEFAULT_MODEL if model == "default" else model
-    print(format_table(report), flush=True)
-    return report
+        curves = {m: c[unit] for m, c in evidence["curves"].items()}
+        point = {"reasonmaxxer": (validation["compute"][unit], validation["gain"])} if "gain" in validation else {}
+        if curves or point:
+            suffix = "" if unit == "wall_s" else f"_{unit}"
+            plot_curve(curves, point, os.path.join(output_dir, f"evidence_curve{suffix}.png"), unit)
+    plot_paired(evidence, os.path.join(output_dir, "evidence_paired.png"))
+    print(table, flush=True)
+    return evidence
 
 
-def _save_json(report: dict, output_dir: str, name: str = "compare.json") -> str:
+def _save_json(report: dict, output_dir: str, name: str) -> str:
     path = os.path.join(output_dir, name)
     tmp = path + ".tmp"
     with open(tmp, "w") as f:

@@ -1,17 +1,20 @@
 """The comparison's arithmetic and its report, without a model: disjoint splits, the (compute, gain) curves and
-their first crossing, the headline ratio, seed pooling, the JSON report, the table and the curve plot.
+their first crossing, the headline ratio, seed pooling, GRPO's steps for a compute budget, the evidence aggregated
+from the comparison's pieces (:func:`build_evidence`), its table and plots.
 
-:mod:`.compare` runs the methods and hands their raw results here.
+:mod:`.compare` runs the methods and writes their raw results as pieces (:mod:`.pieces`); everything here reads them.
 """
 
 from __future__ import annotations
 
+import math
+import os
 import random
-from collections.abc import Sequence
-from dataclasses import asdict
+from collections.abc import Mapping, Sequence
 
 from ..evaluation import mean_and_stderr
 from ..plotting import new_figure, save_figure
+from ..stats import average_seeds, describe, paired_difference, per_problem_scores
 from .ledger import COMPUTE_UNITS
 
 
@@ -162,80 +165,6 @@ def mean_ledger(ledgers: Sequence[dict]) -> dict:
     }
 
 
-def format_table(report: dict) -> str:
-    """The comparison as a plain-text table: held-out pass@1 and greedy, cost, and the headline."""
-    c, s = report["config"], report["summary"]
-    k = c["budget"]["num_samples"]
-    lines = [
-        f"GRPO vs ReasonMaxxer: {c['model']} on {c['task']}; pool {c['sizes']['pool']} / validation "
-        f"{c['sizes']['validation']} / held-out test {c['sizes']['test']} problems; {len(c['seeds'])} seed(s) "
-        f"{c['seeds']}; {c['device']}",
-        f"{'method':<26}{'test pass@1 (k=' + str(k) + ')':>20}{'greedy':>16}{'compute s':>11}{'gen tok':>9}"
-        f"{'fwd tok':>9}{'bwd tok':>9}{'peak GB':>9}",
-    ]
-    for name, row in s["methods"].items():
-        ledger = row.get("ledger")
-        cost = (
-            f"{ledger['compute_wall_s']:>11.0f}{ledger['token_totals']['generated']:>9.0f}"
-            f"{ledger['token_totals']['forwarded']:>9.0f}{ledger['token_totals']['backpropagated']:>9.0f}"
-            f"{(ledger['peak_memory_bytes'] or 0) / 1e9:>9.2f}"
-            if ledger
-            else f"{'—':>11}{'—':>9}{'—':>9}{'—':>9}{'—':>9}"
-        )
-        greedy = f"{row['greedy'][0]:.3f} ± {row['greedy'][1]:.3f}" if row.get("greedy") else "—"
-        lines.append(f"{name:<26}{row['pass@1'][0]:>12.3f} ± {row['pass@1'][1]:.3f}{greedy:>16}{cost}")
-    engines = [
-        f"{name} " + ", ".join(f"{phase} {engine}" for phase, engine in row["engines"].items())
-        for name, row in s["methods"].items()
-        if row.get("engines")
-    ]
-    if engines:
-        lines.append("engines: " + "; ".join(engines))
-    for unit, headline in s["headline"].items():
-        lines.append(f"headline ({unit}): {headline['text']}")
-    return "\n".join(lines)
-
-
-def plot_curve(
-    curves: dict[str, list[tuple[float, float]]], points: dict[str, tuple[float, float]], path: str, unit: str
-) -> str:
-    """Validation gain vs compute: a line per curve (GRPO), a marker per single point (ReasonMaxxer)."""
-    fig, ax = new_figure()
-    for name, curve in curves.items():
-        ax.plot([x for x, _ in curve], [y for _, y in curve], marker="o", label=name)
-    for name, (x, y) in points.items():
-        ax.scatter([x], [y], marker="*", s=160, zorder=3, label=name)
-        ax.axhline(y, linestyle=":", color="grey", linewidth=1)
-    ax.axhline(0.0, color="black", linewidth=0.8)
-    ax.set_xlabel("compute (seconds)" if unit == "wall_s" else "compute (token units: gen + fwd + 2·bwd)")
-    ax.set_ylabel("validation pass@1 gain over base")
-    ax.legend()
-    ax.set_title("Accuracy vs compute (validation set)")
-    return save_figure(fig, path)
-
-
-def method_paths(gate_ablation: bool) -> list[tuple[str, tuple[str, ...]]]:
-    paths = [("GRPO", ("grpo",)), ("ReasonMaxxer", ("reasonmaxxer",))]
-    if gate_ablation:
-        paths += [(f"ReasonMaxxer gate={g}", ("gate_ablation", g)) for g in ("random", "all")]
-    return paths
-
-
-_REQUIRED = object()
-
-
-def collect(runs: list[dict], path: tuple[str, ...], key: str, default=_REQUIRED) -> list:
-    """``key`` ("test", "ledger", "engines") of the method at ``path`` in every seed's run (``default`` where a run
-    lacks it, when given)."""
-    out = []
-    for run in runs:
-        node = run
-        for step in path:
-            node = node[step]
-        out.append(node[key] if default is _REQUIRED else node.get(key, default))
-    return out
-
-
 def engines_used(per_seed: list[dict]) -> dict[str, str]:
     """Which engine each phase used (``{"rollouts": "llama.cpp", "evaluation": "transformers"}``) over the seeds;
     a phase whose engine differed between seeds lists them joined by " + "."""
@@ -247,55 +176,306 @@ def engines_used(per_seed: list[dict]) -> dict[str, str]:
     return {phase: " + ".join(names) for phase, names in phases.items()}
 
 
-def build_report(budget, model, dataset_name, seeds, splits, base, runs, gate_ablation, label) -> dict:
-    """The JSON report: configuration, splits, every run, and the seed-pooled summary with the headline."""
-    methods = {
-        "base": {
-            "pass@1": pooled_metric([base["test"]]),
-            "greedy": pooled_metric([base["test"]], "greedy_accuracy"),
-            "engines": engines_used([base.get("engines", {})]),
+def plot_curve(
+    curves: dict[str, list[tuple[float, float]]], points: dict[str, tuple[float, float]], path: str, unit: str
+) -> str:
+    """Validation gain vs compute: a line per curve (GRPO), a marker per single point (ReasonMaxxer)."""
+    fig, ax = new_figure()
+    for name, curve in curves.items():
+        ax.plot([x for x, _ in curve], [y for _, y in curve], marker="o", label=name)
+    for i, (name, (x, y)) in enumerate(points.items(), len(curves)):  # colours after the curves'
+        ax.scatter([x], [y], marker="*", s=160, zorder=3, label=name, color=f"C{i}")
+        ax.axhline(y, linestyle=":", color="grey", linewidth=1)
+    ax.axhline(0.0, color="black", linewidth=0.8)
+    ax.set_xlabel("compute (seconds)" if unit == "wall_s" else "compute (token units: gen + fwd + 2·bwd)")
+    ax.set_ylabel("validation pass@1 gain over base")
+    ax.legend()
+    ax.set_title("Accuracy vs compute (validation set)")
+    return save_figure(fig, path)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# GRPO at a multiple of ReasonMaxxer's compute
+
+
+def grpo_step_tokens(prompt_tokens: float, completion_tokens: float, completions_per_step: int) -> float:
+    """Ledger tokens (generated + forwarded + 2 × back-propagated, :data:`.ledger.COMPUTE_UNITS`) of one GRPO
+    optimiser step, from its rollout shape: each of the step's completions is generated (``completion_tokens``,
+    1 unit each), then its prompt + completion go once through the policy with gradients (1 forward + 2 backward
+    units). TRL's ``GRPOTrainer`` with its defaults (``beta=0``: no reference model; one iteration per generation:
+    no old-log-prob forward) runs no other forward; the smoke test checks its own token counter against the
+    ledger."""
+    if completions_per_step < 1 or prompt_tokens < 0 or completion_tokens < 0:
+        raise ValueError(
+            f"Need completions_per_step >= 1 and non-negative lengths, got {completions_per_step}, {prompt_tokens}, "
+            f"{completion_tokens}."
+        )
+    return completions_per_step * (completion_tokens + 3 * (prompt_tokens + completion_tokens))
+
+
+def grpo_steps_for_budget(target_tokens: float, tokens_per_step: float) -> int:
+    """GRPO's ``max_steps`` for a token budget: the fewest steps whose estimated compute reaches it (at least one),
+    so rounding never gives GRPO less than the budget. The estimate comes from :func:`grpo_step_tokens`; the run
+    records its realised compute beside the target."""
+    if tokens_per_step <= 0:
+        raise ValueError(f"tokens_per_step must be positive, got {tokens_per_step}.")
+    return max(1, math.ceil(target_tokens / tokens_per_step - 1e-9))
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Evidence: the pieces of a comparison (pieces.py), aggregated
+
+
+# the paired differences the evidence always lists (None until both sides have a piece)
+REQUIRED_PAIRS = ("reasonmaxxer-base", "grpo_equal-base", "grpo_3x-base", "reasonmaxxer-grpo_equal")
+# (evidence key, evaluation, metric) of the paired differences
+PAIRED_KEYS = (
+    ("paired", "test", "pass@1"),
+    ("paired_greedy", "test", "greedy"),
+    ("transfer", "transfer", "pass@1"),
+    ("transfer_greedy", "transfer", "greedy"),
+)
+MAX_BASE_TRUNCATION = 0.10
+
+
+def _mean(values) -> float:
+    values = list(values)
+    return sum(values) / len(values)
+
+
+def _method_row(method: str, pieces: list[dict]) -> dict:
+    """A method's line of the evidence: pooled test (and transfer) metrics, mean compute, ledger and engines."""
+    row = {"seeds": [p["seed"] for p in pieces if p.get("seed") is not None]}
+    for prefix, split in (("", "test"), ("transfer_", "transfer")):
+        if all(split in p for p in pieces):
+            results = [p[split] for p in pieces]
+            row[f"{prefix}pass@1"], row[f"{prefix}pass@1_stderr"] = pooled_metric(results)
+            row[f"{prefix}greedy"], row[f"{prefix}greedy_stderr"] = pooled_metric(results, "greedy_accuracy")
+    trained = method != "base"
+    for unit in COMPUTE_UNITS:
+        row[f"compute_{unit}"] = _mean(p["compute"][unit] for p in pieces) if trained else 0.0
+    row["ledger"] = mean_ledger([p["ledger"] for p in pieces]) if trained else None
+    row["engines"] = engines_used([p.get("engines", {}) for p in pieces])
+    return row
+
+
+def _paired(by_method: dict[str, list[dict]], a: str, b: str, split: str, metric: str, num_resamples: int):
+    """``a − b`` per problem on ``split`` (seeds averaged per problem), with its paired bootstrap CI; None when a side
+    has no piece with that evaluation."""
+    sides = [by_method.get(a, []), by_method.get(b, [])]
+    if not all(pieces and all(split in p for p in pieces) for pieces in sides):
+        return None
+    treatment, control = (average_seeds([per_problem_scores(p[split], metric) for p in ps]) for ps in sides)
+    diff = paired_difference(treatment, control, num_resamples=num_resamples, seed=0)
+    return diff | {"seeds": {m: [p["seed"] for p in ps] for m, ps in zip((a, b), sides)}}
+
+
+def _method_of(name: str) -> str:
+    return name.rsplit("-seed", 1)[0]
+
+
+def build_evidence(
+    pieces: Mapping[str, dict], expected: Sequence[str] = (), commit: str = "unknown", num_resamples: int = 10_000
+) -> dict:
+    """The comparison's evidence (``evidence.json``) from its pieces (``name → piece``, :mod:`.pieces`), without a
+    model; whatever pieces exist, the ones of ``expected`` that do not are listed in ``missing``.
+
+    - ``methods``: per method, test pass@1 and greedy (seeds averaged per problem, then mean ± stderr over
+      problems), the same on the transfer task, and the mean compute over seeds in tokens and seconds.
+    - ``paired`` (test pass@1), ``paired_greedy``, ``transfer`` (transfer pass@1), ``transfer_greedy``: every
+      method − base, and reasonmaxxer − every GRPO method, per problem with seeds averaged per problem, then the
+      paired bootstrap over problems (:func:`~trl_reasonmaxxer.stats.paired_difference`: ``mean``, ``ci95``...);
+      None while a side has no piece. :data:`REQUIRED_PAIRS` are always listed.
+    - ``headline`` (token unit) and ``headline_by_unit``: :func:`headline_ratio` of ReasonMaxxer's mean validation
+      gain over the base against the seed-averaged validation curve of the GRPO method with the most compute.
+    - ``fork_choice`` (ReasonMaxxer's sweep and choice per seed), ``grpo_budget`` (GRPO's steps per seed),
+      ``truncation`` (the base model's, to check the token budget), ``warnings``, ``piece_commits``, ``commit``
+      (the aggregating checkout's) and the ``settings`` the pieces share.
+    """
+    by_method: dict[str, list[dict]] = {}
+    for piece in sorted(pieces.values(), key=lambda p: (p["method"], -1 if p.get("seed") is None else p["seed"])):
+        by_method.setdefault(piece["method"], []).append(piece)
+    order = list(dict.fromkeys(["base", *map(_method_of, expected), *sorted(by_method)]))
+    base = pieces.get("base")
+    settings = (base or next(iter(pieces.values())))["settings"] if pieces else {}
+    methods = {m: _method_row(m, by_method[m]) for m in order if by_method.get(m)}
+    grpo = [m for m in order if m.startswith("grpo")]
+    pairs = [(m, "base") for m in order if m != "base"] + [("reasonmaxxer", g) for g in grpo]
+    out: dict = {
+        "task": settings.get("dataset_name"),
+        "model": settings.get("model"),
+        "n_test_problems": base["test"]["summary"]["num_problems"] if base else settings.get("num_test_problems"),
+        "samples_per_problem": settings.get("num_samples"),
+        "greedy": True,
+        "prompt_style": settings.get("prompt_style"),
+        "max_completion_length": settings.get("max_completion_length"),
+        "transfer_task": settings.get("transfer_dataset_name") if settings.get("num_transfer_problems") else None,
+        "n_transfer_problems": settings.get("num_transfer_problems") or 0,
+        "seeds": sorted({p["seed"] for p in pieces.values() if p.get("seed") is not None}),
+        "methods": methods,
+    }
+    for key, split, metric in PAIRED_KEYS:
+        out[key] = {f"{a}-{b}": _paired(by_method, a, b, split, metric, num_resamples) for a, b in pairs}
+        for name in REQUIRED_PAIRS:
+            out[key].setdefault(name, None)
+
+    rm, curved = by_method.get("reasonmaxxer", []), [m for m in grpo if by_method.get(m)]
+    out["headline"], out["headline_by_unit"], out["validation"], out["curves"] = None, {}, None, {}
+    if base:
+        base_val = base["validation"]["summary"]["pass@1"]
+        out["validation"] = {"base": base_val}
+        if rm:
+            rm_val = _mean(p["validation"]["summary"]["pass@1"] for p in rm)
+            rm_compute = {u: _mean(p["compute"][u] for p in rm) for u in COMPUTE_UNITS}
+            out["validation"] |= {"reasonmaxxer": rm_val, "gain": rm_val - base_val, "compute": rm_compute}
+        out["curves"] = {
+            m: {u: mean_curve([p["validation_curve"] for p in by_method[m]], u) for u in COMPUTE_UNITS} for m in curved
         }
-    }
-    for name, path in method_paths(gate_ablation):
-        tests = collect(runs, path, "test")
-        methods[name] = {
-            "pass@1": pooled_metric(tests),
-            "greedy": pooled_metric(tests, "greedy_accuracy"),
-            "ledger": mean_ledger(collect(runs, path, "ledger")),
-            "engines": engines_used(collect(runs, path, "engines", {})),
+        if rm and curved:
+            # the GRPO run with the most compute: the longest curve, so the highest budget B for the lower bound
+            longest = max(curved, key=lambda m: methods[m]["compute_tokens"])
+            out["headline_by_unit"] = {
+                u: headline_ratio(out["curves"][longest][u], rm_val - base_val, rm_compute[u], u)
+                | {"grpo_method": longest}
+                for u in COMPUTE_UNITS
+            }
+            out["headline"] = out["headline_by_unit"]["tokens"]
+    out["fork_choice"] = {
+        str(p["seed"]): {
+            "fork": p.get("fork_choice"),
+            "sweep": p.get("fork_sweep"),
+            "sweep_compute": p.get("sweep_compute"),
         }
-    base_val = base["validation"]["summary"]["pass@1"]
-    rm_gain = sum(r["reasonmaxxer"]["validation"]["summary"]["pass@1"] for r in runs) / len(runs) - base_val
-    rm_compute = {u: sum(r["reasonmaxxer"]["ledger"][f"compute_{u}"] for r in runs) / len(runs) for u in COMPUTE_UNITS}
-    headline = {
-        u: headline_ratio(mean_curve([r["grpo"]["validation_curve"] for r in runs], u), rm_gain, rm_compute[u], u)
-        for u in COMPUTE_UNITS
+        for p in rm
     }
-    return {
-        "config": {
-            "label": label,
-            "model": model,
-            "task": dataset_name,
-            "seeds": seeds,
-            "budget": asdict(budget),
-            "device": runs[0]["grpo"]["ledger"]["device"],
-            "sizes": {k: len(v) for k, v in splits.items()},
-            "gate_ablation": gate_ablation,
-            "eval_protocol": {
-                "temperature": 0.6,
-                "top_p": 0.95,
-                "test_samples": budget.num_samples,
-                "greedy": True,
-                "validation_samples": budget.num_validation_samples,
-            },
-        },
-        "splits": {k: list(v["id"]) for k, v in splits.items()},
-        "summary": {
-            "methods": methods,
-            "headline": headline,
-            "reasonmaxxer_validation": {"gain": rm_gain, "compute": rm_compute},
-            "base_validation_pass@1": base_val,
-        },
-        "base": base,
-        "runs": runs,
+    out["grpo_budget"] = {
+        m: {str(p["seed"]): p["grpo_budget"] for p in by_method.get(m, []) if p.get("grpo_budget")} for m in grpo
     }
+    out["truncation"] = {
+        f"base_{split}{suffix}": base[split]["summary"].get(f"{prefix}truncation_rate")
+        for split in ("test", "transfer")
+        if base and split in base
+        for prefix, suffix in (("", ""), ("greedy_", "_greedy"))
+    }
+    out["warnings"] = _warnings(pieces, out)
+    out["missing"] = [name for name in expected if name not in pieces]
+    out["pieces"] = sorted(pieces)
+    out["piece_commits"] = {name: p.get("commit", "unknown") for name, p in sorted(pieces.items())}
+    out["commit"] = commit
+    ledgers = [p["ledger"] for p in pieces.values() if p.get("ledger")]
+    out["device"] = ledgers[0].get("device") if ledgers else None
+    out["settings"] = settings
+    return out
+
+
+def _warnings(pieces: Mapping[str, dict], evidence: dict) -> list[str]:
+    """What a reader of the evidence must know: a token budget that truncates the base model, evaluations on
+    different engines, a ReasonMaxxer cost that misses its offline phase, a GRPO budget missed by its estimate."""
+    out = []
+    for key, rate in evidence["truncation"].items():
+        if key.startswith("base_test") and rate is not None and rate > MAX_BASE_TRUNCATION:
+            out.append(
+                f"{rate:.0%} of the base model's held-out answers ({key}) hit the {evidence['max_completion_length']}-"
+                f"token budget (more than {MAX_BASE_TRUNCATION:.0%}): raise max_completion_length."
+            )
+    engines = {p.get("engines", {}).get("evaluation") for p in pieces.values()} - {None}
+    if len(engines) > 1:
+        out.append(f"The pieces were evaluated on different engines ({', '.join(sorted(engines))}).")
+    for name, p in sorted(pieces.items()):
+        if (p.get("ledger") or {}).get("offline_cost_unknown"):
+            out.append(f"{name}: its rollouts came from a cache whose cost was never recorded; its compute misses it.")
+        ratio = (p.get("grpo_budget") or {}).get("realized_over_target")
+        if ratio is not None and not 0.8 <= ratio <= 1.25:
+            out.append(f"{name}: GRPO's realised compute is {ratio:.2f}× its target (the step estimate was off).")
+    return out
+
+
+def format_table(evidence: dict) -> str:
+    """The evidence as plain text: per method held-out pass@1, greedy, transfer and cost; the paired differences,
+    the fork choice, the headline, missing pieces and warnings."""
+    e, s = evidence, evidence["settings"]
+    k, transfer = e["samples_per_problem"], e["transfer_task"]
+    lines = [
+        f"GRPO vs ReasonMaxxer: {e['model']} on {e['task']}; pool {s.get('num_pool_problems')} / validation "
+        f"{s.get('num_validation_problems')} / held-out test {e['n_test_problems']} problems × {k} samples + greedy "
+        f"(T=0.6, top-p 0.95); {e['prompt_style']} prompt, {e['max_completion_length']} tokens"
+        + (f"; transfer {transfer} {e['n_transfer_problems']}" if transfer else "")
+        + f"; {len(e['seeds'])} seed(s) {e['seeds']}; {e['device']}",
+        f"{'method':<22}{'test pass@1 (k=' + str(k) + ')':>20}{'greedy':>16}"
+        + (f"{'transfer pass@1':>17}{'greedy':>16}" if transfer else "")
+        + f"{'compute s':>11}{'tokens':>10}{'gen tok':>9}{'fwd tok':>9}{'bwd tok':>9}{'peak GB':>9}",
+    ]
+    show = lambda row, key: f"{row[key]:.3f} ± {row[key + '_stderr']:.3f}" if key in row else "—"
+    for name, row in e["methods"].items():
+        ledger = row.get("ledger")
+        cost = (
+            f"{row['compute_wall_s']:>11.0f}{row['compute_tokens']:>10.0f}{ledger['token_totals']['generated']:>9.0f}"
+            f"{ledger['token_totals']['forwarded']:>9.0f}{ledger['token_totals']['backpropagated']:>9.0f}"
+            f"{(ledger['peak_memory_bytes'] or 0) / 1e9:>9.2f}"
+            if ledger
+            else f"{'—':>11}{'—':>10}{'—':>9}{'—':>9}{'—':>9}{'—':>9}"
+        )
+        transfer_cells = f"{show(row, 'transfer_pass@1'):>17}{show(row, 'transfer_greedy'):>16}" if transfer else ""
+        lines.append(f"{name:<22}{show(row, 'pass@1'):>20}{show(row, 'greedy'):>16}{transfer_cells}{cost}")
+    engines = [
+        f"{name} " + ", ".join(f"{phase} {engine}" for phase, engine in row["engines"].items())
+        for name, row in e["methods"].items()
+        if row.get("engines")
+    ]
+    if engines:
+        lines.append("engines: " + "; ".join(engines))
+    for key, title in (
+        ("paired", "test pass@1"),
+        ("paired_greedy", "test greedy"),
+        ("transfer", f"{transfer} pass@1"),
+        ("transfer_greedy", f"{transfer} greedy"),
+    ):
+        diffs = {name: d for name, d in e[key].items() if d}
+        if diffs:
+            lines.append(f"paired differences, {title} (seeds averaged per problem; paired bootstrap over problems):")
+            lines += [f"  {describe(d, name)}" for name, d in diffs.items()]
+    for seed, fork in e["fork_choice"].items():
+        candidates = fork["sweep"] or []
+        sweep = ", ".join(f"{_fork_label(c['fork'])} {c['validation_pass@1']:.3f}" for c in candidates)
+        sweep = sweep if len(candidates) > 1 else ""
+        lines.append(
+            f"fork choice, seed {seed}: {_fork_label(fork['fork'])}" + (f" (validation: {sweep})" if sweep else "")
+        )
+    for unit, headline in e["headline_by_unit"].items():
+        lines.append(f"headline ({unit}, {headline['grpo_method']}'s curve): {headline['text']}")
+    if e["missing"]:
+        lines.append(f"missing pieces ({len(e['missing'])}): {', '.join(e['missing'])}")
+    lines += [f"warning: {w}" for w in e["warnings"]]
+    return "\n".join(lines)
+
+
+def _fork_label(fork: Mapping | None) -> str:
+    return ", ".join(f"{k}={v:g}" for k, v in fork.items()) if fork else "the trainer's default gate"
+
+
+def plot_paired(evidence: dict, path: str) -> str:
+    """The paired differences (test and transfer pass@1) with their 95% CIs, one row each."""
+    tasks = {
+        "test": os.path.basename(str(evidence["task"])),
+        "transfer": os.path.basename(str(evidence["transfer_task"])),
+    }
+    rows = [
+        (f"{name} ({split})", d, color)
+        for key, split, color in (("paired", "test", "C0"), ("transfer", "transfer", "C1"))
+        for name, d in evidence[key].items()
+        if d
+    ]
+    fig, ax = new_figure(width=7.0, height=max(2.5, 1.2 + 0.4 * len(rows)))
+    for i, (_, d, color) in enumerate(rows):
+        lo, hi = d["ci95"]
+        err = [[max(d["mean"] - lo, 0.0)], [max(hi - d["mean"], 0.0)]]
+        ax.errorbar([d["mean"]], [i], xerr=err, fmt="o", capsize=4, color=color)
+    ax.set_yticks(range(len(rows)), [label for label, _, _ in rows])
+    ax.invert_yaxis()
+    ax.axvline(0.0, color="black", linewidth=0.8)
+    ax.set_xlabel("pass@1 difference per problem (95% paired bootstrap CI)")
+    title = f"Paired differences: test = {tasks['test']}" + (
+        f", transfer = {tasks['transfer']}" if evidence["transfer_task"] else ""
+    )
+    ax.set_title(title if rows else "Paired differences: no pair has both pieces yet")
+    return save_figure(fig, path)

@@ -5,6 +5,8 @@ ledger per method (the harness is :mod:`trl_reasonmaxxer.benchmarking`; docs/ben
 trl-reasonmaxxer compare --quick                               # a smoke run in minutes
 trl-reasonmaxxer compare --gate_ablation                       # the default budget, plus the random and all gates
 trl-reasonmaxxer compare --config examples/recipes/compare.yaml
+trl-reasonmaxxer compare --config examples/recipes/evidence.yaml --methods reasonmaxxer --seeds 1   # one piece
+trl-reasonmaxxer compare --config examples/recipes/evidence.yaml --aggregate_only true               # no model
 ```
 
 Arguments come from two dataclasses: [`CompareScriptArguments`] (model, data, reward, seeds, output) and
@@ -13,6 +15,7 @@ Arguments come from two dataclasses: [`CompareScriptArguments`] (model, data, re
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 
 from ..benchmarking.compare import CompareConfig
@@ -40,7 +43,19 @@ class CompareScriptArguments(QuickArguments):
         gate_ablation (`bool`, *optional*, defaults to `False`):
             Also train ReasonMaxxer with the random (budget-matched) and the all-token gate.
         output_dir (`str`, *optional*, defaults to `"runs/compare"`):
-            Where `compare.json`, the plots and the adapters go (`"runs/compare-quick"` with `--quick`).
+            Where `evidence.json`, its table and plots, the adapters and the rollout caches go
+            (`"runs/compare-quick"` with `--quick`).
+        pieces_dir (`str` or `None`, *optional*, defaults to `None`):
+            Where each finished (method, seed) is written as a small JSON piece, and where finished pieces are found
+            and skipped when the run starts again; `None`: `<output_dir>/pieces`.
+        methods (`list[str]` or `None`, *optional*, defaults to `None`):
+            Run only these methods (with `--seeds`: only these seeds), e.g. `--methods reasonmaxxer --seeds 1`:
+            `base`, `reasonmaxxer`, `grpo` (or `grpo_equal`, `grpo_3x`... with `grpo_compute_multiples`),
+            `reasonmaxxer_random`, `reasonmaxxer_all` (with `gate_ablation`). The base model runs first whenever its
+            piece is missing. `None`: all of them.
+        aggregate_only (`bool`, *optional*, defaults to `False`):
+            Run nothing: rebuild `evidence.json`, its table and plots under `output_dir` from the pieces in
+            `pieces_dir`, listing the pieces that `seeds`, `gate_ablation` and the budget call for but are missing.
     """
 
     QUICK = dict(
@@ -73,7 +88,19 @@ class CompareScriptArguments(QuickArguments):
     )
     split_seed: int = field(default=42, metadata={"help": "Seed of the pool / validation / test split."})
     gate_ablation: bool = field(default=False, metadata={"help": "Also train ReasonMaxxer with random and all gates."})
-    output_dir: str = field(default="runs/compare", metadata={"help": "Where the report, plots and adapters go."})
+    output_dir: str = field(
+        default="runs/compare", metadata={"help": "Where the evidence, plots, adapters and rollout caches go."}
+    )
+    pieces_dir: str | None = field(
+        default=None, metadata={"help": "Folder of the finished (method, seed) pieces; unset: <output_dir>/pieces."}
+    )
+    methods: list[str] | None = field(
+        default=None,
+        metadata={"help": "Run only these methods (e.g. reasonmaxxer grpo_equal); unset: all. Base runs if missing."},
+    )
+    aggregate_only: bool = field(
+        default=False, metadata={"help": "Run nothing: rebuild evidence.json, table and plots from the pieces."}
+    )
 
 
 def make_parser(prog: str | None = None) -> ScriptParser:
@@ -81,9 +108,15 @@ def make_parser(prog: str | None = None) -> ScriptParser:
 
 
 def main(script_args: CompareScriptArguments, budget: CompareConfig) -> dict:
-    from ..benchmarking.compare import run_comparison
+    from ..benchmarking.compare import aggregate, run_comparison
+    from ..benchmarking.pieces import piece_name, plan_pieces
     from ..rewards import resolve_reward_func
 
+    label = "quick smoke run" if script_args.quick else "default"
+    if script_args.aggregate_only:
+        plan = plan_pieces(budget.grpo_compute_multiples, script_args.seeds, script_args.gate_ablation)
+        pieces_dir = script_args.pieces_dir or os.path.join(script_args.output_dir, "pieces")
+        return aggregate(script_args.output_dir, pieces_dir, [piece_name(m, s) for m, s in plan], label)
     return run_comparison(
         script_args.output_dir,
         script_args.model_name_or_path,
@@ -93,7 +126,9 @@ def main(script_args: CompareScriptArguments, budget: CompareConfig) -> dict:
         script_args.gate_ablation,
         resolve_reward_func(script_args.reward_func),
         script_args.split_seed,
-        "quick smoke run" if script_args.quick else "default",
+        label,
+        methods=script_args.methods,
+        pieces_dir=script_args.pieces_dir,
     )
 
 
