@@ -93,6 +93,15 @@ def test_busy_cores_reads_proc_stat():
     assert busy is None or 0.0 <= busy <= (os.cpu_count() or 1) + 1e-6
 
 
+def test_this_processes_own_threads_are_not_other_work():
+    # 2 cores over 100 ticks each: 200 ticks, 50 idle; 100 of the 150 busy ticks are this process's (torch's
+    # spinning OpenMP threads after an operation): only 50 are other work, a quarter of the machine
+    before, after = (1000, 500, 10), (1200, 550, 110)
+    assert llama_engine.other_busy_cores(before, after, cores=2) == pytest.approx(0.5)
+    assert llama_engine.other_busy_cores(before, (1200, 550, 200), cores=2) == 0.0  # never negative
+    assert llama_engine.other_busy_cores(before, before, cores=2) is None
+
+
 def test_context_cells_padded():
     assert context_cells([10, 30], 200) == 256
     assert context_cells([100], 200) == 512

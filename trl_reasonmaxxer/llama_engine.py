@@ -152,22 +152,31 @@ def max_threads() -> int:
 
 def busy_cores(interval: float = 0.3) -> float | None:
     """Cores kept busy by other processes, from ``/proc/stat`` over ``interval`` seconds while this one sleeps
-    (None where there is no ``/proc/stat``)."""
+    (None where there is no ``/proc/stat``). This process's own CPU time is not counted: torch's OpenMP threads keep
+    spinning for a while after each operation, and counting them as other work would halve the engine's threads."""
 
-    def snapshot() -> tuple[int, int]:
+    def snapshot() -> tuple[int, int, int]:
         with open("/proc/stat") as f:
             values = [int(v) for v in f.readline().split()[1:9]]
-        return sum(values), values[3] + values[4]  # all time, idle + iowait
+        with open("/proc/self/stat") as f:
+            own = f.read().rsplit(")", 1)[1].split()  # after the command name, which may hold spaces
+        return sum(values), values[3] + values[4], int(own[11]) + int(own[12])  # all, idle + iowait, utime + stime
 
     try:
-        total0, idle0 = snapshot()
+        before = snapshot()
         time.sleep(interval)
-        total1, idle1 = snapshot()
+        after = snapshot()
     except (OSError, ValueError, IndexError):
         return None
-    if total1 <= total0:
+    return other_busy_cores(before, after, os.cpu_count() or 1)
+
+
+def other_busy_cores(before: tuple[int, int, int], after: tuple[int, int, int], cores: int) -> float | None:
+    """Cores busy with other processes between two ``(all, idle, own)`` tick snapshots (None without ticks)."""
+    total, idle, own = (a - b for a, b in zip(after, before))
+    if total <= 0:
         return None
-    return (1.0 - (idle1 - idle0) / (total1 - total0)) * (os.cpu_count() or 1)
+    return max(0.0, (total - idle - own) / total) * cores
 
 
 def free_threads(limit: int | None = None) -> tuple[int, str]:
