@@ -48,19 +48,15 @@ import time
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from memory import MODELS, training_step  # noqa: E402  (the memory benchmark's model and step, shared)
+
+
 DEFAULT_OUT = "docs/results/gpu_smoke.json"
 CPU_OUT = "runs/gpu_smoke_cpu.json"  # a CPU self-check must not overwrite the GPU record
-# A random Qwen2-shaped model: Qwen2.5's vocabulary (what makes full logits large), a small body
-QWEN2_SHAPE = dict(
-    vocab_size=151936,
-    hidden_size=512,
-    intermediate_size=1408,
-    num_hidden_layers=4,
-    num_attention_heads=8,
-    num_key_value_heads=2,
-    max_position_embeddings=8192,
-    tie_word_embeddings=True,
-)
+# A random Qwen2-shaped model: Qwen2.5's vocabulary (what makes full logits large), a small body; the memory
+# benchmark's shape, so the two report the same model
+QWEN2_SHAPE = MODELS["qwen2-mid"]
 # The CPU self-check: the same code on shapes that take seconds
 CPU_SHAPE = dict(QWEN2_SHAPE, vocab_size=4096, hidden_size=64, intermediate_size=128, num_hidden_layers=2)
 TOLERANCES = {  # (values, gradient relative error) per weight dtype
@@ -242,9 +238,6 @@ def check_memory(device: str, shape: dict, length: int) -> dict:
     import torch
 
     from trl_reasonmaxxer.benchmarking.ledger import peak_memory, reset_peak_memory
-
-    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-    from memory import training_step  # the memory benchmark's step: one measurement, two places it is reported
 
     cuda = device == "cuda"
     result = {}
