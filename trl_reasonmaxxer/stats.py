@@ -78,6 +78,17 @@ def paired_difference(
     }
 
 
+def paired_differences(tuned: Mapping, base: Mapping) -> dict:
+    """:func:`paired_difference` of two ``evaluation.evaluate`` results on the same problems, for pass@1 and greedy
+    accuracy (each when both have it): ``{metric: difference}``."""
+    has = lambda result, key: any(record.get(key) not in (None, []) for record in result["records"])
+    return {
+        metric: paired_difference(per_problem_scores(tuned, metric), per_problem_scores(base, metric))
+        for metric, key in (("pass@1", "correct"), ("greedy", "greedy_correct"))
+        if has(tuned, key) and has(base, key)
+    }
+
+
 def describe(diff: Mapping, label: str = "difference") -> str:
     """One line: the mean difference, its CI, the problems won and lost, and whether the CI resolves it."""
     lo, hi = diff["ci95"]

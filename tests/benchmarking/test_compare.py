@@ -135,6 +135,28 @@ def test_a_piece_made_with_other_settings_is_refused_before_any_work(fake_runs, 
         run(seeds=[0])
 
 
+def test_the_base_piece_is_held_to_its_evaluation_settings_only(fake_runs, tmp_path):
+    run, calls, _ = fake_runs
+    run(seeds=[0], methods=["reasonmaxxer"])
+    (tmp_path / "pieces" / "reasonmaxxer-seed0.json").unlink()
+    calls.clear()
+    # a training knob chosen again on validation: the base model's hour of evaluation is kept
+    retuned = CompareConfig(grpo_compute_multiples=[1, 3], eval_seed=0, learning_rate=0.01, fork_thresholds=[1.4])
+    evidence = run(seeds=[0], methods=["reasonmaxxer"], budget=retuned)
+    assert calls == ["reasonmaxxer-seed0"]
+    assert evidence["settings"]["learning_rate"] == 0.01  # the trained pieces' settings, not the base's
+    # an evaluation setting is not a training knob
+    with pytest.raises(ValueError, match=r"other settings than this run: num_samples=2 \(this run: 4\)"):
+        run(seeds=[0], budget=CompareConfig(grpo_compute_multiples=[1, 3], eval_seed=0, num_samples=4))
+    # nor may two trained pieces differ in a training knob
+    store = PieceStore(
+        str(tmp_path / "pieces"), json.loads((tmp_path / "pieces" / "base.json").read_text())["settings"]
+    )
+    store.save("reasonmaxxer-seed1", synthetic.result("reasonmaxxer", 1) | {"method": "reasonmaxxer", "seed": 1})
+    with pytest.raises(ValueError, match=r"other settings than reasonmaxxer-seed0.json: fork_thresholds=\[\]"):
+        PieceStore(str(tmp_path / "pieces")).load_all()
+
+
 def test_aggregate_only_rebuilds_the_evidence_from_the_pieces_without_a_model(tmp_path, monkeypatch, capsys):
     from trl_reasonmaxxer import evaluation
 
@@ -322,3 +344,64 @@ def test_quick_comparison_with_llama_cpp_everywhere(tiny_model_dir, tmp_path, ca
     assert evidence["settings"]["grpo_use_llama_cpp"] is True
     grpo = json.loads((out / "pieces" / "grpo-seed42.json").read_text())
     assert 0 < grpo["ledger"]["token_totals"]["generated"] <= 2 * 4 * 4
+
+
+def _runner(tmp_path, budget=None, settings=None):
+    from trl_reasonmaxxer.benchmarking import compare
+
+    settings = settings or {"learning_rate": 1e-4}
+    return compare._Runner("m", {}, budget or CompareConfig(), None, str(tmp_path), 0, settings)
+
+
+def test_a_sweep_cut_short_resumes_at_the_fork_setting_it_was_training(tmp_path, monkeypatch, caplog):
+    from trl_reasonmaxxer.benchmarking import compare
+
+    trained = []
+
+    def train(self, seed, gate, fork, with_validation):
+        trained.append(fork["fork_threshold"])
+        adapter = tmp_path / f"seed{seed}" / f"reasonmaxxer-{gate}-threshold{fork['fork_threshold']:g}" / "adapter"
+        adapter.mkdir(parents=True, exist_ok=True)
+        (adapter / "adapter_config.json").write_text("{}")
+        return {"fork": fork, "adapter": str(adapter), "validation": {"summary": {"pass@1": len(trained) / 10}}}
+
+    monkeypatch.setattr(compare._Runner, "train_reasonmaxxer", train)
+    first = _runner(tmp_path)
+    done = [first.trained_reasonmaxxer(0, "entropy", {"fork_threshold": t}, True) for t in (1.2, 1.4)]
+    assert trained == [1.2, 1.4]
+    again = _runner(tmp_path)  # the sweep run again after a stop while 1.6 trained
+    redone = [again.trained_reasonmaxxer(0, "entropy", {"fork_threshold": t}, True) for t in (1.2, 1.4, 1.6)]
+    assert trained == [1.2, 1.4, 1.6] and redone[:2] == done
+    # not trusted: other settings, another seed, a missing adapter, a damaged record
+    _runner(tmp_path, settings={"learning_rate": 2e-4}).trained_reasonmaxxer(
+        0, "entropy", {"fork_threshold": 1.2}, True
+    )
+    assert trained[-1] == 1.2 and "is not reused: it was made with other settings" in caplog.text
+    _runner(tmp_path).trained_reasonmaxxer(1, "entropy", {"fork_threshold": 1.4}, True)
+    assert trained[-1] == 1.4
+    (tmp_path / "seed0" / "reasonmaxxer-entropy-threshold1.6" / "run.json").write_text('{"run_key": ')
+    _runner(tmp_path).trained_reasonmaxxer(0, "entropy", {"fork_threshold": 1.6}, True)
+    assert trained[-1] == 1.6 and "run.json is not reused: it cannot be read" in caplog.text
+
+
+def test_fork_choice_seed_makes_the_other_seeds_train_its_choice_only(tmp_path, monkeypatch):
+    from trl_reasonmaxxer.benchmarking import compare
+
+    calls = []
+    monkeypatch.setattr(
+        compare._Runner,
+        "run_reasonmaxxer",
+        lambda self, seed, gate, forks, with_validation: calls.append((seed, forks)) or {"fork_choice": forks[0]},
+    )
+    settings = {"learning_rate": 1e-4}
+    runner = _runner(tmp_path, CompareConfig(fork_thresholds=[1.2, 1.4], fork_choice_seed=0), settings)
+    store = PieceStore(str(tmp_path / "pieces"), settings)
+    with pytest.raises(ValueError, match=r"needs .*reasonmaxxer-seed0.json .*run `--methods reasonmaxxer --seeds 0`"):
+        runner.run_piece("reasonmaxxer", 1, None, store)
+    runner.run_piece("reasonmaxxer", 0, None, store)
+    assert calls == [(0, [{"fork_threshold": 1.2}, {"fork_threshold": 1.4}])]
+    store.save(
+        "reasonmaxxer-seed0", {"method": "reasonmaxxer", "seed": 0, "test": {}, "fork_choice": {"fork_threshold": 1.4}}
+    )
+    assert runner.run_piece("reasonmaxxer", 2, None, store)["fork_choice_seed"] == 0
+    assert calls[-1] == (2, [{"fork_threshold": 1.4}])

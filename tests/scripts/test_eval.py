@@ -22,5 +22,10 @@ def test_eval_writes_every_model_and_a_plot(tiny_pair, tiny_model_dir, tmp_path,
     assert printed.startswith("base: pass@1") and f"{adapter}: pass@1" in printed
     results = json.loads((out / "eval.json").read_text())
     assert list(results) == ["base", adapter]
+    # the adapter is paired with the model alone, problem by problem (here the same weights: a zero difference)
+    paired = results[adapter]["paired_vs_base"]
+    assert set(paired) == {"pass@1", "greedy"} and paired["greedy"]["n"] == 2 and paired["greedy"]["mean"] == 0.0
+    assert "paired greedy difference (adapter - base): +0.000, 95% CI [+0.000, +0.000] over 2 problems" in printed
+    assert "paired_vs_base" not in results["base"]
     assert results["base"]["summary"]["num_problems"] == 2 and results["base"]["summary"]["max_new_tokens"] == 3
     assert (out / "eval.png").stat().st_size > 0

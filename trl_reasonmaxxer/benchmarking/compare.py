@@ -50,6 +50,7 @@ EVIDENCE_JSON = "evidence.json"
 EVIDENCE_TABLE = "evidence_table.txt"
 # what filling one rollout cache has cost so far (in the cache's folder): charged to every run that reuses it
 OFFLINE_COST_JSON = "offline_cost.json"
+RUN_JSON = "run.json"  # one finished training of a fork sweep, beside its adapter
 OFFLINE_PHASES = ("generation", "scoring")
 
 
@@ -119,6 +120,9 @@ class CompareConfig:
             are swept; both empty: the trainer's default gate (τ calibrated to `fork_fraction` 0.03).
         fork_fractions (`list[float]`, *optional*, defaults to `[]`):
             Shares of completion tokens gated (τ calibrated on the pool) to sweep, as `fork_thresholds`.
+        fork_choice_seed (`int` or `None`, *optional*, defaults to `None`):
+            The seed whose sweep chooses the fork setting of every seed (the others train that setting only, and
+            need that seed's piece first); `None`: every seed sweeps and chooses on validation itself.
 
         > Generation engine (CPU)
 
@@ -169,6 +173,10 @@ class CompareConfig:
     )
     fork_fractions: list[float] = field(
         default_factory=list, metadata={"help": "Gated token shares to sweep; the best on validation is kept."}
+    )
+    fork_choice_seed: int | None = field(
+        default=None,
+        metadata={"help": "The seed whose sweep chooses every seed's fork setting; unset: each seed's own."},
     )
     prompt_style: str = field(
         default="brief", metadata={"help": "brief (short reasoning) or paper.", "choices": list(PROMPT_TEMPLATES)}
@@ -251,11 +259,12 @@ class _Runner:
     """Shared state of one comparison: model path, splits, budget, reward, evaluation protocol. Its ``run_*``
     methods return the raw result of one piece."""
 
-    def __init__(self, model_path, splits, budget, reward_fn, output_dir, eval_seed):
+    def __init__(self, model_path, splits, budget, reward_fn, output_dir, eval_seed, settings=None):
         import torch
 
         self.model_path, self.splits, self.budget = model_path, splits, budget
         self.reward_fn, self.output_dir, self.eval_seed = reward_fn, output_dir, eval_seed
+        self.settings = settings
         self.use_cpu = not torch.cuda.is_available()
 
     def load(self, adapter: str | None = None):
@@ -329,7 +338,12 @@ class _Runner:
         ReasonMaxxer piece (its compute, its fork choice)."""
         b = self.budget
         if method == "reasonmaxxer":
-            return self.run_reasonmaxxer(seed, "entropy", b.fork_candidates(), with_validation=True)
+            chooser = b.fork_choice_seed
+            if chooser is None or chooser == seed or len(b.fork_candidates()) == 1:
+                return self.run_reasonmaxxer(seed, "entropy", b.fork_candidates(), with_validation=True)
+            fork = _required_piece(store, "reasonmaxxer", chooser, f"ReasonMaxxer (fork_choice_seed {chooser})")
+            out = self.run_reasonmaxxer(seed, "entropy", [fork["fork_choice"]], with_validation=True)
+            return out | {"fork_choice_seed": chooser}
         grpo = grpo_methods(b.grpo_compute_multiples)
         if method in grpo:
             rm = None if grpo[method] is None else _required_piece(store, "reasonmaxxer", seed, method)
@@ -448,7 +462,7 @@ class _Runner:
         cached pool, each scored on validation (when ``with_validation`` or when there is a choice to make); the
         best on validation (ties: the first) is evaluated on test and transfer, once. Its ledger is that training's
         plus the offline phase; ``sweep_compute`` adds the other settings' training."""
-        runs = [self.train_reasonmaxxer(seed, gate, fork, with_validation or len(forks) > 1) for fork in forks]
+        runs = [self.trained_reasonmaxxer(seed, gate, fork, with_validation or len(forks) > 1) for fork in forks]
         best = max(range(len(runs)), key=lambda i: runs[i]["validation"]["summary"]["pass@1"]) if len(runs) > 1 else 0
         chosen = runs[best]
         model, tokenizer = self.load(chosen["adapter"])
@@ -481,6 +495,21 @@ class _Runner:
             out["validation"] = chosen["validation"]
         return out
 
+    def trained_reasonmaxxer(self, seed: int, gate: str, fork: dict, with_validation: bool) -> dict:
+        """:meth:`train_reasonmaxxer`'s result, from its ``run.json`` beside the adapter when an earlier run of this
+        seed, gate, fork setting and comparison settings finished it (a sweep cut short resumes at the setting it
+        was training), else trained now and recorded there."""
+        label = _run_label(gate, fork)
+        folder = os.path.join(self.output_dir, f"seed{seed}", f"reasonmaxxer-{label}")
+        key = {"seed": seed, "gate": gate, "fork": fork, "with_validation": with_validation, "settings": self.settings}
+        done = _finished_run(folder, key)
+        if done is not None:
+            print(f"reasonmaxxer {label}, seed {seed}: trained earlier, loaded from {folder}", flush=True)
+            return done
+        out = self.train_reasonmaxxer(seed, gate, fork, with_validation)
+        _save_json({"run_key": key, "result": out}, folder, RUN_JSON)
+        return out
+
     def train_reasonmaxxer(self, seed: int, gate: str, fork: dict, with_validation: bool) -> dict:
         """One ReasonMaxxer training (offline phase, possibly from the seed's cache, then training), its adapter
         saved under ``seed<N>/reasonmaxxer-<gate>[-<fork setting>]``."""
@@ -488,7 +517,7 @@ class _Runner:
         from ..trainer import ReasonMaxxerTrainer
 
         b = self.budget
-        label = gate + "".join(f"-{key.removeprefix('fork_')}{value:g}" for key, value in fork.items())
+        label = _run_label(gate, fork)
         model, tokenizer = self.load()
         ledger = self.new_ledger(f"reasonmaxxer/{label}", model)
         # one output_dir per seed for every gate and fork setting: they share the seed's cached rollouts and scores
@@ -534,6 +563,32 @@ class _Runner:
         out["ledger"] = ledger.to_dict()
         _free(trainer, model)
         return out
+
+
+def _run_label(gate: str, fork: dict) -> str:
+    return gate + "".join(f"-{key.removeprefix('fork_')}{value:g}" for key, value in fork.items())
+
+
+def _finished_run(folder: str, key: dict) -> dict | None:
+    """The result recorded in ``folder``'s ``run.json`` if it was made with ``key`` (seed, gate, fork setting,
+    settings) and its adapter is there; None otherwise (nothing there, or a record that is not trusted: said why)."""
+    path = os.path.join(folder, RUN_JSON)
+    if not os.path.exists(path):
+        return None
+    try:
+        with open(path) as f:
+            record = json.load(f)
+        result = record["result"]
+        trusted = record["run_key"] == json.loads(json.dumps(key)) and os.path.isfile(
+            os.path.join(result["adapter"], "adapter_config.json")
+        )
+        reason = "it was made with other settings, or its adapter is missing"
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        trusted, reason = False, f"it cannot be read ({err})"
+    if not trusted:
+        logger.warning("%s is not reused: %s. That training runs again.", path, reason)
+        return None
+    return result
 
 
 def _track_offline_cost(trainer, ledger) -> dict:
@@ -628,7 +683,7 @@ def run_comparison(
     store = PieceStore(pieces_dir or os.path.join(output_dir, "pieces"), settings)
     store.load_all()  # a piece made with other settings is refused now, not after hours of work
     os.makedirs(output_dir, exist_ok=True)
-    runner = _Runner(resolve_model(model), splits, budget, reward_fn, output_dir, eval_seed)
+    runner = _Runner(resolve_model(model), splits, budget, reward_fn, output_dir, eval_seed, settings)
     base = None
     for method, seed in todo:
         name = piece_name(method, seed)

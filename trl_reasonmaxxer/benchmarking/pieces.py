@@ -12,7 +12,9 @@ Each piece holds its ``method``, ``seed``, the ``commit`` it ran at, the ``setti
 cost ledger and compute, and the raw per-problem evaluation records (answers and correctness, no completion texts).
 A piece is trusted only if its schema is this one and its settings are the run's: every budget field of
 ``CompareConfig``, the model, data, split, reward and evaluation seed (not which seeds or methods run now, which
-only choose the pieces). A piece that differs is refused with the settings that differ.
+only choose the pieces). The base model's piece is held only to :data:`EVALUATION_SETTINGS` (what its evaluations
+depend on), so a training knob changed on validation does not cost its hour of evaluation again. A piece that
+differs is refused with the settings that differ.
 """
 
 from __future__ import annotations
@@ -26,6 +28,28 @@ from dataclasses import asdict
 
 PIECE_SCHEMA = "trl_reasonmaxxer.compare.piece/1"
 GATE_ABLATION = ("random", "all")
+# what the base model's evaluations depend on: the data and its splits, the model, reward and evaluation protocol
+EVALUATION_SETTINGS = frozenset(
+    {
+        "model",
+        "dataset_name",
+        "split_seed",
+        "reward_func",
+        "eval_seed",
+        "split_ids",
+        "num_pool_problems",
+        "num_validation_problems",
+        "num_test_problems",
+        "transfer_dataset_name",
+        "num_transfer_problems",
+        "max_completion_length",
+        "num_samples",
+        "num_validation_samples",
+        "prompt_style",
+        "use_llama_cpp",
+        "llama_cpp_model_path",
+    }
+)
 
 
 def piece_name(method: str, seed: int | None = None) -> str:
@@ -88,11 +112,15 @@ def piece_settings(
     return json.loads(json.dumps(settings))
 
 
-def settings_differences(found: Mapping, wanted: Mapping, against: str = "this run") -> list[str]:
-    """``"name=found (this run: wanted)"`` for every setting that differs (or that one of them lacks)."""
+def settings_differences(
+    found: Mapping, wanted: Mapping, against: str = "this run", keys: Iterable[str] | None = None
+) -> list[str]:
+    """``"name=found (this run: wanted)"`` for every setting (of ``keys``, when given) that differs (or that one of
+    them lacks)."""
     missing = object()
     out = []
-    for key in sorted(set(found) | set(wanted)):
+    names = set(found) | set(wanted)
+    for key in sorted(names if keys is None else names & set(keys)):
         a, b = found.get(key, missing), wanted.get(key, missing)
         if a != b:
             show = lambda v: "unset" if v is missing else json.dumps(v)
@@ -100,9 +128,12 @@ def settings_differences(found: Mapping, wanted: Mapping, against: str = "this r
     return out
 
 
-def check_piece(piece: object, where: str, settings: Mapping | None = None, against: str = "this run") -> dict:
-    """``piece`` if it is a piece of this schema (made with ``settings``, when given: those of ``against``); else a
-    ValueError that says why, naming the settings that differ."""
+def check_piece(
+    piece: object, where: str, settings: Mapping | None = None, against: str = "this run", base_reference=False
+) -> dict:
+    """``piece`` if it is a piece of this schema (made with ``settings``, when given: those of ``against``; only
+    their :data:`EVALUATION_SETTINGS` when ``piece`` or, with ``base_reference``, ``against`` is the base model's);
+    else a ValueError that says why, naming the settings that differ."""
     if not isinstance(piece, dict) or piece.get("schema") != PIECE_SCHEMA:
         found = piece.get("schema") if isinstance(piece, dict) else type(piece).__name__
         raise ValueError(f"{where} is not a comparison piece of schema {PIECE_SCHEMA!r} (found {found!r}).")
@@ -110,7 +141,8 @@ def check_piece(piece: object, where: str, settings: Mapping | None = None, agai
         if key not in piece:
             raise ValueError(f"{where} lacks {key!r}: it is damaged; delete it to run that piece again.")
     if settings is not None:
-        differ = settings_differences(piece["settings"], settings, against)
+        keys = EVALUATION_SETTINGS if piece["method"] == "base" or base_reference else None
+        differ = settings_differences(piece["settings"], settings, against, keys)
         if differ:
             raise ValueError(
                 f"{where} was made with other settings than {against}: {'; '.join(differ)}. Their results cannot be "
@@ -147,15 +179,19 @@ class PieceStore:
 
     def load_all(self) -> dict[str, dict]:
         """Every piece of the folder, by name, checked against this run's settings or, without them, against each
-        other (the base model's, else the first's)."""
+        other: every piece against the base model's (its evaluation settings), the trained ones against the first
+        trained one (all settings)."""
         if not os.path.isdir(self.folder):
             return {}
         names = sorted(n[: -len(".json")] for n in os.listdir(self.folder) if n.endswith(".json"))
         pieces = {name: check_piece(_read_json(self.path(name)), self.path(name), self.settings) for name in names}
-        if self.settings is None and pieces:
-            reference = "base" if "base" in pieces else names[0]
-            for name, piece in pieces.items():
-                check_piece(piece, self.path(name), pieces[reference]["settings"], f"{reference}.json")
+        if self.settings is None:
+            trained = [name for name in names if pieces[name]["method"] != "base"]
+            if "base" in pieces:
+                for name in trained:
+                    check_piece(pieces[name], self.path(name), pieces["base"]["settings"], "base.json", True)
+            for name in trained[1:]:
+                check_piece(pieces[name], self.path(name), pieces[trained[0]]["settings"], f"{trained[0]}.json")
         return pieces
 
 

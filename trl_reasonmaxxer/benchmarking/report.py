@@ -297,7 +297,8 @@ def build_evidence(
         by_method.setdefault(piece["method"], []).append(piece)
     order = list(dict.fromkeys(["base", *map(_method_of, expected), *sorted(by_method)]))
     base = pieces.get("base")
-    settings = (base or next(iter(pieces.values())))["settings"] if pieces else {}
+    # the trained pieces' settings: the base model's piece only shares their evaluation settings (pieces.py)
+    settings = next((p["settings"] for p in pieces.values() if p["method"] != "base"), base and base["settings"]) or {}
     methods = {m: _method_row(m, by_method[m]) for m in order if by_method.get(m)}
     grpo = [m for m in order if m.startswith("grpo")]
     pairs = [(m, "base") for m in order if m != "base"] + [("reasonmaxxer", g) for g in grpo]

@@ -22,7 +22,7 @@ from ..config import ReasonMaxxerConfig
 from ..default_model import DEFAULT_MODEL, resolve_model
 from ..evaluation import evaluate, load_model_for_eval, plot_comparison
 from ..rewards import math_accuracy_reward
-from ..stats import describe, paired_difference, per_problem_scores
+from ..stats import describe, paired_differences
 from ..tasks import PROMPT_TEMPLATES, load_prompts
 from ..trainer import ReasonMaxxerTrainer
 from .parser import QuickArguments, ScriptParser
@@ -231,7 +231,7 @@ def run_demo(config: DemoConfig | None = None) -> dict:
         "wall_time_s": times,
         "base": base_results["summary"],
         "reasonmaxxer": tuned_results["summary"],
-        "paired": paired_differences(tuned_results, base_results, budget.greedy),
+        "paired": paired_differences(tuned_results, base_results),
     }
     with open(os.path.join(output_dir, "demo.json"), "w") as f:
         json.dump(
@@ -244,12 +244,6 @@ def run_demo(config: DemoConfig | None = None) -> dict:
     )
     print(format_table(report))
     return report
-
-
-def paired_differences(tuned: dict, base: dict, greedy: bool) -> dict:
-    """Paired per-problem differences of the adapter against the base (pass@1 and greedy), with 95% CIs."""
-    metrics = (["pass@1"] if tuned["summary"].get("pass@1") is not None else []) + (["greedy"] if greedy else [])
-    return {m: paired_difference(per_problem_scores(tuned, m), per_problem_scores(base, m)) for m in metrics}
 
 
 def format_table(report: dict) -> str:

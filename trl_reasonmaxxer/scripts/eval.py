@@ -5,7 +5,9 @@ trl-reasonmaxxer eval --num_problems 100 --adapter runs/demo/adapter
 trl-reasonmaxxer eval --config examples/recipes/eval.yaml
 ```
 
-Writes ``eval.json`` (every summary and per-problem record) and, with adapters, ``eval.png`` under ``output_dir``.
+Writes ``eval.json`` (every summary and per-problem record; each adapter's paired per-problem difference against the
+model alone, pass@1 and greedy with 95% bootstrap CIs, under ``paired_vs_base``) and, with adapters, ``eval.png``
+under ``output_dir``.
 """
 
 from __future__ import annotations
@@ -96,6 +98,7 @@ def main(config: EvalConfig) -> dict:
         plot_comparison,
         save_results,
     )
+    from ..stats import describe, paired_differences
     from ..tasks import load_prompts
 
     # every path is checked before the base evaluation runs, and results are written after each model
@@ -129,7 +132,12 @@ def main(config: EvalConfig) -> dict:
         )
         s = results[name]["summary"]
         score = f": pass@1 {s['pass@1']:.3f} ± {s['pass@1_stderr']:.3f}" if "pass@1" in s else ""
+        score += f", greedy {s['greedy_accuracy']:.3f}" if "greedy_accuracy" in s else ""
         print(f"{name}{score} ({s['engine']})", flush=True)
+        if adapter is not None:  # the adapter against the model alone, problem by problem
+            results[name]["paired_vs_base"] = paired_differences(results[name], results["base"])
+            for metric, diff in results[name]["paired_vs_base"].items():
+                print("  " + describe(diff, f"paired {metric} difference (adapter - base)"), flush=True)
         save_results(results, os.path.join(config.output_dir, "eval.json"))
     if len(results) > 1 and config.num_samples:
         plot_comparison(results, os.path.join(config.output_dir, "eval.png"))
