@@ -1,5 +1,7 @@
 """The demo's command line and report, without the real model (the real run is recorded in docs/benchmarks.md)."""
 
+import json
+
 import pytest
 
 from trl_reasonmaxxer import cli
@@ -131,3 +133,34 @@ def test_the_demo_pairs_the_adapter_with_the_base_and_says_when_it_cannot_tell()
     assert "over 4 problems (1 better, 0 worse" in table
     if not any(d["resolved"] for d in paired.values()):
         assert "This demo's size cannot resolve" in table
+
+
+def test_demo_transfer_benchmark_pairs_each_adapter_with_the_base_and_resumes(
+    tiny_model_dir, tmp_path, capsys, monkeypatch
+):
+    """``benchmarks/demo_transfer.py --quick`` on the tiny model: trains the demo's adapter, evaluates base and
+    adapter on GSM8K problems, pairs them; run again, it reuses the adapter and both evaluations."""
+    import importlib.util
+    from pathlib import Path
+
+    from ..helpers import alternating_reward
+
+    monkeypatch.setattr(demo, "math_accuracy_reward", alternating_reward)  # the tiny model solves nothing
+
+    path = Path(__file__).resolve().parents[2] / "benchmarks" / "demo_transfer.py"
+    spec = importlib.util.spec_from_file_location("demo_transfer", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    out = tmp_path / "transfer.json"
+    argv = ["--model", tiny_model_dir, "--quick", "--num-problems", "3", "--workdir", str(tmp_path / "work")]
+    argv += ["--out", str(out)]
+    report = bench.main(argv)
+    assert json.loads(out.read_text()) == report and report["n_problems"] == 3 and report["task"] == "gsm8k"
+    paired = report["demo"]["lr0.0001"]["paired"]
+    assert set(paired) == {"greedy"} and paired["greedy"]["n"] == 3
+    assert report["demo"]["lr0.0001"]["training"]["steps"] >= 1 and "commit" in report
+    assert "lr0.0001 greedy - base:" in capsys.readouterr().out
+    monkeypatch.setattr(bench, "train_adapter", lambda *a: pytest.fail("trained again"))
+    monkeypatch.setattr(bench, "evaluate", lambda *a, **k: pytest.fail("evaluated again"))
+    again = bench.main(argv)  # nothing is trained or evaluated again
+    assert again["demo"] == report["demo"] and again["base"] == report["base"]

@@ -176,28 +176,7 @@ def run_demo(config: DemoConfig | None = None) -> dict:
     base_results = evaluate(base, tokenizer, test, desc="Base model", **eval_kwargs)
     times["eval_base"] = time.perf_counter() - start
 
-    args = ReasonMaxxerConfig(
-        output_dir=os.path.join(output_dir, "reasonmaxxer"),
-        num_generations=budget.num_generations,
-        max_completion_length=budget.max_completion_length,
-        max_problems=budget.max_problems,
-        learning_rate=budget.learning_rate,
-        num_train_epochs=budget.num_train_epochs,
-        max_steps=budget.max_steps,
-        gradient_accumulation_steps=budget.gradient_accumulation_steps,
-        warmup_steps=budget.warmup_steps,
-        logging_steps=1,
-        gradient_checkpointing=False,  # faster on CPU; a 0.5B model fits without it
-        save_strategy="no",
-        report_to="none",
-        use_cpu=use_cpu,
-        seed=seed,
-        use_llama_cpp=budget.use_llama_cpp,
-        llama_cpp_model_path=budget.llama_cpp_model_path,
-    )
-    trainer = ReasonMaxxerTrainer(
-        model=base, reward_funcs=[math_accuracy_reward], args=args, train_dataset=train, processing_class=tokenizer
-    )
+    trainer = demo_trainer(budget, base, tokenizer, train)
     start = time.perf_counter()
     trainer.prepare_training_data()
     times["offline_phase"] = time.perf_counter() - start
@@ -244,6 +223,33 @@ def run_demo(config: DemoConfig | None = None) -> dict:
     )
     print(format_table(report))
     return report
+
+
+def demo_trainer(budget: DemoConfig, model, tokenizer, train) -> ReasonMaxxerTrainer:
+    """The demo's trainer: its budget as a :class:`ReasonMaxxerConfig` (adapter under ``output_dir/reasonmaxxer``)
+    on the ``train`` prompts."""
+    args = ReasonMaxxerConfig(
+        output_dir=os.path.join(budget.output_dir, "reasonmaxxer"),
+        num_generations=budget.num_generations,
+        max_completion_length=budget.max_completion_length,
+        max_problems=budget.max_problems,
+        learning_rate=budget.learning_rate,
+        num_train_epochs=budget.num_train_epochs,
+        max_steps=budget.max_steps,
+        gradient_accumulation_steps=budget.gradient_accumulation_steps,
+        warmup_steps=budget.warmup_steps,
+        logging_steps=1,
+        gradient_checkpointing=False,  # faster on CPU; a 0.5B model fits without it
+        save_strategy="no",
+        report_to="none",
+        use_cpu=not torch.cuda.is_available(),
+        seed=budget.seed,
+        use_llama_cpp=budget.use_llama_cpp,
+        llama_cpp_model_path=budget.llama_cpp_model_path,
+    )
+    return ReasonMaxxerTrainer(
+        model=model, reward_funcs=[math_accuracy_reward], args=args, train_dataset=train, processing_class=tokenizer
+    )
 
 
 def format_table(report: dict) -> str:
