@@ -2,11 +2,14 @@
 
 Trains the adapter ``make demo`` trains (``DemoConfig``'s defaults: 12 SVAMP train problems × 8 rollouts, 6 kept,
 320 tokens), once per learning rate asked, then evaluates the base model and each adapter on the same GSM8K test
-problems (brief prompt, greedy, plus samples at T=0.6 when ``--num-samples`` > 0; the engine of ``evaluate``'s
-auto choice), each adapter paired with the base per problem (bootstrap 95% CI).
+problems (the demo's brief prompt unless ``--prompt-style`` says otherwise; greedy, plus samples at T=0.6 when
+``--num-samples`` > 0; the engine of ``evaluate``'s auto choice), each adapter paired with the base per problem
+(bootstrap 95% CI).
 
     python benchmarks/demo_transfer.py                                 # the demo's lr 1e-4, 200 GSM8K problems
     python benchmarks/demo_transfer.py --learning-rates 1e-4 2e-4      # and the old demo's 2e-4
+    python benchmarks/demo_transfer.py --prompt-style paper --out docs/results/demo_transfer_paper.json
+                                       # the same adapters under the paper's \\boxed{} prompt they were not trained on
 
 Resumable: every adapter and evaluation is kept under ``--workdir`` and reused when the script runs again with the
 same settings. Writes ``docs/results/demo_transfer.json`` after each model.
@@ -40,6 +43,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--learning-rates", type=float, nargs="+", default=[DemoConfig.learning_rate])
     parser.add_argument("--task", default="gsm8k", help="the transfer task (its test split)")
     parser.add_argument("--num-problems", type=int, default=200)
+    parser.add_argument(
+        "--prompt-style",
+        default=None,
+        help="the evaluation's prompt (paper, brief); default: the one the demo trains on",
+    )
     parser.add_argument("--num-samples", type=int, default=0, help="samples per problem besides the greedy one")
     parser.add_argument("--seed", type=int, default=0, help="seed of the transfer subset and of sampling")
     parser.add_argument("--workdir", default="runs/demo-transfer")
@@ -93,7 +101,8 @@ def main(argv=None) -> dict:
     start_load, start = list(os.getloadavg()), time.perf_counter()
     model_path = resolve_model(ns.model)
     demo = DemoConfig(model_name_or_path=ns.model, **(DemoConfig.QUICK if ns.quick else {}))
-    data = load_prompts(ns.task, "test", ns.num_problems, seed=ns.seed, prompt_style=demo.prompt_style)
+    prompt_style = ns.prompt_style or demo.prompt_style
+    data = load_prompts(ns.task, "test", ns.num_problems, seed=ns.seed, prompt_style=prompt_style)
     protocol = dict(
         num_samples=ns.num_samples,
         greedy=True,
@@ -101,19 +110,21 @@ def main(argv=None) -> dict:
         seed=ns.seed,
         batch_size=32,
     )
-    key = {"task": ns.task, "problems": list(data["id"]), **protocol}
+    key = {"task": ns.task, "prompt_style": prompt_style, "problems": list(data["id"]), **protocol}
 
     def evaluated(adapter: str | None, name: str) -> dict:
         def run():
             model, tokenizer = load_model_for_eval(model_path, adapter)
             return evaluate(model, tokenizer, data, desc=f"{name} on {ns.task}", **protocol)
 
-        return _cached(os.path.join(ns.workdir, f"eval-{name}.json"), key | {"adapter": adapter}, run)
+        path = os.path.join(ns.workdir, f"eval-{name}-{prompt_style}.json")
+        return _cached(path, key | {"adapter": adapter}, run)
 
     report = {
         "model": ns.model,
         "quick": ns.quick,
         "task": ns.task,
+        "prompt_style": prompt_style,
         "n_problems": len(data),
         "protocol": protocol,
         "demo": {},
@@ -149,7 +160,8 @@ def main(argv=None) -> dict:
 
 def format_table(report: dict) -> str:
     lines = [
-        f"The demo's adapter on {report['task']} ({report['n_problems']} test problems, never trained on), "
+        f"The demo's adapter on {report['task']} ({report['n_problems']} test problems, never trained on; "
+        f"{report['prompt_style']} prompt), "
         f"paired with the base model per problem",
         f"{'model':<12}{'greedy':>10}{'truncated':>11}"
         + (f"{'pass@1':>10}" if report["protocol"]["num_samples"] else ""),
