@@ -28,8 +28,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from trl_reasonmaxxer.benchmarking.pieces import git_commit
 from trl_reasonmaxxer.default_model import resolve_model
-from trl_reasonmaxxer.evaluation import evaluate, load_model_for_eval
-from trl_reasonmaxxer.scripts.demo import DemoConfig, demo_trainer
+from trl_reasonmaxxer.evaluation import evaluate, load_model_for_eval, save_results
+from trl_reasonmaxxer.scripts.demo import DemoConfig, demo_trainer, train_demo_adapter
 from trl_reasonmaxxer.stats import describe, paired_differences
 from trl_reasonmaxxer.tasks import load_prompts
 
@@ -59,16 +59,16 @@ def _cached(path: str, key: dict, make):
     """``make()``'s JSON result, kept at ``path`` with ``key`` and reused only when ``key`` matches."""
     key = json.loads(json.dumps(key))
     if os.path.exists(path):
-        with open(path) as f:
-            saved = json.load(f)
+        try:
+            with open(path) as f:
+                saved = json.load(f)
+        except (OSError, ValueError):  # cut mid-write or damaged: not trusted, made again
+            saved = None
         if isinstance(saved, dict) and saved.get("key") == key and "result" in saved:
             return saved["result"]
-        print(f"{path} was made with other settings: made again", flush=True)
+        print(f"{path} is damaged or was made with other settings: made again", flush=True)
     result = make()
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    with open(path + ".tmp", "w") as f:
-        json.dump({"key": key, "result": result}, f)
-    os.replace(path + ".tmp", path)
+    save_results({"key": key, "result": result}, path)
     return result
 
 
@@ -78,21 +78,14 @@ def train_adapter(budget: DemoConfig, model_path: str) -> dict:
     train = load_prompts(
         budget.dataset_name, "train", budget.num_train_problems, seed=budget.seed, prompt_style=budget.prompt_style
     )
-    trainer = demo_trainer(budget, model, tokenizer, train)
-    start = time.perf_counter()
-    trainer.prepare_training_data()
-    offline = time.perf_counter() - start
-    trainer.train()
-    adapter = os.path.join(budget.output_dir, "adapter")
-    trainer.save_model(adapter)
-    steps = trainer.state.global_step
-    training = time.perf_counter() - start - offline
+    trainer, times = demo_trainer(budget, model, tokenizer, train), {}
+    adapter = train_demo_adapter(trainer, budget.output_dir, times)
     return {
         "adapter": adapter,
         "pool": trainer.pool_stats,
-        "steps": steps,
-        "offline_s": offline,
-        "training_s": training,
+        "steps": trainer.state.global_step,
+        "offline_s": times["offline_phase"],
+        "training_s": times["training"],
     }
 
 

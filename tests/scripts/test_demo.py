@@ -36,6 +36,12 @@ def test_cli_passes_quick_budget_and_overrides(monkeypatch):
     )
 
 
+def _report(base: dict, tuned: dict, **fields) -> dict:
+    """A demo report as ``run_demo`` writes it, around the two summaries; ``fields`` replace its defaults."""
+    defaults = {"label": "default", "model": "m", "task": "svamp", "seed": 1, "device": "cpu", "pool": {}}
+    return defaults | {"wall_time_s": {}, "base": base, "reasonmaxxer": tuned} | fields
+
+
 def test_format_table_shows_both_models_with_stderr():
     summary = {
         "pass@1": 0.25,
@@ -44,18 +50,13 @@ def test_format_table_shows_both_models_with_stderr():
         "truncation_rate": 0.05,
         "mean_completion_tokens": 120.0,
     }
-    report = {
-        "label": "default",
-        "model": "m",
-        "task": "svamp",
-        "seed": 1,
-        "device": "cpu",
-        "budget": {"num_samples": 2, "num_test_problems": 16},
-        "pool": {"pool/prompts_selected": 5},
-        "wall_time_s": {"eval_base": 12.0},
-        "base": summary,
-        "reasonmaxxer": summary | {"pass@1": 0.5},
-    }
+    report = _report(
+        summary,
+        summary | {"pass@1": 0.5},
+        budget={"num_samples": 2, "num_test_problems": 16},
+        pool={"pool/prompts_selected": 5},
+        wall_time_s={"eval_base": 12.0},
+    )
     table = demo.format_table(report)
     assert "base" in table and "reasonmaxxer" in table
     assert "0.250 ± 0.100" in table and "0.500 ± 0.100" in table
@@ -67,7 +68,6 @@ def test_format_table_shows_both_models_with_stderr():
 def test_demo_records_the_engine_of_each_phase(use_llama_cpp, tiny_model_dir, tmp_path, capsys, monkeypatch):
     """The whole demo on the tiny model and a local train/test dataset: ``demo.json`` names the engine of the base
     evaluation, the rollouts and the adapter's evaluation (llama.cpp applies the trained LoRA as a GGUF LoRA)."""
-    import json
 
     from datasets import Dataset, DatasetDict
 
@@ -115,19 +115,8 @@ def test_the_demo_pairs_the_adapter_with_the_base_and_says_when_it_cannot_tell()
     no_greedy = {"records": [{k: v for k, v in r.items() if k != "greedy_correct"} for r in tuned["records"]]}
     assert set(demo.paired_differences(no_greedy, base)) == {"pass@1"}
     summary = {"pass@1": 0.1, "pass@1_stderr": 0.1, "extraction_rate": 1.0, "truncation_rate": 0.0}
-    report = {
-        "label": "default",
-        "model": "m",
-        "task": "svamp",
-        "seed": 1,
-        "device": "cpu",
-        "budget": {"num_samples": 2, "num_test_problems": 4},
-        "pool": {},
-        "wall_time_s": {},
-        "base": summary | {"mean_completion_tokens": 1.0},
-        "reasonmaxxer": summary | {"mean_completion_tokens": 1.0},
-        "paired": paired,
-    }
+    summary |= {"mean_completion_tokens": 1.0}
+    report = _report(summary, summary, budget={"num_samples": 2, "num_test_problems": 4}, paired=paired)
     table = demo.format_table(report)
     assert "paired greedy difference (reasonmaxxer - base): +0.250, 95% CI [" in table
     assert "over 4 problems (1 better, 0 worse" in table
@@ -160,6 +149,11 @@ def test_demo_transfer_benchmark_pairs_each_adapter_with_the_base_and_resumes(
     assert set(paired) == {"greedy"} and paired["greedy"]["n"] == 3
     assert report["demo"]["lr0.0001"]["training"]["steps"] >= 1 and "commit" in report
     assert "lr0.0001 greedy - base:" in capsys.readouterr().out
+    (tmp_path / "work" / "eval-base-brief.json").write_text('{"key": ')  # cut mid-write: evaluated again
+    report, first = bench.main(argv), report
+    assert report["base"]["wall_time_s"] != first["base"]["wall_time_s"]  # evaluated again, to the same result
+    assert {**report["base"], "wall_time_s": 0} == {**first["base"], "wall_time_s": 0}
+    assert "eval-base-brief.json is damaged or was made with other settings: made again" in capsys.readouterr().out
     monkeypatch.setattr(bench, "train_adapter", lambda *a: pytest.fail("trained again"))
     monkeypatch.setattr(bench, "evaluate", lambda *a, **k: pytest.fail("evaluated again"))
     again = bench.main(argv)  # nothing is trained or evaluated again

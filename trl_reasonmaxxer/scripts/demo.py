@@ -177,13 +177,7 @@ def run_demo(config: DemoConfig | None = None) -> dict:
     times["eval_base"] = time.perf_counter() - start
 
     trainer = demo_trainer(budget, base, tokenizer, train)
-    start = time.perf_counter()
-    trainer.prepare_training_data()
-    times["offline_phase"] = time.perf_counter() - start
-    start = time.perf_counter()
-    trainer.train()
-    times["training"] = time.perf_counter() - start
-    trainer.save_model(os.path.join(output_dir, "adapter"))
+    train_demo_adapter(trainer, output_dir, times)
 
     start = time.perf_counter()
     # llama.cpp (when the rollouts used it) applies the adapter as a GGUF LoRA; transformers decodes a merged LoRA
@@ -250,6 +244,20 @@ def demo_trainer(budget: DemoConfig, model, tokenizer, train) -> ReasonMaxxerTra
     return ReasonMaxxerTrainer(
         model=model, reward_funcs=[math_accuracy_reward], args=args, train_dataset=train, processing_class=tokenizer
     )
+
+
+def train_demo_adapter(trainer: ReasonMaxxerTrainer, output_dir: str, times: dict[str, float]) -> str:
+    """The offline phase and training of ``trainer``, their wall times put in ``times`` (``offline_phase``,
+    ``training``); returns the adapter's folder, ``output_dir/adapter``."""
+    start = time.perf_counter()
+    trainer.prepare_training_data()
+    times["offline_phase"] = time.perf_counter() - start
+    start = time.perf_counter()
+    trainer.train()
+    times["training"] = time.perf_counter() - start
+    adapter = os.path.join(output_dir, "adapter")
+    trainer.save_model(adapter)
+    return adapter
 
 
 def format_table(report: dict) -> str:
