@@ -229,6 +229,56 @@ def test_evaluate_greedy_only_and_bad_arguments(tiny, dataset):
         run(*tiny, dataset.remove_columns("solution"))
 
 
+def test_evaluation_stopped_mid_way_resumes_at_its_first_missing_chunk(tiny, dataset, tmp_path, monkeypatch):
+    """With resume_dir each chunk is kept as it ends: a run stopped in its last chunk is resumed by generating that
+    chunk alone, and gives what an uninterrupted run gives; another model (resume_key) or setting reuses nothing."""
+    calls = []
+    real = evaluation.generate_completions
+
+    def counting(model, tokenizer, prompt_ids, **kwargs):
+        calls.append(len(prompt_ids))
+        return real(model, tokenizer, prompt_ids, **kwargs)
+
+    monkeypatch.setattr(evaluation, "generate_completions", counting)
+
+    stop = {"at": "p2"}
+
+    def stopped(prompts, completions, completion_ids, solution, id, **kwargs):
+        if stop["at"] in id:
+            raise OSError("stopped")
+        return stub_reward(prompts, completions, completion_ids, solution, id)
+
+    resumable = dict(resume_dir=str(tmp_path / "eval"), resume_key="adapter-a", chunk_problems=1)
+    with pytest.raises(RuntimeError, match="stopped"):
+        run(*tiny, dataset, reward_fn=stopped, **resumable)
+    assert calls == [1, 1, 1, 1, 1]  # p0 and p1 (samples, greedy), then p2's samples
+    calls.clear()
+    stop["at"] = None
+    resumed = run(*tiny, dataset, reward_fn=stopped, **resumable)
+    assert calls == [1, 1] and resumed["summary"]["chunks"] == {"total": 3, "reused": 2}
+    fresh = run(*tiny, dataset, reward_fn=stopped, **(resumable | {"resume_dir": str(tmp_path / "fresh")}))
+    assert resumed["records"] == fresh["records"]
+    assert {k: v for k, v in resumed["summary"].items() if k not in ("wall_time_s", "chunks")} == {
+        k: v for k, v in fresh["summary"].items() if k not in ("wall_time_s", "chunks")
+    }
+    calls.clear()
+    run(*tiny, dataset, reward_fn=stopped, **(resumable | {"resume_key": "adapter-b"}))
+    run(*tiny, dataset, reward_fn=stopped, max_new_tokens=MAX_NEW_TOKENS - 1, **resumable)
+    assert len(calls) == 12  # nothing reused: 2 runs x 3 chunks x (samples, greedy)
+
+
+def test_a_damaged_evaluation_chunk_is_made_again(tiny, dataset, tmp_path, caplog):
+    resumable = dict(resume_dir=str(tmp_path), resume_key="k", chunk_problems=2)
+    first = run(*tiny, dataset, **resumable)
+    (chunk,) = list(tmp_path.rglob("chunk-00000.jsonl"))
+    chunk.write_text("{not json")
+    again = run(*tiny, dataset, **resumable)
+    assert again["summary"]["chunks"] == {"total": 2, "reused": 1} and again["records"] == first["records"]
+    assert "unreadable cache chunk" in caplog.text
+    with pytest.raises(ValueError, match="chunk_problems must be >= 1"):
+        run(*tiny, dataset, chunk_problems=0, **{k: v for k, v in resumable.items() if k != "chunk_problems"})
+
+
 def test_evaluate_with_the_math_reward(tiny, dataset):
     """The default reward on a model that never writes an answer: everything wrong, nothing extracted."""
     s = evaluate(*tiny, dataset.select(range(2)), num_samples=2, max_new_tokens=4, batch_size=8)["summary"]

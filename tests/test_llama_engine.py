@@ -463,6 +463,23 @@ def test_evaluate_with_llama_cpp_matches_greedy(tiny):
     assert all(len(r["completions"]) == 2 for r in ours["records"])
 
 
+@needs_llama
+def test_chunked_evaluation_draws_what_one_pass_draws(tiny, tmp_path):
+    """A resumable evaluation runs a chunk at a time, and every sample is seeded from its problem's index: the same
+    completions as one pass over every problem."""
+    from trl_reasonmaxxer.evaluation import evaluate
+
+    data = Dataset.from_dict({"prompt": [[{"role": "user", "content": w}] for w in WORDS], "solution": ["2"] * 5})
+    kwargs = dict(num_samples=3, max_new_tokens=6, greedy=True, return_completions=True, seed=5)
+    kwargs |= dict(use_llama_cpp=True, llama_cpp_model_path=tiny.gguf)
+    whole = evaluate(tiny.model, tiny.tokenizer, data, **kwargs)
+    chunked = evaluate(tiny.model, tiny.tokenizer, data, resume_dir=str(tmp_path), chunk_problems=2, **kwargs)
+    assert chunked["summary"]["chunks"] == {"total": 3, "reused": 0}
+    for key in ("completions", "greedy_completion"):
+        assert [r[key] for r in chunked["records"]] == [r[key] for r in whole["records"]]
+    assert len({c for r in whole["records"] for c in r["completions"]}) > 5  # the samples do differ
+
+
 def tiny_peft(tiny, targets=("q_proj", "k_proj", "v_proj", "o_proj")):
     """The tiny model under a strong random LoRA (a copy: ``tiny.model`` stays the base)."""
     from peft import LoraConfig, get_peft_model
@@ -557,7 +574,9 @@ def test_grpo_samples_through_the_engine_with_the_current_lora(tiny, tmp_path, m
     monkeypatch.setattr(
         llama_engine.LlamaEngine,
         "generate_completions",
-        lambda self, *a, **k: calls.append((self.lora_path, k["num_generations"])) or sample(self, *a, **k),
+        lambda self, *a, **k: (
+            calls.append((self.lora_path, k["num_generations"], list(k["prompt_indices"]))) or sample(self, *a, **k)
+        ),
     )
     data = Dataset.from_dict({"prompt": [[{"role": "user", "content": w}] for w in WORDS[:2]]})
     args = GRPOConfig(
@@ -584,9 +603,16 @@ def test_grpo_samples_through_the_engine_with_the_current_lora(tiny, tmp_path, m
     try:
         trainer.train()
         assert trainer.state.global_step == 2
-        assert len(calls) == 2 and all(n == 4 for _, n in calls)  # one prompt x 4 generations per step
+        assert len(calls) == 2 and all(n == 4 for _, n, _ in calls)  # one prompt x 4 generations per step
         assert rollouts.step == 1 and rollouts.engine.adapter is not None
         assert rollouts(data["prompt"][:1] * 4, trainer)["completion_ids"]  # step 2: the trained adapter
+        # new seeds at every step; a run resumed at step 2 (a new rollout_func) draws step 2's, not step 0's
+        resumed = llama_engine.grpo_rollout_func(tiny.model, True, tiny.gguf, n_threads=1)
+        try:
+            resumed(data["prompt"][:1] * 4, trainer)
+        finally:
+            resumed.close()
+        assert [indices for _, _, indices in calls] == [[0], [1], [2], [2]]
         ids, completion = tiny.prompts[0], [5, 6, 7]
         rollouts.engine.kv_type = "f32"
         ours = torch.from_numpy(rollouts.engine.next_token_logits(ids, completion))

@@ -350,7 +350,7 @@ def test_damaged_cache_chunks_are_made_again(tiny_model_dir, tmp_path, monkeypat
         rerun = make_trainer(tiny_model_dir, tmp_path)
         rerun.train()
     assert generate.calls == 1 and score.calls >= 1 and rerun.state.global_step == 2
-    assert "unreadable rollout cache chunk" in caplog.text and "do not fit their rollouts" in caplog.text
+    assert "unreadable cache chunk" in caplog.text and "do not fit their rollouts" in caplog.text
 
 
 def test_a_file_in_the_pools_place_is_replaced(tiny_model_dir, tmp_path):  # F8

@@ -75,6 +75,15 @@ def model_fingerprint(model) -> str:
     return digest.hexdigest()[:16]
 
 
+def file_digest(path: str) -> str:
+    """A short hash of a file's bytes (an adapter's weights: a few MB to a few hundred)."""
+    digest = hashlib.blake2b(digest_size=16)
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 class ChunkCache:
     """Atomic JSON-lines chunks under one directory; a missing ``root`` disables caching."""
 
@@ -126,7 +135,7 @@ def _read_chunk(path: str) -> list[dict] | None:
         problem = "no rows" if not rows else "a line that is not a JSON object"
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
         problem = f"{type(err).__name__}: {err}"
-    logger.warning("Ignoring the unreadable rollout cache chunk %s (%s); it will be made again.", path, problem)
+    logger.warning("Ignoring the unreadable cache chunk %s (%s); it will be made again.", path, problem)
     return None
 
 

@@ -18,6 +18,7 @@ from functools import partial
 
 import torch
 
+from .cache import ChunkCache, chunked, fingerprint
 from .llama_engine import evaluation_engine
 from .plotting import new_figure, save_figure
 from .rewards import call_reward_funcs, canonical_answer, extract_answer, math_accuracy_reward
@@ -144,6 +145,9 @@ def evaluate(
     use_llama_cpp: bool | None = None,
     llama_cpp_model_path: str | None = None,
     llama_cpp_n_threads: int | None = None,
+    resume_dir: str | None = None,
+    resume_key=None,
+    chunk_problems: int = 50,
 ) -> dict:
     """Sample ``num_samples`` completions per problem (and one greedy completion if ``greedy``) and score them.
 
@@ -164,6 +168,12 @@ def evaluate(
     trainer's options of the same names (None: when the ``cpu`` extra and the model's GGUF are at hand and the model's
     weights are its folder's; a PEFT adapter is converted to a GGUF LoRA). Its samples are seeded per problem, so they
     differ from ``generate``'s.
+
+    ``resume_dir``: evaluate ``chunk_problems`` problems at a time and keep each chunk's graded completions there as
+    it ends, in a folder named by a fingerprint of ``resume_key`` (what identifies the model, e.g. a hash of its
+    adapter file: the caller's to give) and of every setting above; chunks already there are reused, so an
+    evaluation stopped mid-way resumes at its first missing chunk. On llama.cpp a chunk draws the seeds an unchunked
+    run would; on transformers each chunk's batches are seeded from its first problem's index.
     """
     if num_samples < 0 or (num_samples == 0 and not greedy):
         raise ValueError(
@@ -181,26 +191,64 @@ def evaluate(
     engine = evaluation_engine(model, tokenizer, use_llama_cpp, llama_cpp_model_path, llama_cpp_n_threads)
     sample = engine.generate_completions if engine is not None else partial(generate_completions, model, tokenizer)
 
-    def generate(n: int, do_sample: bool, label: str) -> list[list[dict]]:
+    def generate(lo: int, hi: int, n: int, do_sample: bool, label: str) -> list[list[dict]]:
+        # llama.cpp seeds every sample from its problem's index; generate seeds a batch from its first prompt's
+        where = {"prompt_indices": range(lo, hi)} if engine is not None else {}
         groups = sample(
-            prompt_ids,
+            prompt_ids[lo:hi],
             num_generations=n,
             max_new_tokens=max_new_tokens,
             temperature=temperature,
             top_p=top_p,
             do_sample=do_sample,
             batch_size=batch_size,
-            seed=seed if do_sample else None,
+            seed=(seed if engine is not None else seed + lo) if do_sample else None,
             desc=f"{desc} ({label})",
+            **where,
         )
-        return grade_completions(rows, groups, tokenizer, reward_fn)
+        return grade_completions(rows[lo:hi], groups, tokenizer, reward_fn)
 
+    def run_chunk(lo: int, hi: int, label: str) -> list[dict]:
+        """One row per problem: its sampled completions and its greedy one."""
+        sampled = generate(lo, hi, num_samples, True, f"{label}{num_samples} samples") if num_samples else None
+        greedy_out = [g[0] for g in generate(lo, hi, 1, False, f"{label}greedy")] if greedy else None
+        return [
+            {
+                "id": row.get("id", str(lo + i)),
+                "sampled": None if sampled is None else sampled[i],
+                "greedy": None if greedy_out is None else greedy_out[i],
+            }
+            for i, row in enumerate(rows[lo:hi])
+        ]
+
+    if chunk_problems < 1:
+        raise ValueError(f"chunk_problems must be >= 1, got {chunk_problems}.")
+    reward_name = getattr(reward_fn, "__qualname__", type(reward_fn).__qualname__)
+    settings = (num_samples, greedy, temperature, top_p, max_new_tokens, seed, reward_name)
+    if resume_dir is None:
+        spans, cache = [range(len(rows))], ChunkCache(None)
+    else:
+        spans = chunked(range(len(rows)), chunk_problems)
+        cache = ChunkCache(os.path.join(resume_dir, fingerprint(resume_key, settings, engine is not None)))
+    done: list[dict] = []
+    reused = 0
     try:
-        sampled = generate(num_samples, True, f"{num_samples} samples") if num_samples else None
-        greedy_out = [g[0] for g in generate(1, False, "greedy")] if greedy else None
+        for index, span in enumerate(spans):
+            lo, hi = span[0], span[-1] + 1
+            ids = [row.get("id", str(i)) for i, row in zip(span, rows[lo:hi])]
+            part = cache.load("evaluation", index)
+            if part is not None and [r.get("id") for r in part] == ids:
+                reused += 1
+            else:
+                label = f"problems {lo + 1}-{hi} of {len(rows)}, " if len(spans) > 1 else ""
+                part = run_chunk(lo, hi, label)
+                cache.save("evaluation", index, part)
+            done.extend(part)
     finally:
         if engine is not None:
             engine.close()
+    sampled = [r["sampled"] for r in done] if num_samples else None
+    greedy_out = [r["greedy"] for r in done] if greedy else None
 
     summary: dict = {
         "num_problems": len(rows),
@@ -212,6 +260,8 @@ def evaluate(
         "seed": seed,
         "engine": "transformers" if engine is None else "llama.cpp",
     }
+    if resume_dir is not None:  # wall_time_s then covers this run's chunks only
+        summary["chunks"] = {"total": len(spans), "reused": reused}
     records = [{"id": row.get("id", str(i)), "solution": row["solution"]} for i, row in enumerate(rows)]
     if sampled is not None:
         for k in _pass_ks(num_samples):

@@ -811,6 +811,9 @@ class GRPORollouts:
             self.engine.check_tokenizer(trainer.processing_class)
             self.workdir = tempfile.mkdtemp(prefix="trl_reasonmaxxer_grpo_lora_")
             self.arch = gguf_architecture(self.gguf_path)
+            # one call per step when a step's batch is one generation (compare's GRPO): a run resumed from a checkpoint
+            # continues the seeds where it stopped
+            self.calls = trainer.state.global_step
         if trainer.state.global_step != self.step:
             model = trainer.accelerator.unwrap_model(trainer.model)
             lora, scale = adapter_to_gguf(model, self.workdir, self.arch)

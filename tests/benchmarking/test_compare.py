@@ -405,3 +405,74 @@ def test_fork_choice_seed_makes_the_other_seeds_train_its_choice_only(tmp_path, 
     )
     assert runner.run_piece("reasonmaxxer", 2, None, store)["fork_choice_seed"] == 0
     assert calls[-1] == (2, [{"fork_threshold": 1.4}])
+
+
+def test_a_grpo_run_cut_short_resumes_from_its_last_checkpoint(tiny_model_dir, tmp_path, monkeypatch, capsys):
+    """GRPO saves a checkpoint with its ledger and curve every `grpo_eval_every` steps: a run stopped at step 3
+    resumes at step 2 and ends with the weights, curve and token count of a run that was never stopped; the finished
+    run leaves its adapter and run.json (no checkpoints), and a later call evaluates that adapter without training."""
+    import torch
+    from safetensors.torch import load_file
+    from trl import GRPOTrainer
+
+    from tests.helpers import alternating_reward
+    from trl_reasonmaxxer.benchmarking import compare
+
+    data = _write_data(tmp_path / "data.jsonl", 10)
+    budget = CompareConfig(
+        num_pool_problems=4,
+        num_validation_problems=2,
+        num_test_problems=2,
+        num_generations=4,
+        max_completion_length=5,
+        num_samples=1,
+        num_validation_samples=1,
+        grpo_max_steps=4,
+        grpo_eval_every=2,
+        learning_rate=1e-2,
+    )
+    splits = compare.load_splits(str(data), budget, 0)
+    base = {"validation": {"summary": {"pass@1": 0.5}}}
+    stop = {"at": 3}
+    real = GRPOTrainer._generate_and_score_completions
+
+    def stopping(self, inputs):
+        if self.state.global_step == stop["at"]:
+            raise OSError("stopped")
+        return real(self, inputs)
+
+    monkeypatch.setattr(GRPOTrainer, "_generate_and_score_completions", stopping)
+
+    def runner(out):
+        return compare._Runner(tiny_model_dir, splits, budget, alternating_reward, str(tmp_path / out), 0, {"k": 1})
+
+    with pytest.raises(OSError, match="stopped"):
+        runner("cut").run_grpo(0, "grpo", base)
+    folder = tmp_path / "cut" / "seed0" / "grpo"
+    assert sorted(p.name for p in folder.glob("checkpoint-*")) == ["checkpoint-2"]
+    progress = json.loads((folder / "checkpoint-2" / "progress.json").read_text())
+    assert [p["step"] for p in progress["curve"]] == [0, 2]
+    stop["at"] = None
+    resumed = runner("cut").run_grpo(0, "grpo", base)
+    assert "grpo, seed 0: resuming at step 2" in capsys.readouterr().out
+    whole = runner("whole").run_grpo(0, "grpo", base)
+    assert [p["step"] for p in resumed["validation_curve"]] == [0, 2, 4] and resumed["ledger"]["steps"] == 4
+    assert resumed["ledger"]["resumed_from_step"] == 2 and "resumed_from_step" not in whole["ledger"]
+    # each step's tokens are counted once: the steps before the checkpoint (from its progress) and after it
+    assert resumed["ledger"]["token_totals"] == whole["ledger"]["token_totals"]
+    assert progress["ledger"]["tokens"]["generation"]["generated"] < resumed["ledger"]["token_totals"]["generated"]
+    assert resumed["test"]["records"] == whole["test"]["records"]
+    weights = [
+        load_file(tmp_path / d / "seed0" / "grpo" / "adapter" / "adapter_model.safetensors") for d in ("cut", "whole")
+    ]
+    assert weights[0].keys() == weights[1].keys()
+    assert all(torch.allclose(weights[0][k], weights[1][k], atol=1e-6) for k in weights[0])
+    assert not list(folder.glob("checkpoint-*")) and (folder / "run.json").exists()
+    assert list((folder / "final_evaluation" / "test").rglob("chunk-*.jsonl"))
+
+    monkeypatch.setattr(compare._Runner, "train_grpo", lambda *a, **k: pytest.fail("trained again"))
+    again = runner("cut").run_grpo(0, "grpo", base)
+    assert "grpo, seed 0: trained earlier" in capsys.readouterr().out
+    assert again["test"]["records"] == resumed["test"]["records"]
+    assert again["test"]["summary"]["chunks"] == {"total": 1, "reused": 1}
+    assert again["ledger"] == resumed["ledger"]

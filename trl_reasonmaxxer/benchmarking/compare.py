@@ -17,12 +17,13 @@ import gc
 import json
 import logging
 import os
+import shutil
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from ..tasks import PROMPT_TEMPLATES
-from .ledger import COMPUTE_UNITS
+from .ledger import COMPUTE_UNITS, PHASES
 from .pieces import (
     PieceStore,
     git_commit,
@@ -50,7 +51,9 @@ EVIDENCE_JSON = "evidence.json"
 EVIDENCE_TABLE = "evidence_table.txt"
 # what filling one rollout cache has cost so far (in the cache's folder): charged to every run that reuses it
 OFFLINE_COST_JSON = "offline_cost.json"
-RUN_JSON = "run.json"  # one finished training of a fork sweep, beside its adapter
+RUN_JSON = "run.json"  # one finished training (a setting of a fork sweep, a GRPO run), beside its adapter
+PROGRESS_JSON = "progress.json"  # a whole GRPO checkpoint's ledger and validation curve
+FINAL_EVALUATION = "final_evaluation"  # a final model's test and transfer chunks, beside its adapter
 OFFLINE_PHASES = ("generation", "scoring")
 
 
@@ -272,9 +275,10 @@ class _Runner:
 
         return load_model_for_eval(self.model_path, adapter)
 
-    def evaluate(self, model, tokenizer, split: str, desc: str, ledger=None) -> dict:
+    def evaluate(self, model, tokenizer, split: str, desc: str, ledger=None, resume: tuple | None = None) -> dict:
         """``evaluation.evaluate`` on ``split`` with the protocol of its kind: validation samples only; test and
-        transfer samples and a greedy completion. Its records keep answers and correctness, not texts."""
+        transfer samples and a greedy completion. Its records keep answers and correctness, not texts. ``resume``:
+        ``(folder, model key)``, keep and reuse its chunks there (``evaluation.evaluate``'s ``resume_dir``)."""
         from ..evaluation import evaluate
 
         b = self.budget
@@ -292,6 +296,7 @@ class _Runner:
             desc=desc,
             use_llama_cpp=b.use_llama_cpp,
             llama_cpp_model_path=b.llama_cpp_model_path,
+            **({} if resume is None else self.resume_args(split, *resume)),
         )
         if ledger is None:
             return run()
@@ -300,11 +305,20 @@ class _Runner:
         ledger.add_tokens("evaluation", generated=eval_generated_tokens(result["summary"]))
         return result
 
-    def final_evaluations(self, model, tokenizer, name: str) -> dict:
-        """The held-out test evaluation of a final model, and the transfer task's when there is one."""
-        out = {"test": self.evaluate(model, tokenizer, "test", f"{name} (test)")}
+    def resume_args(self, split: str, folder: str, model_key) -> dict:
+        return dict(
+            resume_dir=os.path.join(folder, FINAL_EVALUATION, split),
+            resume_key={"model": model_key, "split": split, "settings": self.settings},
+        )
+
+    def final_evaluations(self, model, tokenizer, name: str, folder: str, model_key) -> dict:
+        """The held-out test evaluation of a final model, and the transfer task's when there is one; each kept in
+        chunks under ``folder`` (the model's run folder), so a stopped evaluation of the model identified by
+        ``model_key`` resumes where it stopped."""
+        resume = (folder, model_key)
+        out = {"test": self.evaluate(model, tokenizer, "test", f"{name} (test)", resume=resume)}
         if "transfer" in self.splits:
-            out["transfer"] = self.evaluate(model, tokenizer, "transfer", f"{name} (transfer)")
+            out["transfer"] = self.evaluate(model, tokenizer, "transfer", f"{name} (transfer)", resume=resume)
         return out
 
     def new_ledger(self, method, model):
@@ -358,7 +372,7 @@ class _Runner:
         model, tokenizer = self.load()
         ledger = CostLedger("base", device=device_name())
         out = {"validation": self.evaluate(model, tokenizer, "validation", "Base (val)", ledger)}
-        out |= self.final_evaluations(model, tokenizer, "Base")
+        out |= self.final_evaluations(model, tokenizer, "Base", os.path.join(self.output_dir, "base"), "base")
         _free(model)
         out["engines"] = {"evaluation": out["test"]["summary"]["engine"]}
         # the problem ids of every split (the settings only keep their fingerprint), to audit disjointness
@@ -388,7 +402,33 @@ class _Runner:
 
     def run_grpo(self, seed: int, method: str, base: dict, rm: dict | None = None, multiple: float | None = None):
         """GRPO for one seed: ``grpo_max_steps``, or (with ``multiple``) as many steps as ``multiple`` × the
-        ReasonMaxxer piece ``rm``'s token compute buys; evaluated on validation along the way (its curve)."""
+        ReasonMaxxer piece ``rm``'s token compute buys; evaluated on validation along the way (its curve). Runs longer
+        than a sitting resume: the training from its last checkpoint (every ``grpo_eval_every`` steps, with the
+        ledger and curve so far), the final evaluation from the adapter and ``run.json`` it leaves."""
+        folder = os.path.join(self.output_dir, f"seed{seed}", method)
+        model, tokenizer = self.load()
+        budget = None
+        if multiple is not None:
+            budget = self.grpo_budget(tokenizer, multiple, rm["compute"]["tokens"], base["validation"])
+        max_steps = self.budget.grpo_max_steps if budget is None else budget["max_steps"]
+        key = {"seed": seed, "method": method, "max_steps": max_steps, "settings": self.settings}
+        trained = _finished_run(folder, key)
+        if trained is None:
+            trained = self.train_grpo(model, tokenizer, folder, key, base, budget)
+            _save_json({"run_key": key, "result": trained}, folder, RUN_JSON)
+            _remove_checkpoints(folder, "the finished run's adapter and run.json replace them")
+        else:
+            print(f"{method}, seed {seed}: trained earlier, loaded from {folder}", flush=True)
+        _free(model)
+        model, tokenizer = self.load(trained["adapter"])
+        out = self.final_evaluations(model, tokenizer, method, folder, adapter_key(folder))
+        _free(model)
+        engines = trained["engines"] | {"evaluation": out["test"]["summary"]["engine"]}
+        return out | {k: trained[k] for k in ("validation_curve", "ledger", "grpo_budget")} | {"engines": engines}
+
+    def train_grpo(self, model, tokenizer, folder: str, key: dict, base: dict, budget: dict | None) -> dict:
+        """TRL's ``GRPOTrainer`` for ``key["max_steps"]`` steps, resumed from the last checkpoint in ``folder`` that
+        this ``key`` made; its adapter saved under ``folder/adapter``."""
         from transformers import TrainerCallback
         from trl import GRPOConfig, GRPOTrainer
 
@@ -397,18 +437,20 @@ class _Runner:
 
         b, runner = self.budget, self
         base_val = base["validation"]["summary"]["pass@1"]
-        model, tokenizer = self.load()
-        ledger = self.new_ledger(method, model)
-        budget = None
-        if multiple is not None:
-            budget = self.grpo_budget(tokenizer, multiple, rm["compute"]["tokens"], base["validation"])
+        ledger = self.new_ledger(key["method"], model)
         grpo_engine = b.use_llama_cpp if b.grpo_use_llama_cpp is None else b.grpo_use_llama_cpp
         rollout_func = grpo_rollout_func(model, grpo_engine, b.llama_cpp_model_path)
         curve = [{"step": 0, "compute": dict.fromkeys(COMPUTE_UNITS, 0.0), "pass@1": base_val, "gain": 0.0}]
+        checkpoint = _last_checkpoint(folder, key)
+        if checkpoint is not None:
+            ledger.charge(checkpoint["ledger"])
+            curve = checkpoint["curve"]
+            ledger.extra["resumed_from_step"] = checkpoint["step"]
+            print(f"{key['method']}, seed {key['seed']}: resuming at step {checkpoint['step']}", flush=True)
 
         class ValidationCurve(TrainerCallback):
             """Evaluates on the validation set every ``grpo_eval_every`` steps and at the end (charged to
-            evaluation, so it is not GRPO's cost)."""
+            evaluation, so it is not GRPO's cost); each checkpoint gets the ledger and curve so far."""
 
             def on_step_end(self, args, state, control, model=None, **kwargs):
                 if state.global_step % b.grpo_eval_every and state.global_step != state.max_steps:
@@ -420,13 +462,19 @@ class _Runner:
                     {"step": state.global_step, "compute": compute, "pass@1": score, "gain": score - base_val}
                 )
 
+            def on_save(self, args, state, control, **kwargs):
+                progress = {"run_key": key, "step": state.global_step, "ledger": ledger.part(PHASES), "curve": curve}
+                _save_json(progress, os.path.join(folder, f"checkpoint-{state.global_step}"), PROGRESS_JSON)
+
         args = GRPOConfig(
-            output_dir=os.path.join(self.output_dir, f"seed{seed}", method),
-            max_steps=b.grpo_max_steps if budget is None else budget["max_steps"],
+            output_dir=folder,
+            max_steps=key["max_steps"],
             per_device_train_batch_size=b.num_generations * b.grpo_prompts_per_step,
             gradient_accumulation_steps=1,
             num_generations=b.num_generations,
-            **self.common_args(seed),
+            **self.common_args(key["seed"])
+            # two kept: a run stopped between saving a checkpoint and writing its progress resumes from the one before
+            | dict(save_strategy="steps", save_steps=b.grpo_eval_every, save_total_limit=2),
         )
         trainer = GRPOTrainer(
             model=model,
@@ -441,21 +489,26 @@ class _Runner:
         ledger.wrap(trainer, "_generate", "generation", count_generated=lambda out: sum(map(len, out[1])))
         ledger.wrap(trainer, "_generate_and_score_completions", "scoring")
         with ledger.phase("training"):
-            trainer.train()
+            trainer.train(resume_from_checkpoint=None if checkpoint is None else checkpoint["path"])
         ledger.extra["grpo_num_input_tokens_seen"] = trainer.state.num_input_tokens_seen
         ledger.extra["steps"] = trainer.state.global_step
         if budget is not None:
             realized = ledger.compute("tokens")
             budget |= {"realized_tokens": realized, "realized_over_target": realized / max(budget["target_tokens"], 1)}
-        out = self.final_evaluations(trainer.model, tokenizer, method)
         ledger.finish_memory()
-        trainer.save_model(os.path.join(args.output_dir, "adapter"))
+        adapter = os.path.join(folder, "adapter")
+        trainer.save_model(adapter)
         engines = {"rollouts": "transformers" if rollout_func is None else "llama.cpp"}
         if rollout_func is not None:
             rollout_func.close()
-        _free(trainer, model)
-        engines["evaluation"] = out["test"]["summary"]["engine"]
-        return out | {"validation_curve": curve, "ledger": ledger.to_dict(), "engines": engines, "grpo_budget": budget}
+        _free(trainer)
+        return {
+            "adapter": adapter,
+            "validation_curve": curve,
+            "ledger": ledger.to_dict(),
+            "engines": engines,
+            "grpo_budget": budget,
+        }
 
     def run_reasonmaxxer(self, seed: int, gate: str, forks: Sequence[dict], with_validation: bool) -> dict:
         """ReasonMaxxer with ``gate`` for one seed: one training per fork setting of ``forks``, all on the seed's one
@@ -466,7 +519,8 @@ class _Runner:
         best = max(range(len(runs)), key=lambda i: runs[i]["validation"]["summary"]["pass@1"]) if len(runs) > 1 else 0
         chosen = runs[best]
         model, tokenizer = self.load(chosen["adapter"])
-        out = self.final_evaluations(model, tokenizer, f"ReasonMaxxer {chosen['label']}")
+        folder = os.path.dirname(chosen["adapter"])
+        out = self.final_evaluations(model, tokenizer, f"ReasonMaxxer {chosen['label']}", folder, adapter_key(folder))
         _free(model)
         sweep = [
             {
@@ -589,6 +643,59 @@ def _finished_run(folder: str, key: dict) -> dict | None:
         logger.warning("%s is not reused: %s. That training runs again.", path, reason)
         return None
     return result
+
+
+def adapter_key(folder: str) -> str:
+    """What identifies the adapter saved in ``folder/adapter``: a hash of its weights file (a retrained adapter, even
+    with the same settings, never reuses the old one's evaluation chunks)."""
+    from ..cache import file_digest
+
+    adapter = os.path.join(folder, "adapter")
+    weights = [n for n in sorted(os.listdir(adapter)) if n.startswith("adapter_model.")]
+    if not weights:
+        raise FileNotFoundError(f"No adapter weights (adapter_model.*) in {adapter}.")
+    return file_digest(os.path.join(adapter, weights[0]))
+
+
+def _checkpoint_step(name: str) -> int | None:
+    step = name.removeprefix("checkpoint-")
+    return int(step) if name.startswith("checkpoint-") and step.isdigit() else None
+
+
+def _last_checkpoint(folder: str, key: dict) -> dict | None:
+    """The last checkpoint in ``folder`` whose ``progress.json`` this ``key`` (seed, method, steps, settings) wrote:
+    ``{"path", "step", "ledger", "curve"}``. The others (another key's, or saved without their progress by a run
+    that stopped there) are removed, so the trainer's rotation of checkpoints never keeps them over new ones."""
+    if not os.path.isdir(folder):
+        return None
+    found, stale = [], []
+    for name in os.listdir(folder):
+        step = _checkpoint_step(name)
+        if step is None:
+            continue
+        path = os.path.join(folder, name)
+        try:
+            with open(os.path.join(path, PROGRESS_JSON)) as f:
+                progress = json.load(f)
+            trusted = progress["run_key"] == json.loads(json.dumps(key)) and progress["step"] == step
+        except (OSError, ValueError, KeyError, TypeError):
+            trusted = False
+        if trusted:
+            found.append(progress | {"path": path})
+        else:
+            stale.append(path)
+    best = max(found, key=lambda p: p["step"], default=None)
+    for path in stale:
+        logger.warning("Removing %s: it was not written whole by a run with these settings.", path)
+        shutil.rmtree(path, ignore_errors=True)
+    return best
+
+
+def _remove_checkpoints(folder: str, why: str) -> None:
+    for name in os.listdir(folder):
+        if _checkpoint_step(name) is not None:
+            shutil.rmtree(os.path.join(folder, name), ignore_errors=True)
+    logger.info("Removed the checkpoints in %s: %s.", folder, why)
 
 
 def _track_offline_cost(trainer, ledger) -> dict:
