@@ -387,11 +387,13 @@ def test_a_sweep_cut_short_resumes_at_the_fork_setting_it_was_training(tmp_path,
 def test_fork_choice_seed_makes_the_other_seeds_train_its_choice_only(tmp_path, monkeypatch):
     from trl_reasonmaxxer.benchmarking import compare
 
-    calls = []
+    calls, transfers = [], []
     monkeypatch.setattr(
         compare._Runner,
         "run_reasonmaxxer",
-        lambda self, seed, gate, forks, with_validation: calls.append((seed, forks)) or {"fork_choice": forks[0]},
+        lambda self, seed, gate, forks, with_validation, with_transfer=True: (
+            calls.append((seed, forks)) or transfers.append((gate, with_transfer)) or {"fork_choice": forks[0]}
+        ),
     )
     settings = {"learning_rate": 1e-4}
     runner = _runner(tmp_path, CompareConfig(fork_thresholds=[1.2, 1.4], fork_choice_seed=0), settings)
@@ -405,6 +407,10 @@ def test_fork_choice_seed_makes_the_other_seeds_train_its_choice_only(tmp_path, 
     )
     assert runner.run_piece("reasonmaxxer", 2, None, store)["fork_choice_seed"] == 0
     assert calls[-1] == (2, [{"fork_threshold": 1.4}])
+    runner.run_piece("reasonmaxxer_random", 0, None, store)
+    assert calls[-1] == (0, [{"fork_threshold": 1.4}])
+    # the gate ablation is a diagnosis on the training task: evaluated on test only
+    assert transfers == [("entropy", True), ("entropy", True), ("random", False)]
 
 
 def test_a_grpo_run_cut_short_resumes_from_its_last_checkpoint(tiny_model_dir, tmp_path, monkeypatch, capsys):

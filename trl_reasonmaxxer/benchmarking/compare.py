@@ -311,13 +311,14 @@ class _Runner:
             resume_key={"model": model_key, "split": split, "settings": self.settings},
         )
 
-    def final_evaluations(self, model, tokenizer, name: str, folder: str, model_key) -> dict:
-        """The held-out test evaluation of a final model, and the transfer task's when there is one; each kept in
+    def final_evaluations(self, model, tokenizer, name: str, folder: str, model_key, transfer: bool = True) -> dict:
+        """The held-out test evaluation of a final model, and the transfer task's when there is one (and
+        ``transfer``); each kept in
         chunks under ``folder`` (the model's run folder), so a stopped evaluation of the model identified by
         ``model_key`` resumes where it stopped."""
         resume = (folder, model_key)
         out = {"test": self.evaluate(model, tokenizer, "test", f"{name} (test)", resume=resume)}
-        if "transfer" in self.splits:
+        if transfer and "transfer" in self.splits:
             out["transfer"] = self.evaluate(model, tokenizer, "transfer", f"{name} (transfer)", resume=resume)
         return out
 
@@ -364,7 +365,8 @@ class _Runner:
             return self.run_grpo(seed, method, base, rm, grpo[method])
         rm = _required_piece(store, "reasonmaxxer", seed, method)
         gate = method.removeprefix("reasonmaxxer_")
-        return self.run_reasonmaxxer(seed, gate, [rm["fork_choice"]], with_validation=False)
+        # the ablation is a diagnosis on the training task: no transfer evaluation (~30 min each on 2 cores)
+        return self.run_reasonmaxxer(seed, gate, [rm["fork_choice"]], with_validation=False, with_transfer=False)
 
     def run_base(self) -> dict:
         from .ledger import CostLedger, device_name
@@ -510,17 +512,20 @@ class _Runner:
             "grpo_budget": budget,
         }
 
-    def run_reasonmaxxer(self, seed: int, gate: str, forks: Sequence[dict], with_validation: bool) -> dict:
+    def run_reasonmaxxer(
+        self, seed: int, gate: str, forks: Sequence[dict], with_validation: bool, with_transfer: bool = True
+    ) -> dict:
         """ReasonMaxxer with ``gate`` for one seed: one training per fork setting of ``forks``, all on the seed's one
         cached pool, each scored on validation (when ``with_validation`` or when there is a choice to make); the
-        best on validation (ties: the first) is evaluated on test and transfer, once. Its ledger is that training's
+        best on validation (ties: the first) is evaluated on test and (``with_transfer``) transfer, once. Its ledger is that training's
         plus the offline phase; ``sweep_compute`` adds the other settings' training."""
         runs = [self.trained_reasonmaxxer(seed, gate, fork, with_validation or len(forks) > 1) for fork in forks]
         best = max(range(len(runs)), key=lambda i: runs[i]["validation"]["summary"]["pass@1"]) if len(runs) > 1 else 0
         chosen = runs[best]
         model, tokenizer = self.load(chosen["adapter"])
         folder = os.path.dirname(chosen["adapter"])
-        out = self.final_evaluations(model, tokenizer, f"ReasonMaxxer {chosen['label']}", folder, adapter_key(folder))
+        name = f"ReasonMaxxer {chosen['label']}"
+        out = self.final_evaluations(model, tokenizer, name, folder, adapter_key(folder), with_transfer)
         _free(model)
         sweep = [
             {
