@@ -426,7 +426,8 @@ class _Runner:
         out = self.final_evaluations(model, tokenizer, method, folder, adapter_key(folder))
         _free(model)
         engines = trained["engines"] | {"evaluation": out["test"]["summary"]["engine"]}
-        return out | {k: trained[k] for k in ("validation_curve", "ledger", "grpo_budget")} | {"engines": engines}
+        kept = ("validation_curve", "ledger", "grpo_budget", "adapter")
+        return out | {k: trained[k] for k in kept} | {"engines": engines}
 
     def train_grpo(self, model, tokenizer, folder: str, key: dict, base: dict, budget: dict | None) -> dict:
         """TRL's ``GRPOTrainer`` for ``key["max_steps"]`` steps, resumed from the last checkpoint in ``folder`` that

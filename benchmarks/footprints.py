@@ -1,0 +1,165 @@
+"""The footprint of every trained adapter of the evidence run: where its greedy choice departs from the base model's.
+
+For each trained piece in ``--pieces-dir`` (ReasonMaxxer, GRPO, the gate ablation): ``analyze``'s divergence statistics
+(the paper's Table 2, docs/analysis.md) of its adapter against the base model, along the base model's greedy decode of
+the first ``--num-problems`` held-out test problems of the comparison (its prompts and token budget). Reported: the
+share of positions where the adapter's greedy token is the base's 2nd-5th choice (re-ranked) or outside its top 5
+(shifted), the base entropy there against elsewhere, and the piece's test accuracy beside them. The paper's RL models
+change 1-4% of positions, nearly all re-ranked. No interventions run (``analyze --policies base --run_teacher false``).
+
+    python benchmarks/footprints.py --runs-dir runs/evidence               # every trained piece of docs/results/pieces
+    python benchmarks/footprints.py --runs-dir runs/evidence --pieces reasonmaxxer-seed0 grpo_equal-seed0
+
+The adapters are looked for under ``--runs-dir`` (the comparison's ``--output_dir`` on this machine), else where the
+piece recorded them. Resumable: each adapter's report is kept in ``--workdir/<piece>.json`` with its key (a hash of
+the adapter's weights, the settings) and reused while the key matches. Writes ``--out`` after each adapter.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from dataclasses import asdict, fields
+
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from trl_reasonmaxxer.analysis import AdapterDisabled, AnalysisConfig, run_analysis
+from trl_reasonmaxxer.benchmarking.compare import CompareConfig, adapter_key, load_splits
+from trl_reasonmaxxer.benchmarking.pieces import PieceStore, git_commit
+from trl_reasonmaxxer.default_model import resolve_model
+from trl_reasonmaxxer.evaluation import load_model_for_eval, save_results
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--pieces-dir", default="docs/results/pieces")
+    parser.add_argument("--pieces", nargs="+", default=None, help="piece names (default: every trained piece)")
+    parser.add_argument("--runs-dir", default=None, help="the comparison's output_dir on this machine")
+    parser.add_argument("--num-problems", type=int, default=16, help="the first N held-out test problems")
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--workdir", default="runs/footprints")
+    parser.add_argument("--out", default="docs/results/footprints.json")
+    return parser.parse_args(argv)
+
+
+def adapter_folder(piece: dict, runs_dir: str | None) -> str:
+    """The run folder holding the piece's ``adapter/``: under ``runs_dir`` (``seed<S>/<run>``), else as recorded."""
+    recorded = piece.get("adapter")
+    if not recorded:
+        raise ValueError(f"{piece['name']} records no adapter (a piece written before adapters were recorded).")
+    run = os.path.dirname(os.path.normpath(recorded))
+    candidates = [os.path.join(runs_dir, *run.split(os.sep)[-2:])] if runs_dir else []
+    for folder in [*candidates, run]:
+        if os.path.isfile(os.path.join(folder, "adapter", "adapter_config.json")):
+            return folder
+    raise FileNotFoundError(
+        f"The adapter of {piece['name']} is not in {' nor '.join(candidates + [run])}: pass --runs-dir, the "
+        "comparison's --output_dir on this machine (its seed<S>/<run>/adapter folders)."
+    )
+
+
+def footprint(report: dict) -> dict:
+    """The figures of one ``run_analysis`` report that the table shows."""
+    d = report["divergence"]
+    return {
+        "positions": d["positions"],
+        "reranked_percent": d["reranked"]["percent"],
+        "shifted_percent": d["shifted"]["percent"],
+        "changed_percent": d["reranked"]["percent"] + d["shifted"]["percent"],
+        "entropy_ratio": d["entropy_ratio"],
+        "mean_rank_reranked": d["mean_rank_reranked"],
+        "base_greedy_pass@1": report["interventions"]["base"]["pass@1"],
+        "tau_for_3_percent": report["calibration"]["tau_for_target"],
+    }
+
+
+def _cached(path: str, key: dict):
+    """The result kept at ``path`` for ``key``; None when missing, damaged or made with another key."""
+    if not os.path.exists(path):
+        return None
+    try:
+        with open(path) as f:
+            saved = json.load(f)
+    except (OSError, ValueError):
+        saved = None
+    if isinstance(saved, dict) and saved.get("key") == json.loads(json.dumps(key)) and "result" in saved:
+        return saved["result"]
+    print(f"{path} is damaged or was made with other settings: analysed again", flush=True)
+    return None
+
+
+def analyse(piece: dict, folder: str, args) -> dict:
+    """The divergence of the adapter in ``folder`` against the base model on the piece's first test problems."""
+    settings = piece["settings"]
+    budget = CompareConfig(**{f.name: settings[f.name] for f in fields(CompareConfig) if f.name in settings})
+    test = load_splits(settings["dataset_name"], budget, settings["split_seed"])["test"]
+    test = test.select(range(min(args.num_problems, len(test))))
+    config = AnalysisConfig(
+        max_completion_length=budget.max_completion_length,
+        batch_size=args.batch_size,
+        policies=["base"],
+        run_teacher=False,
+    )
+    teacher, tokenizer = load_model_for_eval(resolve_model(settings["model"]), os.path.join(folder, "adapter"))
+    start = time.perf_counter()
+    report = run_analysis(AdapterDisabled(teacher), teacher, tokenizer, test, config)
+    summary = piece["test"]["summary"]
+    return footprint(report) | {
+        "method": piece["method"],
+        "seed": piece["seed"],
+        "num_problems": len(test),
+        "test_pass@1": summary["pass@1"],
+        "test_greedy": summary.get("greedy_accuracy"),
+        "config": asdict(config),
+        "wall_s": time.perf_counter() - start,
+        "commit": git_commit(),
+    }
+
+
+def format_table(results: dict) -> str:
+    lines = [
+        f"{'piece':<30}{'test pass@1':>12}{'greedy':>8}{'positions':>10}{'re-ranked':>11}{'shifted':>9}"
+        f"{'entropy ratio':>15}{'mean rank':>11}"
+    ]
+    for name, r in results.items():
+        ratio = "-" if r["entropy_ratio"] is None else f"{r['entropy_ratio']:.2f}x"
+        rank = "-" if r["mean_rank_reranked"] is None else f"{r['mean_rank_reranked']:.2f}"
+        greedy = "-" if r["test_greedy"] is None else f"{r['test_greedy']:.3f}"
+        lines.append(
+            f"{name:<30}{r['test_pass@1']:>12.3f}{greedy:>8}{r['positions']:>10}{r['reranked_percent']:>10.2f}%"
+            f"{r['shifted_percent']:>8.2f}%{ratio:>15}{rank:>11}"
+        )
+    return "\n".join(lines)
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    pieces = PieceStore(args.pieces_dir).load_all()  # checked against each other, as the evidence is
+    names = args.pieces or sorted(n for n, p in pieces.items() if p["method"] != "base")
+    unknown = [n for n in names if n not in pieces or pieces[n]["method"] == "base"]
+    if unknown:
+        trained = sorted(n for n, p in pieces.items() if p["method"] != "base")
+        raise ValueError(f"No trained piece {unknown} in {args.pieces_dir}; it has: {', '.join(trained) or 'none'}.")
+    results = {}
+    for name in names:
+        piece = pieces[name]
+        folder = adapter_folder(piece, args.runs_dir)
+        key = {"adapter": adapter_key(folder), "settings": piece["settings"], "num_problems": args.num_problems}
+        path = os.path.join(args.workdir, f"{name}.json")
+        result = _cached(path, key)
+        if result is None:
+            print(f"{name}: analysing {folder}/adapter", flush=True)
+            result = analyse(piece, folder, args)
+            save_results({"key": key, "result": result}, path)
+        results[name] = result
+        save_results({"commit": git_commit(), "footprints": results}, args.out)
+    print(format_table(results))
+    print(f"wrote {args.out}")
+    return results
+
+
+if __name__ == "__main__":
+    main()

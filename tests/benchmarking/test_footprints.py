@@ -1,0 +1,79 @@
+"""benchmarks/footprints.py on the tiny model: the divergence of each trained piece's adapter against the base model,
+found under --runs-dir, kept per adapter and reused, with clear errors for a missing adapter or piece."""
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+from trl_reasonmaxxer.benchmarking.compare import CompareConfig
+from trl_reasonmaxxer.benchmarking.pieces import PieceStore, piece_settings
+
+from .test_compare import _write_data
+
+
+def _load_script():
+    path = Path(__file__).resolve().parents[2] / "benchmarks" / "footprints.py"
+    spec = importlib.util.spec_from_file_location("footprints", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _strong_adapter(model_dir, folder):
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_pretrained(model_dir)
+    lora = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
+    peft = get_peft_model(model, lora)
+    with torch.no_grad():
+        for name, p in peft.named_parameters():
+            if "lora_B" in name:
+                p.mul_(30.0)
+    peft.save_pretrained(str(folder))
+
+
+def test_footprints_of_the_trained_pieces(tiny_model_dir, tmp_path, monkeypatch, capsys):
+    bench = _load_script()
+    data = _write_data(tmp_path / "data.jsonl", 10)
+    budget = CompareConfig(
+        num_pool_problems=3, num_validation_problems=2, num_test_problems=4, max_completion_length=6
+    )
+    settings = piece_settings(tiny_model_dir, str(data), 0, "r", budget, 0, "ids")
+    store = PieceStore(str(tmp_path / "pieces"), settings)
+    store.save("base", {"method": "base", "seed": None, "test": {"summary": {"pass@1": 0.25}}})
+    summary = {"pass@1": 0.5, "greedy_accuracy": 0.75}
+    # recorded on another machine: found under --runs-dir by its seed<S>/<run> folders
+    recorded = "/elsewhere/runs/seed0/reasonmaxxer-entropy-threshold1.4/adapter"
+    store.save(
+        "reasonmaxxer-seed0", {"method": "reasonmaxxer", "seed": 0, "test": {"summary": summary}, "adapter": recorded}
+    )
+    runs = tmp_path / "runs"
+    _strong_adapter(tiny_model_dir, runs / "seed0" / "reasonmaxxer-entropy-threshold1.4" / "adapter")
+    argv = ["--pieces-dir", str(tmp_path / "pieces"), "--num-problems", "3", "--batch-size", "3"]
+    argv += ["--workdir", str(tmp_path / "work"), "--out", str(tmp_path / "footprints.json")]
+
+    with pytest.raises(FileNotFoundError, match="pass --runs-dir"):
+        bench.main(argv)
+    results = bench.main([*argv, "--runs-dir", str(runs)])
+    (name,) = results
+    r = results[name]
+    assert name == "reasonmaxxer-seed0" and (r["test_pass@1"], r["test_greedy"]) == (0.5, 0.75)
+    assert 0 < r["positions"] <= 3 * 6 and r["num_problems"] == 3
+    assert r["changed_percent"] == pytest.approx(r["reranked_percent"] + r["shifted_percent"])
+    assert r["changed_percent"] > 0  # the strong random LoRA moves some greedy choices
+    assert r["config"]["policies"] == ["base"] and r["config"]["max_completion_length"] == 6
+    assert json.loads((tmp_path / "footprints.json").read_text())["footprints"] == results
+    assert "reasonmaxxer-seed0" in capsys.readouterr().out
+
+    monkeypatch.setattr(bench, "run_analysis", lambda *a, **k: pytest.fail("analysed again"))
+    assert bench.main([*argv, "--runs-dir", str(runs)]) == results  # kept: reused
+    (tmp_path / "work" / "reasonmaxxer-seed0.json").write_text("{")
+    with pytest.raises(pytest.fail.Exception, match="analysed again"):  # damaged: made again
+        bench.main([*argv, "--runs-dir", str(runs)])
+    with pytest.raises(ValueError, match=r"No trained piece \['base'\] .* it has: reasonmaxxer-seed0"):
+        bench.main([*argv, "--pieces", "base"])
