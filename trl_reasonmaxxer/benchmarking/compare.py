@@ -313,9 +313,8 @@ class _Runner:
 
     def final_evaluations(self, model, tokenizer, name: str, folder: str, model_key, transfer: bool = True) -> dict:
         """The held-out test evaluation of a final model, and the transfer task's when there is one (and
-        ``transfer``); each kept in
-        chunks under ``folder`` (the model's run folder), so a stopped evaluation of the model identified by
-        ``model_key`` resumes where it stopped."""
+        ``transfer``); each kept in chunks under ``folder`` (the model's run folder), so a stopped evaluation of the
+        model identified by ``model_key`` resumes where it stopped."""
         resume = (folder, model_key)
         out = {"test": self.evaluate(model, tokenizer, "test", f"{name} (test)", resume=resume)}
         if transfer and "transfer" in self.splits:
