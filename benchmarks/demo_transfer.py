@@ -28,7 +28,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from trl_reasonmaxxer.benchmarking.pieces import git_commit
 from trl_reasonmaxxer.default_model import resolve_model
-from trl_reasonmaxxer.evaluation import evaluate, load_model_for_eval, save_results
+from trl_reasonmaxxer.evaluation import cached_result, evaluate, load_model_for_eval
 from trl_reasonmaxxer.scripts.demo import DemoConfig, demo_trainer, train_demo_adapter
 from trl_reasonmaxxer.stats import describe, paired_differences
 from trl_reasonmaxxer.tasks import load_prompts
@@ -53,23 +53,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--workdir", default="runs/demo-transfer")
     parser.add_argument("--out", default="docs/results/demo_transfer.json")
     return parser.parse_args(argv)
-
-
-def _cached(path: str, key: dict, make):
-    """``make()``'s JSON result, kept at ``path`` with ``key`` and reused only when ``key`` matches."""
-    key = json.loads(json.dumps(key))
-    if os.path.exists(path):
-        try:
-            with open(path) as f:
-                saved = json.load(f)
-        except (OSError, ValueError):  # cut mid-write or damaged: not trusted, made again
-            saved = None
-        if isinstance(saved, dict) and saved.get("key") == key and "result" in saved:
-            return saved["result"]
-        print(f"{path} is damaged or was made with other settings: made again", flush=True)
-    result = make()
-    save_results({"key": key, "result": result}, path)
-    return result
 
 
 def train_adapter(budget: DemoConfig, model_path: str) -> dict:
@@ -111,7 +94,7 @@ def main(argv=None) -> dict:
             return evaluate(model, tokenizer, data, desc=f"{name} on {ns.task}", **protocol)
 
         path = os.path.join(ns.workdir, f"eval-{name}-{prompt_style}.json")
-        return _cached(path, key | {"adapter": adapter}, run)
+        return cached_result(path, key | {"adapter": adapter}, run)
 
     report = {
         "model": ns.model,
@@ -128,7 +111,7 @@ def main(argv=None) -> dict:
     for lr in ns.learning_rates:
         name = f"lr{lr:g}"
         budget = replace(demo, learning_rate=lr, output_dir=os.path.join(ns.workdir, name))
-        trained = _cached(
+        trained = cached_result(
             os.path.join(budget.output_dir, "trained.json"),
             asdict(budget),
             lambda b=budget: train_adapter(b, model_path),

@@ -18,7 +18,6 @@ the adapter's weights, the settings) and reused while the key matches. Writes ``
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import time
 from dataclasses import asdict, fields
@@ -30,7 +29,7 @@ from trl_reasonmaxxer.analysis import AdapterDisabled, AnalysisConfig, run_analy
 from trl_reasonmaxxer.benchmarking.compare import CompareConfig, adapter_key, load_splits
 from trl_reasonmaxxer.benchmarking.pieces import PieceStore, git_commit
 from trl_reasonmaxxer.default_model import resolve_model
-from trl_reasonmaxxer.evaluation import load_model_for_eval, save_results
+from trl_reasonmaxxer.evaluation import cached_result, load_model_for_eval, save_results
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -74,21 +73,6 @@ def footprint(report: dict) -> dict:
         "base_greedy_pass@1": report["interventions"]["base"]["pass@1"],
         "tau_for_3_percent": report["calibration"]["tau_for_target"],
     }
-
-
-def _cached(path: str, key: dict):
-    """The result kept at ``path`` for ``key``; None when missing, damaged or made with another key."""
-    if not os.path.exists(path):
-        return None
-    try:
-        with open(path) as f:
-            saved = json.load(f)
-    except (OSError, ValueError):
-        saved = None
-    if isinstance(saved, dict) and saved.get("key") == json.loads(json.dumps(key)) and "result" in saved:
-        return saved["result"]
-    print(f"{path} is damaged or was made with other settings: analysed again", flush=True)
-    return None
 
 
 def analyse(piece: dict, folder: str, args) -> dict:
@@ -149,12 +133,7 @@ def main(argv=None) -> dict:
         folder = adapter_folder(piece, args.runs_dir)
         key = {"adapter": adapter_key(folder), "settings": piece["settings"], "num_problems": args.num_problems}
         path = os.path.join(args.workdir, f"{name}.json")
-        result = _cached(path, key)
-        if result is None:
-            print(f"{name}: analysing {folder}/adapter", flush=True)
-            result = analyse(piece, folder, args)
-            save_results({"key": key, "result": result}, path)
-        results[name] = result
+        results[name] = cached_result(path, key, lambda piece=piece, folder=folder: analyse(piece, folder, args))
         save_results({"commit": git_commit(), "footprints": results}, args.out)
     print(format_table(results))
     print(f"wrote {args.out}")

@@ -8,6 +8,7 @@ standard error over problems (the spread that decides whether two models differ)
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import time
@@ -23,6 +24,9 @@ from .llama_engine import evaluation_engine
 from .plotting import new_figure, save_figure
 from .rewards import call_reward_funcs, canonical_answer, extract_answer, math_accuracy_reward
 from .rollouts import generate_completions, tokenize_prompt
+
+
+logger = logging.getLogger(__name__)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -305,6 +309,24 @@ def save_results(results: dict, path: str) -> str:
         json.dump(results, f, indent=2)
     os.replace(tmp, path)  # a run stopped mid-write leaves the previous file whole
     return path
+
+
+def cached_result(path: str, key, make: Callable[[], dict]) -> dict:
+    """``make()``'s JSON result, kept at ``path`` with ``key`` and reused while ``key`` matches; a file cut mid-write,
+    damaged or made with another key is not trusted: made again (and said so)."""
+    key = json.loads(json.dumps(key))
+    if os.path.exists(path):
+        try:
+            with open(path) as f:
+                saved = json.load(f)
+        except (OSError, ValueError):
+            saved = None
+        if isinstance(saved, dict) and saved.get("key") == key and "result" in saved:
+            return saved["result"]
+        logger.warning("%s is damaged or was made with other settings: made again", path)
+    result = make()
+    save_results({"key": key, "result": result}, path)
+    return result
 
 
 def plot_comparison(results_by_name: dict[str, dict], path: str, metric: str = "pass@1") -> str:

@@ -37,7 +37,7 @@ def _strong_adapter(model_dir, folder):
     peft.save_pretrained(str(folder))
 
 
-def test_footprints_of_the_trained_pieces(tiny_model_dir, tmp_path, monkeypatch, capsys):
+def test_footprints_of_the_trained_pieces(tiny_model_dir, tmp_path, monkeypatch, capsys, caplog):
     bench = _load_script()
     data = _write_data(tmp_path / "data.jsonl", 10)
     budget = CompareConfig(
@@ -75,5 +75,6 @@ def test_footprints_of_the_trained_pieces(tiny_model_dir, tmp_path, monkeypatch,
     (tmp_path / "work" / "reasonmaxxer-seed0.json").write_text("{")
     with pytest.raises(pytest.fail.Exception, match="analysed again"):  # damaged: made again
         bench.main([*argv, "--runs-dir", str(runs)])
+    assert "reasonmaxxer-seed0.json is damaged or was made with other settings: made again" in caplog.text
     with pytest.raises(ValueError, match=r"No trained piece \['base'\] .* it has: reasonmaxxer-seed0"):
         bench.main([*argv, "--pieces", "base"])

@@ -125,7 +125,7 @@ def test_the_demo_pairs_the_adapter_with_the_base_and_says_when_it_cannot_tell()
 
 
 def test_demo_transfer_benchmark_pairs_each_adapter_with_the_base_and_resumes(
-    tiny_model_dir, tmp_path, capsys, monkeypatch
+    tiny_model_dir, tmp_path, capsys, caplog, monkeypatch
 ):
     """``benchmarks/demo_transfer.py --quick`` on the tiny model: trains the demo's adapter, evaluates base and
     adapter on GSM8K problems, pairs them; run again, it reuses the adapter and both evaluations."""
@@ -153,7 +153,7 @@ def test_demo_transfer_benchmark_pairs_each_adapter_with_the_base_and_resumes(
     report, first = bench.main(argv), report
     assert report["base"]["wall_time_s"] != first["base"]["wall_time_s"]  # evaluated again, to the same result
     assert {**report["base"], "wall_time_s": 0} == {**first["base"], "wall_time_s": 0}
-    assert "eval-base-brief.json is damaged or was made with other settings: made again" in capsys.readouterr().out
+    assert "eval-base-brief.json is damaged or was made with other settings: made again" in caplog.text
     monkeypatch.setattr(bench, "train_adapter", lambda *a: pytest.fail("trained again"))
     monkeypatch.setattr(bench, "evaluate", lambda *a, **k: pytest.fail("evaluated again"))
     again = bench.main(argv)  # nothing is trained or evaluated again
