@@ -19,7 +19,7 @@ import logging
 import os
 import shutil
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from ..tasks import PROMPT_TEMPLATES
@@ -554,29 +554,38 @@ class _Runner:
             out["validation"] = chosen["validation"]
         return out
 
-    def trained_reasonmaxxer(self, seed: int, gate: str, fork: dict, with_validation: bool) -> dict:
+    def trained_reasonmaxxer(
+        self, seed: int, gate: str, fork: dict, with_validation: bool, overrides: dict | None = None
+    ) -> dict:
         """:meth:`train_reasonmaxxer`'s result, from its ``run.json`` beside the adapter when an earlier run of this
-        seed, gate, fork setting and comparison settings finished it (a sweep cut short resumes at the setting it
-        was training), else trained now and recorded there."""
-        label = _run_label(gate, fork)
+        seed, gate, fork setting, ``overrides`` and comparison settings finished it (a sweep cut short resumes at the
+        setting it was training), else trained now and recorded there."""
+        overrides = check_overrides(overrides or {})
+        label = _run_label(gate, fork, overrides)
         folder = os.path.join(self.output_dir, f"seed{seed}", f"reasonmaxxer-{label}")
         key = {"seed": seed, "gate": gate, "fork": fork, "with_validation": with_validation, "settings": self.settings}
+        if overrides:  # absent otherwise, so the records of runs without overrides keep their key
+            key["overrides"] = overrides
         done = _finished_run(folder, key)
         if done is not None:
             print(f"reasonmaxxer {label}, seed {seed}: trained earlier, loaded from {folder}", flush=True)
             return done
-        out = self.train_reasonmaxxer(seed, gate, fork, with_validation)
+        out = self.train_reasonmaxxer(seed, gate, fork, with_validation, overrides)
         _save_json({"run_key": key, "result": out}, folder, RUN_JSON)
         return out
 
-    def train_reasonmaxxer(self, seed: int, gate: str, fork: dict, with_validation: bool) -> dict:
+    def train_reasonmaxxer(
+        self, seed: int, gate: str, fork: dict, with_validation: bool, overrides: dict | None = None
+    ) -> dict:
         """One ReasonMaxxer training (offline phase, possibly from the seed's cache, then training), its adapter
-        saved under ``seed<N>/reasonmaxxer-<gate>[-<fork setting>]``."""
+        saved under ``seed<N>/reasonmaxxer-<gate>[-<fork setting>][-<overrides>]``; ``overrides`` are
+        ``ReasonMaxxerConfig`` fields that do not change the pool (:func:`check_overrides`)."""
         from ..config import ReasonMaxxerConfig
         from ..trainer import ReasonMaxxerTrainer
 
         b = self.budget
-        label = _run_label(gate, fork)
+        overrides = check_overrides(overrides or {})
+        label = _run_label(gate, fork, overrides)
         model, tokenizer = self.load()
         ledger = self.new_ledger(f"reasonmaxxer/{label}", model)
         # one output_dir per seed for every gate and fork setting: they share the seed's cached rollouts and scores
@@ -588,7 +597,7 @@ class _Runner:
             use_llama_cpp=b.use_llama_cpp,
             llama_cpp_model_path=b.llama_cpp_model_path,
             **fork,
-            **self.common_args(seed),
+            **(self.common_args(seed) | overrides),
         )
         trainer = ReasonMaxxerTrainer(
             model=model,
@@ -611,7 +620,7 @@ class _Runner:
             )
         with ledger.phase("training"):
             trainer.train()
-        out = {"fork": fork, "label": label, "pool": trainer.pool_stats}
+        out = {"fork": fork, "label": label, "pool": trainer.pool_stats, "log_history": trainer.state.log_history}
         out["engines"] = {"rollouts": trainer.rollout_engine_name}
         if with_validation:
             out["validation"] = self.evaluate(trainer.model, tokenizer, "validation", f"ReasonMaxxer {label}", ledger)
@@ -624,8 +633,45 @@ class _Runner:
         return out
 
 
-def _run_label(gate: str, fork: dict) -> str:
-    return gate + "".join(f"-{key.removeprefix('fork_')}{value:g}" for key, value in fork.items())
+def _run_label(gate: str, fork: dict, overrides: dict | None = None) -> str:
+    label = gate + "".join(f"-{key.removeprefix('fork_')}{value:g}" for key, value in fork.items())
+    return label + "".join(f"-{key}{value}" for key, value in sorted((overrides or {}).items()))
+
+
+# ReasonMaxxerConfig fields a variant may not override: they make (or find) the seed's pool, or are the run's own
+POOL_FIELDS = (
+    "output_dir",
+    "num_generations",
+    "max_problems",
+    "max_completion_length",
+    "temperature",
+    "top_p",
+    "seed",
+    "use_llama_cpp",
+    "llama_cpp_model_path",
+    "fork_gate",
+)
+
+
+def check_overrides(overrides: dict) -> dict:
+    """``overrides`` if every key is a ``ReasonMaxxerConfig`` field that a variant trained on a seed's cached pool
+    may change (not :data:`POOL_FIELDS`, and no ``fork_*`` setting: those are the fork argument); else a ValueError
+    naming the keys."""
+    from dataclasses import fields
+
+    from ..config import ReasonMaxxerConfig
+
+    names = {f.name for f in fields(ReasonMaxxerConfig)}
+    unknown = sorted(k for k in overrides if k not in names)
+    if unknown:
+        raise ValueError(f"{unknown} are not ReasonMaxxerConfig fields; see `trl-reasonmaxxer train --help`.")
+    fixed = sorted(k for k in overrides if k in POOL_FIELDS or k.startswith("fork_"))
+    if fixed:
+        raise ValueError(
+            f"A variant cannot override {fixed}: they define the seed's cached pool or the fork setting (give the fork "
+            "setting as --fork_threshold / --fork_fraction, the seed as --seed)."
+        )
+    return dict(overrides)
 
 
 def _finished_run(folder: str, key: dict) -> dict | None:
@@ -770,8 +816,6 @@ def run_comparison(
     """Run every piece of the comparison (``methods`` only, when given; the base model whenever its piece is
     missing) that ``pieces_dir`` (default ``output_dir/pieces``) does not hold yet, each written as soon as it
     ends; then :func:`aggregate` all the pieces there. Returns the evidence."""
-    from ..cache import fingerprint
-    from ..default_model import DEFAULT_MODEL, resolve_model
     from ..rewards import math_accuracy_reward
 
     budget = budget or CompareConfig()
@@ -781,21 +825,8 @@ def run_comparison(
     reward_fn = reward_fn or math_accuracy_reward
     plan = plan_pieces(budget.grpo_compute_multiples, seeds, gate_ablation)
     todo = select_methods(plan, methods)
-    splits = load_splits(dataset_name, budget, split_seed)
     eval_seed = seeds[0] if budget.eval_seed is None else budget.eval_seed
-    settings = piece_settings(
-        DEFAULT_MODEL if model == "default" else model,
-        dataset_name,
-        split_seed,
-        f"{getattr(reward_fn, '__module__', '')}.{getattr(reward_fn, '__qualname__', type(reward_fn).__name__)}",
-        budget,
-        eval_seed,
-        fingerprint({name: list(split["id"]) for name, split in splits.items()}),
-    )
-    store = PieceStore(pieces_dir or os.path.join(output_dir, "pieces"), settings)
-    store.load_all()  # a piece made with other settings is refused now, not after hours of work
-    os.makedirs(output_dir, exist_ok=True)
-    runner = _Runner(resolve_model(model), splits, budget, reward_fn, output_dir, eval_seed, settings)
+    runner, store = _setup(output_dir, model, dataset_name, budget, reward_fn, split_seed, eval_seed, pieces_dir)
     base = None
     for method, seed in todo:
         name = piece_name(method, seed)
@@ -812,6 +843,82 @@ def run_comparison(
         if method == "base":
             base = piece
     return aggregate(output_dir, store, [piece_name(m, s) for m, s in plan], label)
+
+
+def _setup(output_dir, model, dataset_name, budget, reward_fn, split_seed, eval_seed, pieces_dir):
+    """The comparison's runner (splits, settings) and its pieces folder, every piece there checked against these
+    settings now rather than after hours of work."""
+    from ..cache import fingerprint
+    from ..default_model import DEFAULT_MODEL, resolve_model
+
+    splits = load_splits(dataset_name, budget, split_seed)
+    settings = piece_settings(
+        DEFAULT_MODEL if model == "default" else model,
+        dataset_name,
+        split_seed,
+        f"{getattr(reward_fn, '__module__', '')}.{getattr(reward_fn, '__qualname__', type(reward_fn).__name__)}",
+        budget,
+        eval_seed,
+        fingerprint({name: list(split["id"]) for name, split in splits.items()}),
+    )
+    store = PieceStore(pieces_dir or os.path.join(output_dir, "pieces"), settings)
+    store.load_all()
+    os.makedirs(output_dir, exist_ok=True)
+    return _Runner(resolve_model(model), splits, budget, reward_fn, output_dir, eval_seed, settings), store
+
+
+def validate_variants(
+    variants: Mapping[str, dict],
+    fork: dict,
+    seed: int = 0,
+    output_dir: str = "runs/compare",
+    model: str = "default",
+    dataset_name: str = "svamp",
+    budget: CompareConfig | None = None,
+    reward_fn: Callable | None = None,
+    split_seed: int = 42,
+    pieces_dir: str | None = None,
+) -> dict:
+    """Why does ReasonMaxxer gain or not, found on validation: each variant (``name → ReasonMaxxerConfig``
+    overrides, :func:`check_overrides`) trained at ``fork`` on ``seed``'s cached pool of the comparison in
+    ``output_dir``, scored on its validation set and paired per problem with the base model's piece (which must
+    exist). The test set is never touched. Each training is kept (``run.json``) and reused, as the sweep's are.
+    Returns ``{name: {"overrides", "validation", "paired", "fork_fraction", "dlogp_pos", "dlogp_neg", "kl"}}``
+    (the last three: means over the training's logged steps)."""
+    from ..rewards import math_accuracy_reward
+    from ..stats import paired_difference, per_problem_scores
+
+    budget = budget or CompareConfig()
+    reward_fn = reward_fn or math_accuracy_reward
+    eval_seed = seed if budget.eval_seed is None else budget.eval_seed
+    runner, store = _setup(output_dir, model, dataset_name, budget, reward_fn, split_seed, eval_seed, pieces_dir)
+    base = store.load("base")
+    if base is None:
+        raise ValueError(
+            f"Variants are scored against the base model's validation records in {store.path('base')}, which does "
+            "not exist: run `trl-reasonmaxxer compare` with the same settings and `--methods base` first."
+        )
+    control = per_problem_scores(base["validation"], "pass@1")
+    out = {}
+    for name, overrides in variants.items():
+        run = runner.trained_reasonmaxxer(seed, "entropy", fork, True, overrides)
+        logs = run.get("log_history", [])
+        out[name] = {
+            "overrides": overrides,
+            "validation": run["validation"]["summary"]["pass@1"],
+            "paired": paired_difference(per_problem_scores(run["validation"], "pass@1"), control, seed=0),
+            "fork_fraction": run["pool"].get("fork/gated_fraction"),
+        } | {key: _mean_logged(logs, metric) for key, metric in LOGGED_DIAGNOSTICS.items()}
+    return out
+
+
+# what a variant's training logged, averaged over its steps: where its fork tokens' log-probs went, and its drift
+LOGGED_DIAGNOSTICS = {"dlogp_pos": "fork/dlogp_pos", "dlogp_neg": "fork/dlogp_neg", "kl": "kl"}
+
+
+def _mean_logged(log_history: Sequence[dict], metric: str) -> float | None:
+    values = [float(entry[metric]) for entry in log_history if metric in entry]
+    return sum(values) / len(values) if values else None
 
 
 def aggregate(output_dir: str, pieces: PieceStore | str, expected: Sequence[str] = (), label: str = "default"):
@@ -841,6 +948,7 @@ def aggregate(output_dir: str, pieces: PieceStore | str, expected: Sequence[str]
 
 def _save_json(report: dict, output_dir: str, name: str) -> str:
     path = os.path.join(output_dir, name)
+    os.makedirs(output_dir, exist_ok=True)
     tmp = path + ".tmp"
     with open(tmp, "w") as f:
         json.dump(report, f, indent=2, default=str)

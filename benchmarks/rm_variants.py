@@ -1,0 +1,131 @@
+"""Why does ReasonMaxxer gain, or not? Variants of its training, on validation only (the test set is never touched).
+
+Each variant is a set of ``ReasonMaxxerConfig`` overrides (learning rate, β, the loss, ``neg_prob_floor``, epochs...)
+trained at one fork setting on a seed's cached pool of a comparison (``trl-reasonmaxxer compare``: same model, data,
+splits, rollouts), scored on that comparison's validation set and paired per problem with the base model's piece
+(bootstrap 95% CI). ``recipe`` is the comparison's own training (reused when the sweep already trained it). Also
+reported, from each training's log: the mean change of log-probability of the fork tokens of positive and negative
+rollouts under training (``dlogp_pos``, ``dlogp_neg``) and the KL anchor.
+
+    python benchmarks/rm_variants.py --config examples/recipes/evidence.yaml --output_dir runs/evidence \\
+        --pieces_dir docs/results/pieces --fork_threshold 1.4 \\
+        --variants recipe learning_rate=5e-5 neg_prob_floor=0.05 beta=1.0 loss_type=adv_ratio
+
+Resumable: every variant's training is kept beside its adapter (``<output_dir>/seed<S>/reasonmaxxer-<label>/``) and
+reused. Writes ``--out`` (docs/results/rm_variants.json) at the end, and prints a table.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field
+
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from trl_reasonmaxxer.benchmarking.compare import CompareConfig, validate_variants
+from trl_reasonmaxxer.benchmarking.pieces import git_commit
+from trl_reasonmaxxer.evaluation import save_results
+from trl_reasonmaxxer.rewards import resolve_reward_func
+from trl_reasonmaxxer.scripts.compare import CompareScriptArguments
+from trl_reasonmaxxer.scripts.parser import ScriptParser
+
+
+RECIPE = "recipe"
+
+
+@dataclass
+class VariantArguments:
+    """
+    Parameters:
+        variants (`list[str]`):
+            `recipe` (the comparison's training) or `key=value[,key=value...]` of `ReasonMaxxerConfig` fields.
+        fork_threshold (`float` or `None`, *optional*):
+            The fork setting every variant trains at (give this or `fork_fraction`).
+        fork_fraction (`float` or `None`, *optional*):
+            The fork setting as a share of gated tokens.
+        seed (`int`, *optional*, defaults to `0`):
+            The training seed, whose cached pool the variants share.
+        out (`str`, *optional*, defaults to `"docs/results/rm_variants.json"`):
+            Where the table's JSON goes.
+    """
+
+    variants: list[str] = field(default_factory=lambda: [RECIPE], metadata={"help": "recipe or key=value,..."})
+    fork_threshold: float | None = field(default=None, metadata={"help": "The fork threshold τ of every variant."})
+    fork_fraction: float | None = field(default=None, metadata={"help": "Or the fork setting as a gated share."})
+    seed: int = field(default=0, metadata={"help": "Training seed (its cached pool is shared)."})
+    out: str = field(default="docs/results/rm_variants.json", metadata={"help": "The JSON written."})
+
+
+def parse_variant(text: str) -> dict:
+    """``"recipe"`` → ``{}``; ``"learning_rate=5e-5,neg_prob_floor=0.05"`` → ``{"learning_rate": 5e-05, ...}`` (values
+    read as JSON where they parse: numbers, true/false, null; else kept as strings)."""
+    if text == RECIPE:
+        return {}
+    out = {}
+    for item in text.split(","):
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"Variant {text!r}: write `{RECIPE}` or key=value[,key=value...] (got {item!r}).")
+        try:
+            out[key.strip()] = json.loads(value)
+        except ValueError:
+            out[key.strip()] = value
+    return out
+
+
+def fork_setting(args: VariantArguments) -> dict:
+    given = {k: v for k, v in (("fork_threshold", args.fork_threshold), ("fork_fraction", args.fork_fraction)) if v}
+    if len(given) != 1:
+        raise ValueError("Give the fork setting every variant trains at: --fork_threshold or --fork_fraction.")
+    return given
+
+
+def format_table(results: dict) -> str:
+    lines = [
+        f"{'variant':<40}{'validation':>11}{'vs base (95% CI)':>28}{'+/-':>8}{'forks':>8}"
+        f"{'dlogp+':>9}{'dlogp-':>9}{'kl':>9}"
+    ]
+
+    def show(value, spec):
+        return "-" if value is None else format(value, spec)
+
+    for name, r in results.items():
+        p = r["paired"]
+        ci = f"{p['mean']:+.3f} [{p['ci95'][0]:+.3f}, {p['ci95'][1]:+.3f}]"
+        lines.append(
+            f"{name:<40}{r['validation']:>11.3f}{ci:>28}{p['better']:>4}/{p['worse']:<3}"
+            f"{show(r['fork_fraction'], '.1%'):>8}{show(r['dlogp_pos'], '+.3f'):>9}{show(r['dlogp_neg'], '+.3f'):>9}"
+            f"{show(r['kl'], '.4f'):>9}"
+        )
+    return "\n".join(lines)
+
+
+def main(argv=None) -> dict:
+    parser = ScriptParser(
+        (CompareScriptArguments, CompareConfig, VariantArguments), description=__doc__.split("\n")[0]
+    )
+    script_args, budget, args = parser.parse_args_and_config(argv)
+    variants = {name: parse_variant(name) for name in args.variants}
+    results = validate_variants(
+        variants,
+        fork_setting(args),
+        seed=args.seed,
+        output_dir=script_args.output_dir,
+        model=script_args.model_name_or_path,
+        dataset_name=script_args.dataset_name,
+        budget=budget,
+        reward_fn=resolve_reward_func(script_args.reward_func),
+        split_seed=script_args.split_seed,
+        pieces_dir=script_args.pieces_dir,
+    )
+    report = {"commit": git_commit(), "seed": args.seed, "fork": fork_setting(args), "variants": results}
+    save_results(report | {"budget": asdict(budget)}, args.out)
+    print(format_table(results))
+    print(f"wrote {args.out}")
+    return report
+
+
+if __name__ == "__main__":
+    main()

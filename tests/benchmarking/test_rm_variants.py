@@ -1,0 +1,89 @@
+"""benchmarks/rm_variants.py and compare.validate_variants: ReasonMaxxer variants (config overrides) trained on a
+seed's cached pool, scored on validation only and paired with the base model's piece."""
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+from trl_reasonmaxxer import cli
+from trl_reasonmaxxer.benchmarking import compare
+
+from .test_compare import _runner, _write_data
+
+
+def _load_script():
+    path = Path(__file__).resolve().parents[2] / "benchmarks" / "rm_variants.py"
+    spec = importlib.util.spec_from_file_location("rm_variants", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclass looks its module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_variants_are_parsed_and_checked():
+    bench = _load_script()
+    assert bench.parse_variant("recipe") == {}
+    assert bench.parse_variant("learning_rate=5e-5,neg_prob_floor=0.05,loss_type=adv_ratio") == {
+        "learning_rate": 5e-5,
+        "neg_prob_floor": 0.05,
+        "loss_type": "adv_ratio",
+    }
+    assert bench.parse_variant("neg_prob_floor=null") == {"neg_prob_floor": None}
+    with pytest.raises(ValueError, match="write `recipe` or key=value"):
+        bench.parse_variant("learning_rate")
+    with pytest.raises(ValueError, match=r"\['lr'\] are not ReasonMaxxerConfig fields"):
+        compare.check_overrides({"lr": 1e-4})
+    with pytest.raises(ValueError, match=r"cannot override \['fork_threshold', 'num_generations'\]"):
+        compare.check_overrides({"num_generations": 4, "fork_threshold": 1.0, "beta": 0.5})
+    assert compare.check_overrides({"beta": 0.5}) == {"beta": 0.5}
+
+
+def test_a_variant_trains_in_its_own_folder_and_keeps_the_recipes_key(tmp_path, monkeypatch):
+    seen = []
+
+    def train(self, seed, gate, fork, with_validation, overrides=None):
+        seen.append(overrides)
+        adapter = tmp_path / "adapter"
+        adapter.mkdir(exist_ok=True)
+        (adapter / "adapter_config.json").write_text("{}")
+        return {"adapter": str(adapter)}
+
+    monkeypatch.setattr(compare._Runner, "train_reasonmaxxer", train)
+    runner = _runner(tmp_path)
+    runner.trained_reasonmaxxer(0, "entropy", {"fork_threshold": 1.4}, True, {"learning_rate": 5e-5})
+    runner.trained_reasonmaxxer(0, "entropy", {"fork_threshold": 1.4}, True)
+    assert seen == [{"learning_rate": 5e-5}, {}]
+    variant = json.loads(
+        (tmp_path / "seed0" / "reasonmaxxer-entropy-threshold1.4-learning_rate5e-05" / "run.json").read_text()
+    )
+    recipe = json.loads((tmp_path / "seed0" / "reasonmaxxer-entropy-threshold1.4" / "run.json").read_text())
+    assert variant["run_key"]["overrides"] == {"learning_rate": 5e-5}
+    # the recipe's key is the one the sweep has always written: its trainings are reused by the variants
+    assert set(recipe["run_key"]) == {"seed", "gate", "fork", "with_validation", "settings"}
+
+
+def test_variants_on_the_tiny_model_touch_validation_only(tiny_model_dir, tmp_path, monkeypatch, capsys):
+    bench = _load_script()
+    data = _write_data(tmp_path / "data.jsonl", 10)
+    out = tmp_path / "out"
+    common = ["--quick", "--model_name_or_path", tiny_model_dir, "--dataset_name", str(data), "--output_dir", str(out)]
+    common += ["--reward_func", "tests.helpers.alternating_reward", "--max_completion_length", "6", "--seeds", "0"]
+    argv = [*common[:-2], "--fork_threshold", "1.0", "--out", str(tmp_path / "variants.json")]
+    argv += ["--variants", "recipe", "learning_rate=0.05,beta=0.0"]
+    with pytest.raises(ValueError, match=r"base model's validation records in .*base.json, which does not exist"):
+        bench.main(argv)
+    cli.main(["compare", *common, "--methods", "base"])
+    report = bench.main(argv)
+    results = report["variants"]
+    assert list(results) == ["recipe", "learning_rate=0.05,beta=0.0"]
+    for r in results.values():
+        assert r["paired"]["n"] == 2 and 0 <= r["validation"] <= 1  # the quick budget's 2 validation problems
+        assert r["kl"] is not None and r["fork_fraction"] is not None
+    assert results["learning_rate=0.05,beta=0.0"]["overrides"] == {"learning_rate": 0.05, "beta": 0.0}
+    assert json.loads((tmp_path / "variants.json").read_text())["variants"] == results
+    assert not list((out / "seed0").rglob("final_evaluation")) and "learning_rate=0.05,beta=0.0" in capsys.readouterr().out
+    monkeypatch.setattr(compare._Runner, "train_reasonmaxxer", lambda *a, **k: pytest.fail("trained again"))
+    assert bench.main(argv)["variants"] == results
