@@ -84,6 +84,9 @@ def test_variants_on_the_tiny_model_touch_validation_only(tiny_model_dir, tmp_pa
         assert r["kl"] is not None and r["fork_fraction"] is not None
     assert results["learning_rate=0.05,beta=0.0"]["overrides"] == {"learning_rate": 0.05, "beta": 0.0}
     assert json.loads((tmp_path / "variants.json").read_text())["variants"] == results
-    assert not list((out / "seed0").rglob("final_evaluation")) and "learning_rate=0.05,beta=0.0" in capsys.readouterr().out
+    assert (
+        not list((out / "seed0").rglob("final_evaluation"))
+        and "learning_rate=0.05,beta=0.0" in capsys.readouterr().out
+    )
     monkeypatch.setattr(compare._Runner, "train_reasonmaxxer", lambda *a, **k: pytest.fail("trained again"))
     assert bench.main(argv)["variants"] == results
