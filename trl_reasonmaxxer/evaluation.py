@@ -191,6 +191,7 @@ def evaluate(
         raise ValueError(f"The evaluation dataset needs the columns {sorted(missing)} (see tasks.load_task).")
     start = time.perf_counter()
     prompt_ids = [tokenize_prompt(tokenizer, row["prompt"]) for row in rows]
+    ids = [row.get("id", str(i)) for i, row in enumerate(rows)]
 
     engine = evaluation_engine(model, tokenizer, use_llama_cpp, llama_cpp_model_path, llama_cpp_n_threads)
     sample = engine.generate_completions if engine is not None else partial(generate_completions, model, tokenizer)
@@ -218,11 +219,11 @@ def evaluate(
         greedy_out = [g[0] for g in generate(lo, hi, 1, False, f"{label}greedy")] if greedy else None
         return [
             {
-                "id": row.get("id", str(lo + i)),
+                "id": ids[lo + i],
                 "sampled": None if sampled is None else sampled[i],
                 "greedy": None if greedy_out is None else greedy_out[i],
             }
-            for i, row in enumerate(rows[lo:hi])
+            for i in range(hi - lo)
         ]
 
     if chunk_problems < 1:
@@ -239,9 +240,8 @@ def evaluate(
     try:
         for index, span in enumerate(spans):
             lo, hi = span[0], span[-1] + 1
-            ids = [row.get("id", str(i)) for i, row in zip(span, rows[lo:hi])]
             part = cache.load("evaluation", index)
-            if part is not None and [r.get("id") for r in part] == ids:
+            if part is not None and [r.get("id") for r in part] == ids[lo:hi]:
                 reused += 1
             else:
                 label = f"problems {lo + 1}-{hi} of {len(rows)}, " if len(spans) > 1 else ""
@@ -266,7 +266,7 @@ def evaluate(
     }
     if resume_dir is not None:  # wall_time_s then covers this run's chunks only
         summary["chunks"] = {"total": len(spans), "reused": reused}
-    records = [{"id": row.get("id", str(i)), "solution": row["solution"]} for i, row in enumerate(rows)]
+    records = [{"id": id_, "solution": row["solution"]} for id_, row in zip(ids, rows)]
     if sampled is not None:
         for k in _pass_ks(num_samples):
             summary |= _with_stderr(

@@ -579,12 +579,12 @@ class _Runner:
     ) -> dict:
         """One ReasonMaxxer training (offline phase, possibly from the seed's cache, then training), its adapter
         saved under ``seed<N>/reasonmaxxer-<gate>[-<fork setting>][-<overrides>]``; ``overrides`` are
-        ``ReasonMaxxerConfig`` fields that do not change the pool (:func:`check_overrides`)."""
+        ``ReasonMaxxerConfig`` fields that do not change the pool (checked by :meth:`trained_reasonmaxxer`)."""
         from ..config import ReasonMaxxerConfig
         from ..trainer import ReasonMaxxerTrainer
 
         b = self.budget
-        overrides = check_overrides(overrides or {})
+        overrides = overrides or {}
         label = _run_label(gate, fork, overrides)
         model, tokenizer = self.load()
         ledger = self.new_ledger(f"reasonmaxxer/{label}", model)
