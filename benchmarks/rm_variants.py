@@ -49,6 +49,9 @@ class VariantArguments:
             The training seed, whose cached pool the variants share.
         out (`str`, *optional*, defaults to `"docs/results/rm_variants.json"`):
             Where the table's JSON goes.
+        fit (`bool`, *optional*, defaults to `False`):
+            Also score every variant and the base on the pool's own problems (in-sample, paired): did the variant
+            learn what it trained on?
     """
 
     variants: list[str] = field(default_factory=lambda: [RECIPE], metadata={"help": "recipe or key=value,..."})
@@ -56,6 +59,7 @@ class VariantArguments:
     fork_fraction: float | None = field(default=None, metadata={"help": "Or the fork setting as a gated share."})
     seed: int = field(default=0, metadata={"help": "Training seed (its cached pool is shared)."})
     out: str = field(default="docs/results/rm_variants.json", metadata={"help": "The JSON written."})
+    fit: bool = field(default=False, metadata={"help": "Also score the pool's own problems (in-sample)."})
 
 
 def parse_variant(text: str) -> dict:
@@ -83,21 +87,31 @@ def fork_setting(args: VariantArguments) -> dict:
 
 
 def format_table(results: dict) -> str:
+    fit = any("fit" in r for r in results.values())
     lines = [
-        f"{'variant':<40}{'validation':>11}{'vs base (95% CI)':>28}{'+/-':>8}{'forks':>8}"
-        f"{'dlogp+':>9}{'dlogp-':>9}{'kl':>9}"
+        f"{'variant':<40}{'validation':>11}{'vs base (95% CI)':>28}{'+/-':>8}"
+        + (f"{'pool':>7}{'pool vs base (95% CI)':>28}" if fit else "")
+        + f"{'forks':>8}{'dlogp+':>9}{'dlogp-':>9}{'kl':>9}"
     ]
 
     def show(value, spec):
         return "-" if value is None else format(value, spec)
 
+    def paired(p):
+        return f"{p['mean']:+.3f} [{p['ci95'][0]:+.3f}, {p['ci95'][1]:+.3f}]"
+
     for name, r in results.items():
         p = r["paired"]
-        ci = f"{p['mean']:+.3f} [{p['ci95'][0]:+.3f}, {p['ci95'][1]:+.3f}]"
+        pool = f"{r['fit']['pass@1']:>7.3f}{paired(r['fit']['paired']):>28}" if fit else ""
         lines.append(
-            f"{name:<40}{r['validation']:>11.3f}{ci:>28}{p['better']:>4}/{p['worse']:<3}"
+            f"{name:<40}{r['validation']:>11.3f}{paired(p):>28}{p['better']:>4}/{p['worse']:<3}{pool}"
             f"{show(r['fork_fraction'], '.1%'):>8}{show(r['dlogp_pos'], '+.3f'):>9}{show(r['dlogp_neg'], '+.3f'):>9}"
             f"{show(r['kl'], '.4f'):>9}"
+        )
+    if fit:
+        first = next(iter(results.values()))["fit"]
+        lines.append(
+            f"pool: the pool's {first['paired']['n']} problems (its mixed ones trained on), base {first['base']:.3f}"
         )
     return "\n".join(lines)
 
@@ -119,6 +133,7 @@ def main(argv=None) -> dict:
         reward_fn=resolve_reward_func(script_args.reward_func),
         split_seed=script_args.split_seed,
         pieces_dir=script_args.pieces_dir,
+        fit=args.fit,
     )
     report = {"commit": git_commit(), "seed": args.seed, "fork": fork_setting(args), "variants": results}
     save_results(report | {"budget": asdict(budget)}, args.out)

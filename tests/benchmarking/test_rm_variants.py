@@ -90,3 +90,13 @@ def test_variants_on_the_tiny_model_touch_validation_only(tiny_model_dir, tmp_pa
     )
     monkeypatch.setattr(compare._Runner, "train_reasonmaxxer", lambda *a, **k: pytest.fail("trained again"))
     assert bench.main(argv)["variants"] == results
+    # the in-sample check: each variant and the base on the pool's own 4 problems, paired, kept beside the models
+    fitted = bench.main([*argv, "--fit", "true"])["variants"]
+    for name, r in fitted.items():
+        assert {k: v for k, v in r.items() if k != "fit"} == results[name]
+        assert r["fit"]["paired"]["n"] == 4 and 0 <= r["fit"]["pass@1"] <= 1
+        assert r["fit"]["paired"]["mean"] == pytest.approx(r["fit"]["pass@1"] - r["fit"]["base"])
+    assert fitted["recipe"]["fit"]["base"] == fitted["learning_rate=0.05,beta=0.0"]["fit"]["base"]
+    assert (out / "base" / "fit_evaluation" / "pool").is_dir()
+    assert len(list((out / "seed0").glob("reasonmaxxer-*/fit_evaluation/pool"))) == 2
+    assert "pool vs base" in capsys.readouterr().out

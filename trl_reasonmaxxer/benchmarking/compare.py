@@ -54,6 +54,7 @@ OFFLINE_COST_JSON = "offline_cost.json"
 RUN_JSON = "run.json"  # one finished training (a setting of a fork sweep, a GRPO run), beside its adapter
 PROGRESS_JSON = "progress.json"  # a whole GRPO checkpoint's ledger and validation curve
 FINAL_EVALUATION = "final_evaluation"  # a final model's test and transfer chunks, beside its adapter
+FIT_EVALUATION = "fit_evaluation"  # a model's chunks on the pool's own problems (rm_variants' in-sample check)
 OFFLINE_PHASES = ("generation", "scoring")
 
 
@@ -276,13 +277,14 @@ class _Runner:
         return load_model_for_eval(self.model_path, adapter)
 
     def evaluate(self, model, tokenizer, split: str, desc: str, ledger=None, resume: tuple | None = None) -> dict:
-        """``evaluation.evaluate`` on ``split`` with the protocol of its kind: validation samples only; test and
-        transfer samples and a greedy completion. Its records keep answers and correctness, not texts. ``resume``:
+        """``evaluation.evaluate`` on ``split`` with the protocol of its kind: validation (and pool) samples only;
+        test and transfer samples and a greedy completion. Its records keep answers and correctness, not texts. ``resume``:
         ``(folder, model key)``, keep and reuse its chunks there (``evaluation.evaluate``'s ``resume_dir``)."""
         from ..evaluation import evaluate
 
         b = self.budget
-        samples, greedy = (b.num_validation_samples, False) if split == "validation" else (b.num_samples, True)
+        diagnostic = split in ("validation", "pool")
+        samples, greedy = (b.num_validation_samples, False) if diagnostic else (b.num_samples, True)
         run = lambda: evaluate(
             model,
             tokenizer,
@@ -307,7 +309,7 @@ class _Runner:
 
     def resume_args(self, split: str, folder: str, model_key) -> dict:
         return dict(
-            resume_dir=os.path.join(folder, FINAL_EVALUATION, split),
+            resume_dir=os.path.join(folder, FIT_EVALUATION if split == "pool" else FINAL_EVALUATION, split),
             resume_key={"model": model_key, "split": split, "settings": self.settings},
         )
 
@@ -878,13 +880,20 @@ def validate_variants(
     reward_fn: Callable | None = None,
     split_seed: int = 42,
     pieces_dir: str | None = None,
+    fit: bool = False,
 ) -> dict:
     """Why does ReasonMaxxer gain or not, found on validation: each variant (``name → ReasonMaxxerConfig``
     overrides, :func:`check_overrides`) trained at ``fork`` on ``seed``'s cached pool of the comparison in
     ``output_dir``, scored on its validation set and paired per problem with the base model's piece (which must
     exist). The test set is never touched. Each training is kept (``run.json``) and reused, as the sweep's are.
     Returns ``{name: {"overrides", "validation", "paired", "fork_fraction", "dlogp_pos", "dlogp_neg", "kl"}}``
-    (the last three: means over the training's logged steps)."""
+    (the last three: means over the training's logged steps).
+
+    ``fit``: also the in-sample check, ``"fit": {"pass@1", "base", "paired"}``: the variant and the base model on
+    the pool's own problems (the ones it trained on), with validation's protocol, paired per problem. A variant
+    that does not gain there did not learn its pool; one that gains there but not on validation did not carry it
+    over. Both evaluations are kept in chunks (``fit_evaluation/pool`` beside the adapter, and under
+    ``<output_dir>/base``) and reused."""
     from ..rewards import math_accuracy_reward
     from ..stats import paired_difference, per_problem_scores
 
@@ -899,6 +908,7 @@ def validate_variants(
             "not exist: run `trl-reasonmaxxer compare` with the same settings and `--methods base` first."
         )
     control = per_problem_scores(base["validation"], "pass@1")
+    fit_control = _pool_evaluation(runner, None, os.path.join(output_dir, "base"), "base", "base") if fit else None
     out = {}
     for name, overrides in variants.items():
         run = runner.trained_reasonmaxxer(seed, "entropy", fork, True, overrides)
@@ -909,7 +919,25 @@ def validate_variants(
             "paired": paired_difference(per_problem_scores(run["validation"], "pass@1"), control, seed=0),
             "fork_fraction": run["pool"].get("fork/gated_fraction"),
         } | {key: _mean_logged(logs, metric) for key, metric in LOGGED_DIAGNOSTICS.items()}
+        if fit:
+            folder = os.path.dirname(run["adapter"])
+            own = _pool_evaluation(runner, run["adapter"], folder, adapter_key(folder), name)
+            out[name]["fit"] = {
+                "pass@1": own["summary"]["pass@1"],
+                "base": fit_control["summary"]["pass@1"],
+                "paired": paired_difference(
+                    per_problem_scores(own, "pass@1"), per_problem_scores(fit_control, "pass@1"), seed=0
+                ),
+            }
     return out
+
+
+def _pool_evaluation(runner: _Runner, adapter: str | None, folder: str, model_key, name: str) -> dict:
+    """The model (base, or with ``adapter``) on the pool's problems, kept in chunks under ``folder``."""
+    model, tokenizer = runner.load(adapter)
+    result = runner.evaluate(model, tokenizer, "pool", f"{name} (pool)", resume=(folder, model_key))
+    _free(model)
+    return result
 
 
 # what a variant's training logged, averaged over its steps: where its fork tokens' log-probs went, and its drift
