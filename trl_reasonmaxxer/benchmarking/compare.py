@@ -278,8 +278,9 @@ class _Runner:
 
     def evaluate(self, model, tokenizer, split: str, desc: str, ledger=None, resume: tuple | None = None) -> dict:
         """``evaluation.evaluate`` on ``split`` with the protocol of its kind: validation (and pool) samples only;
-        test and transfer samples and a greedy completion. Its records keep answers and correctness, not texts. ``resume``:
-        ``(folder, model key)``, keep and reuse its chunks there (``evaluation.evaluate``'s ``resume_dir``)."""
+        test and transfer samples and a greedy completion. Its records keep answers and correctness, not texts.
+        ``resume``: ``(folder, model key)``, keep and reuse its chunks there (``evaluation.evaluate``'s
+        ``resume_dir``)."""
         from ..evaluation import evaluate
 
         b = self.budget
@@ -908,7 +909,9 @@ def validate_variants(
             "not exist: run `trl-reasonmaxxer compare` with the same settings and `--methods base` first."
         )
     control = per_problem_scores(base["validation"], "pass@1")
-    fit_control = _pool_evaluation(runner, None, os.path.join(output_dir, "base"), "base", "base") if fit else None
+    if fit:
+        fit_base = _pool_evaluation(runner, None, os.path.join(output_dir, "base"), "base", "base")
+        fit_control = per_problem_scores(fit_base, "pass@1")
     out = {}
     for name, overrides in variants.items():
         run = runner.trained_reasonmaxxer(seed, "entropy", fork, True, overrides)
@@ -924,10 +927,8 @@ def validate_variants(
             own = _pool_evaluation(runner, run["adapter"], folder, adapter_key(folder), name)
             out[name]["fit"] = {
                 "pass@1": own["summary"]["pass@1"],
-                "base": fit_control["summary"]["pass@1"],
-                "paired": paired_difference(
-                    per_problem_scores(own, "pass@1"), per_problem_scores(fit_control, "pass@1"), seed=0
-                ),
+                "base": fit_base["summary"]["pass@1"],
+                "paired": paired_difference(per_problem_scores(own, "pass@1"), fit_control, seed=0),
             }
     return out
 
