@@ -11,6 +11,9 @@ rollouts under training (``dlogp_pos``, ``dlogp_neg``) and the KL anchor.
         --pieces_dir docs/results/pieces --fork_threshold 1.4 \\
         --variants recipe learning_rate=5e-5 neg_prob_floor=0.05 beta=1.0 loss_type=adv_ratio
 
+``--extra_pool_problems N`` trains every variant on a larger pool (the comparison's plus N problems of its training
+split, disjoint from validation and test), ``--fit true`` adds the in-sample check on the comparison's pool.
+
 Resumable: every variant's training is kept beside its adapter (``<output_dir>/seed<S>/reasonmaxxer-<label>/``) and
 reused. Writes ``--out`` (docs/results/rm_variants.json) at the end, and prints a table.
 """
@@ -52,6 +55,10 @@ class VariantArguments:
         fit (`bool`, *optional*, defaults to `False`):
             Also score every variant and the base on the pool's own problems (in-sample, paired): did the variant
             learn what it trained on?
+        extra_pool_problems (`int`, *optional*, defaults to `0`):
+            Train every variant on a larger pool: the comparison's plus this many more problems of its training
+            split (disjoint from validation and test; their rollouts are sampled once and cached). Does a larger
+            pool carry over to validation?
     """
 
     variants: list[str] = field(default_factory=lambda: [RECIPE], metadata={"help": "recipe or key=value,..."})
@@ -60,6 +67,7 @@ class VariantArguments:
     seed: int = field(default=0, metadata={"help": "Training seed (its cached pool is shared)."})
     out: str = field(default="docs/results/rm_variants.json", metadata={"help": "The JSON written."})
     fit: bool = field(default=False, metadata={"help": "Also score the pool's own problems (in-sample)."})
+    extra_pool_problems: int = field(default=0, metadata={"help": "Problems added to the pool of every variant."})
 
 
 def parse_variant(text: str) -> dict:
@@ -108,8 +116,10 @@ def format_table(results: dict) -> str:
             f"{show(r['fork_fraction'], '.1%'):>8}{show(r['dlogp_pos'], '+.3f'):>9}{show(r['dlogp_neg'], '+.3f'):>9}"
             f"{show(r['kl'], '.4f'):>9}"
         )
+    first = next(iter(results.values()))
+    lines.append(f"trained on a pool of {first['pool_problems']} problems ({first['mixed_problems']} mixed)")
     if fit:
-        first = next(iter(results.values()))["fit"]
+        first = first["fit"]
         lines.append(
             f"pool: the pool's {first['paired']['n']} problems (its mixed ones trained on), base {first['base']:.3f}"
         )
@@ -134,6 +144,7 @@ def main(argv=None) -> dict:
         split_seed=script_args.split_seed,
         pieces_dir=script_args.pieces_dir,
         fit=args.fit,
+        extra_pool_problems=args.extra_pool_problems,
     )
     report = {"commit": git_commit(), "seed": args.seed, "fork": fork_setting(args), "variants": results}
     save_results(report | {"budget": asdict(budget)}, args.out)

@@ -358,7 +358,7 @@ def test_a_sweep_cut_short_resumes_at_the_fork_setting_it_was_training(tmp_path,
 
     trained = []
 
-    def train(self, seed, gate, fork, with_validation, overrides=None):
+    def train(self, seed, gate, fork, with_validation, overrides=None, extra_pool=None):
         trained.append(fork["fork_threshold"])
         adapter = tmp_path / f"seed{seed}" / f"reasonmaxxer-{gate}-threshold{fork['fork_threshold']:g}" / "adapter"
         adapter.mkdir(parents=True, exist_ok=True)

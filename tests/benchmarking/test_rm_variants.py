@@ -44,7 +44,7 @@ def test_variants_are_parsed_and_checked():
 def test_a_variant_trains_in_its_own_folder_and_keeps_the_recipes_key(tmp_path, monkeypatch):
     seen = []
 
-    def train(self, seed, gate, fork, with_validation, overrides=None):
+    def train(self, seed, gate, fork, with_validation, overrides=None, extra_pool=None):
         seen.append(overrides)
         adapter = tmp_path / "adapter"
         adapter.mkdir(exist_ok=True)
@@ -100,3 +100,11 @@ def test_variants_on_the_tiny_model_touch_validation_only(tiny_model_dir, tmp_pa
     assert (out / "base" / "fit_evaluation" / "pool").is_dir()
     assert len(list((out / "seed0").glob("reasonmaxxer-*/fit_evaluation/pool"))) == 2
     assert "pool vs base" in capsys.readouterr().out
+    # a larger pool: 2 more problems of the data, disjoint from the comparison's splits, in a folder of their own
+    monkeypatch.undo()
+    larger = bench.main([*argv, "--variants", "recipe", "--extra_pool_problems", "2"])["variants"]["recipe"]
+    assert larger["pool_problems"] == 6 and larger["paired"]["n"] == 2
+    assert "trained on a pool of 6 problems" in capsys.readouterr().out
+    key = json.loads(next((out / "seed0").glob("reasonmaxxer-*-pool6/run.json")).read_text())["run_key"]
+    taken = {i for ids in json.loads((out / "pieces" / "base.json").read_text())["splits"].values() for i in ids}
+    assert len(taken) == 8 and len(set(key["extra_pool"])) == 2 and not taken & set(key["extra_pool"])

@@ -21,6 +21,7 @@ import shutil
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from ..tasks import PROMPT_TEMPLATES
 from .ledger import COMPUTE_UNITS, PHASES
@@ -43,6 +44,10 @@ from .report import (
     plot_paired,
     split_indices,
 )
+
+
+if TYPE_CHECKING:
+    from datasets import Dataset
 
 
 logger = logging.getLogger(__name__)
@@ -204,9 +209,12 @@ class CompareConfig:
         return forks + [{"fork_fraction": f} for f in self.fork_fractions] or [{}]
 
 
-def load_splits(dataset_name: str, budget: CompareConfig, split_seed: int) -> dict:
+def load_splits(dataset_name: str, budget: CompareConfig, split_seed: int, extra_pool_problems: int = 0) -> dict:
     """``{"pool", "validation", "test"}`` datasets with ``prompt`` and ``solution`` columns, pairwise disjoint, and
     ``"transfer"`` (``budget.num_transfer_problems`` of the transfer task's test split) when asked for.
+
+    ``extra_pool_problems``: also ``"extra_pool"``, that many more problems drawn after the others from the same
+    permutation, so pool, validation and test stay exactly those of the comparison (a larger-pool variant).
 
     A packaged task: pool and validation come from its train split, test from its test split. A local dataset (a
     ``save_to_disk`` folder or a json/jsonl/parquet/csv file with ``prompt`` and ``solution`` columns, read by
@@ -223,6 +231,7 @@ def load_splits(dataset_name: str, budget: CompareConfig, split_seed: int) -> di
         return data
 
     out = {}
+    extra = {"extra_pool": extra_pool_problems} if extra_pool_problems else {}
     if budget.num_transfer_problems:
         transfer = budget.transfer_dataset_name
         out["transfer"] = checked(
@@ -241,22 +250,15 @@ def load_splits(dataset_name: str, budget: CompareConfig, split_seed: int) -> di
             "pool": budget.num_pool_problems,
             "validation": budget.num_validation_problems,
             "test": budget.num_test_problems,
-        }
+        } | extra
         return {name: data.select(idx) for name, idx in split_indices(len(data), sizes, split_seed).items()} | out
     train = load_task(dataset_name, "train", prompt_style=budget.prompt_style)
-    sizes = {"pool": budget.num_pool_problems, "validation": budget.num_validation_problems}
+    sizes = {"pool": budget.num_pool_problems, "validation": budget.num_validation_problems} | extra
     parts = split_indices(len(train), sizes, split_seed)
-    return {
-        "pool": train.select(parts["pool"]),
-        "validation": train.select(parts["validation"]),
-        "test": load_task(
-            dataset_name,
-            "test",
-            num_problems=budget.num_test_problems,
-            seed=split_seed,
-            prompt_style=budget.prompt_style,
-        ),
-    } | out
+    test = load_task(
+        dataset_name, "test", num_problems=budget.num_test_problems, seed=split_seed, prompt_style=budget.prompt_style
+    )
+    return {name: train.select(idx) for name, idx in parts.items()} | {"test": test} | out
 
 
 class _Runner:
@@ -323,6 +325,10 @@ class _Runner:
         if transfer and "transfer" in self.splits:
             out["transfer"] = self.evaluate(model, tokenizer, "transfer", f"{name} (transfer)", resume=resume)
         return out
+
+    def pool_size(self, extra_pool: Dataset | None) -> int | None:
+        """The size of a pool enlarged by ``extra_pool`` (for its run's label); None for the comparison's own."""
+        return None if extra_pool is None else len(self.splits["pool"]) + len(extra_pool)
 
     def new_ledger(self, method, model):
         from .ledger import CostLedger, device_name
@@ -558,44 +564,66 @@ class _Runner:
         return out
 
     def trained_reasonmaxxer(
-        self, seed: int, gate: str, fork: dict, with_validation: bool, overrides: dict | None = None
+        self,
+        seed: int,
+        gate: str,
+        fork: dict,
+        with_validation: bool,
+        overrides: dict | None = None,
+        extra_pool: Dataset | None = None,
     ) -> dict:
         """:meth:`train_reasonmaxxer`'s result, from its ``run.json`` beside the adapter when an earlier run of this
-        seed, gate, fork setting, ``overrides`` and comparison settings finished it (a sweep cut short resumes at the
-        setting it was training), else trained now and recorded there."""
+        seed, gate, fork setting, ``overrides``, ``extra_pool`` and comparison settings finished it (a sweep cut
+        short resumes at the setting it was training), else trained now and recorded there."""
         overrides = check_overrides(overrides or {})
-        label = _run_label(gate, fork, overrides)
-        folder = os.path.join(self.output_dir, f"seed{seed}", f"reasonmaxxer-{label}")
+        label = _run_label(gate, fork, overrides, self.pool_size(extra_pool))
         key = {"seed": seed, "gate": gate, "fork": fork, "with_validation": with_validation, "settings": self.settings}
         if overrides:  # absent otherwise, so the records of runs without overrides keep their key
             key["overrides"] = overrides
+        if extra_pool is not None:
+            key["extra_pool"] = list(extra_pool["id"])
+        folder = os.path.join(self.output_dir, f"seed{seed}", f"reasonmaxxer-{label}")
         done = _finished_run(folder, key)
         if done is not None:
             print(f"reasonmaxxer {label}, seed {seed}: trained earlier, loaded from {folder}", flush=True)
             return done
-        out = self.train_reasonmaxxer(seed, gate, fork, with_validation, overrides)
+        out = self.train_reasonmaxxer(seed, gate, fork, with_validation, overrides, extra_pool)
         _save_json({"run_key": key, "result": out}, folder, RUN_JSON)
         return out
 
     def train_reasonmaxxer(
-        self, seed: int, gate: str, fork: dict, with_validation: bool, overrides: dict | None = None
+        self,
+        seed: int,
+        gate: str,
+        fork: dict,
+        with_validation: bool,
+        overrides: dict | None = None,
+        extra_pool: Dataset | None = None,
     ) -> dict:
         """One ReasonMaxxer training (offline phase, possibly from the seed's cache, then training), its adapter
-        saved under ``seed<N>/reasonmaxxer-<gate>[-<fork setting>][-<overrides>]``; ``overrides`` are
-        ``ReasonMaxxerConfig`` fields that do not change the pool (checked by :meth:`trained_reasonmaxxer`)."""
+        saved under ``seed<N>/reasonmaxxer-<gate>[-<fork setting>][-<overrides>][-pool<N>]``; ``overrides`` are
+        ``ReasonMaxxerConfig`` fields that do not change the pool (checked by :meth:`trained_reasonmaxxer`).
+        ``extra_pool``: problems added to the pool (its rollouts are cached under their own key)."""
+        from datasets import concatenate_datasets
+
         from ..config import ReasonMaxxerConfig
         from ..trainer import ReasonMaxxerTrainer
 
         b = self.budget
         overrides = overrides or {}
-        label = _run_label(gate, fork, overrides)
+        label = _run_label(gate, fork, overrides, self.pool_size(extra_pool))
+        pool, max_problems = self.splits["pool"], b.max_problems
+        if extra_pool is not None:
+            pool = concatenate_datasets([pool, extra_pool])
+            # the cap grows with the pool, so it keeps the share of mixed problems the recipe keeps
+            max_problems = None if max_problems is None else max_problems + len(extra_pool)
         model, tokenizer = self.load()
         ledger = self.new_ledger(f"reasonmaxxer/{label}", model)
         # one output_dir per seed for every gate and fork setting: they share the seed's cached rollouts and scores
         args = ReasonMaxxerConfig(
             output_dir=os.path.join(self.output_dir, f"seed{seed}", "reasonmaxxer"),
             num_generations=b.num_generations,
-            max_problems=b.max_problems,
+            max_problems=max_problems,
             fork_gate=gate,
             use_llama_cpp=b.use_llama_cpp,
             llama_cpp_model_path=b.llama_cpp_model_path,
@@ -606,7 +634,7 @@ class _Runner:
             model=model,
             reward_funcs=[self.reward_fn],
             args=args,
-            train_dataset=self.splits["pool"],
+            train_dataset=pool,
             processing_class=tokenizer,
         )
         with ledger.phase("scoring"):
@@ -636,9 +664,10 @@ class _Runner:
         return out
 
 
-def _run_label(gate: str, fork: dict, overrides: dict | None = None) -> str:
+def _run_label(gate: str, fork: dict, overrides: dict | None = None, pool_problems: int | None = None) -> str:
     label = gate + "".join(f"-{key.removeprefix('fork_')}{value:g}" for key, value in fork.items())
-    return label + "".join(f"-{key}{value}" for key, value in sorted((overrides or {}).items()))
+    label += "".join(f"-{key}{value}" for key, value in sorted((overrides or {}).items()))
+    return label if pool_problems is None else f"{label}-pool{pool_problems}"
 
 
 # ReasonMaxxerConfig fields a variant may not override: they make (or find) the seed's pool, or are the run's own
@@ -882,6 +911,7 @@ def validate_variants(
     split_seed: int = 42,
     pieces_dir: str | None = None,
     fit: bool = False,
+    extra_pool_problems: int = 0,
 ) -> dict:
     """Why does ReasonMaxxer gain or not, found on validation: each variant (``name → ReasonMaxxerConfig``
     overrides, :func:`check_overrides`) trained at ``fork`` on ``seed``'s cached pool of the comparison in
@@ -894,7 +924,11 @@ def validate_variants(
     the pool's own problems (the ones it trained on), with validation's protocol, paired per problem. A variant
     that does not gain there did not learn its pool; one that gains there but not on validation did not carry it
     over. Both evaluations are kept in chunks (``fit_evaluation/pool`` beside the adapter, and under
-    ``<output_dir>/base``) and reused."""
+    ``<output_dir>/base``) and reused.
+
+    ``extra_pool_problems``: every variant trains on a larger pool, the comparison's plus that many more problems of
+    the same training split, disjoint from its validation and test sets (their rollouts are sampled and cached like
+    the pool's). Is the pool too small to carry over? The in-sample check stays on the comparison's pool."""
     from ..rewards import math_accuracy_reward
     from ..stats import paired_difference, per_problem_scores
 
@@ -912,12 +946,17 @@ def validate_variants(
     if fit:
         fit_base = _pool_evaluation(runner, None, os.path.join(output_dir, "base"), "base", "base")
         fit_control = per_problem_scores(fit_base, "pass@1")
+    extra = None
+    if extra_pool_problems:
+        extra = load_splits(dataset_name, budget, split_seed, extra_pool_problems)["extra_pool"]
     out = {}
     for name, overrides in variants.items():
-        run = runner.trained_reasonmaxxer(seed, "entropy", fork, True, overrides)
+        run = runner.trained_reasonmaxxer(seed, "entropy", fork, True, overrides, extra)
         logs = run.get("log_history", [])
         out[name] = {
             "overrides": overrides,
+            "pool_problems": run["pool"].get("pool/prompts"),
+            "mixed_problems": run["pool"].get("pool/prompts_selected"),
             "validation": run["validation"]["summary"]["pass@1"],
             "paired": paired_difference(per_problem_scores(run["validation"], "pass@1"), control, seed=0),
             "fork_fraction": run["pool"].get("fork/gated_fraction"),
