@@ -615,7 +615,7 @@ class _Runner:
         pool, max_problems = self.splits["pool"], b.max_problems
         if extra_pool is not None:
             pool = concatenate_datasets([pool, extra_pool])
-            # the cap grows with the pool, so it keeps the share of mixed problems the recipe keeps
+            # the cap grows with the pool, so a recipe that keeps every mixed problem still does
             max_problems = None if max_problems is None else max_problems + len(extra_pool)
         model, tokenizer = self.load()
         ledger = self.new_ledger(f"reasonmaxxer/{label}", model)
