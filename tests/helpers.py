@@ -185,3 +185,16 @@ class LocalHub:
         monkeypatch.setattr(HfApi, "create_repo", lambda api, *a, **k: self.create_repo(api, *a, **k))
         monkeypatch.setattr(HfApi, "upload_folder", lambda api, *a, **k: self.upload_folder(api, *a, **k))
         return self
+
+
+def load_benchmark(name: str):
+    """Import ``benchmarks/<name>.py`` (a script folder, not a package) as the module ``name``."""
+    import importlib.util
+    import sys
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # a dataclass in the script looks its module up there
+    spec.loader.exec_module(module)
+    return module

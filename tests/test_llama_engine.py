@@ -540,14 +540,11 @@ def test_announce_goes_through_logging_when_configured(caplog):
 @needs_llama
 def test_rollout_speed_benchmark_quick(tmp_path, capsys):
     """``benchmarks/rollout_speed.py --quick`` runs both engines on the tiny model and writes the report's keys."""
-    import importlib.util
     import json
-    from pathlib import Path
 
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "rollout_speed.py"
-    spec = importlib.util.spec_from_file_location("rollout_speed", path)
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    from .helpers import load_benchmark
+
+    bench = load_benchmark("rollout_speed")
     out = tmp_path / "speed.json"
     bench.main(["--quick", "--threads", "1", "--out", str(out)])
     report = json.loads(out.read_text())

@@ -466,13 +466,7 @@ def score_pool(
     chunk is named after its first row id: rows are scored once, so names never collide across processes or runs.
     """
     mine = shard(row_ids, rank, world)
-    found, misfits = {}, 0
-    for r in cache.load_all("scores"):
-        i = r.get("row")
-        if isinstance(i, int) and 0 <= i < len(rows) and _valid_scores(r, len(rows[i]["completion_ids"])):
-            found[i] = (r["entropy"], r["logps"])
-        else:
-            misfits += 1
+    found, misfits = cached_scores(cache, rows)
     if misfits:
         logger.warning(
             "Ignoring %d cached score rows of %s that do not fit their rollouts (edited or damaged); those rollouts "
@@ -486,6 +480,19 @@ def score_pool(
         cache.save("scores", ids[0], chunk)
         found.update({r["row"]: (r["entropy"], r["logps"]) for r in chunk})
     return {i: found[i] for i in mine}
+
+
+def cached_scores(cache: ChunkCache, rows: Sequence[dict]) -> tuple[Scores, int]:
+    """The cached ``{row id: (entropy, logps)}`` of ``rows`` that fit their rollouts, and how many cached rows did
+    not (an id out of range, a length or a value that does not fit: edited or damaged)."""
+    found, misfits = {}, 0
+    for r in cache.load_all("scores"):
+        i = r.get("row")
+        if isinstance(i, int) and 0 <= i < len(rows) and _valid_scores(r, len(rows[i]["completion_ids"])):
+            found[i] = (r["entropy"], r["logps"])
+        else:
+            misfits += 1
+    return found, misfits
 
 
 def _valid_scores(entry: dict, length: int) -> bool:

@@ -1,24 +1,15 @@
 """benchmarks/footprints.py on the tiny model: the divergence of each trained piece's adapter against the base model,
 found under --runs-dir, kept per adapter and reused, with clear errors for a missing adapter or piece."""
 
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
 
 from trl_reasonmaxxer.benchmarking.compare import CompareConfig
 from trl_reasonmaxxer.benchmarking.pieces import PieceStore, piece_settings
 
+from ..helpers import load_benchmark
 from .test_compare import _write_data
-
-
-def _load_script():
-    path = Path(__file__).resolve().parents[2] / "benchmarks" / "footprints.py"
-    spec = importlib.util.spec_from_file_location("footprints", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def _strong_adapter(model_dir, folder):
@@ -38,7 +29,7 @@ def _strong_adapter(model_dir, folder):
 
 
 def test_footprints_of_the_trained_pieces(tiny_model_dir, tmp_path, monkeypatch, capsys, caplog):
-    bench = _load_script()
+    bench = load_benchmark("footprints")
     data = _write_data(tmp_path / "data.jsonl", 10)
     budget = CompareConfig(
         num_pool_problems=3, num_validation_problems=2, num_test_problems=4, max_completion_length=6

@@ -1,30 +1,19 @@
 """benchmarks/rm_variants.py and compare.validate_variants: ReasonMaxxer variants (config overrides) trained on a
 seed's cached pool, scored on validation only and paired with the base model's piece."""
 
-import importlib.util
 import json
-import sys
-from pathlib import Path
 
 import pytest
 
 from trl_reasonmaxxer import cli
 from trl_reasonmaxxer.benchmarking import compare
 
+from ..helpers import load_benchmark
 from .test_compare import _runner, _write_data
 
 
-def _load_script():
-    path = Path(__file__).resolve().parents[2] / "benchmarks" / "rm_variants.py"
-    spec = importlib.util.spec_from_file_location("rm_variants", path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # its dataclass looks its module up there
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_variants_are_parsed_and_checked():
-    bench = _load_script()
+    bench = load_benchmark("rm_variants")
     assert bench.parse_variant("recipe") == {}
     assert bench.parse_variant("learning_rate=5e-5,neg_prob_floor=0.05,loss_type=adv_ratio") == {
         "learning_rate": 5e-5,
@@ -66,7 +55,7 @@ def test_a_variant_trains_in_its_own_folder_and_keeps_the_recipes_key(tmp_path, 
 
 
 def test_variants_on_the_tiny_model_touch_validation_only(tiny_model_dir, tmp_path, monkeypatch, capsys):
-    bench = _load_script()
+    bench = load_benchmark("rm_variants")
     data = _write_data(tmp_path / "data.jsonl", 10)
     out = tmp_path / "out"
     common = ["--quick", "--model_name_or_path", tiny_model_dir, "--dataset_name", str(data), "--output_dir", str(out)]

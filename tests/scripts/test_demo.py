@@ -129,17 +129,11 @@ def test_demo_transfer_benchmark_pairs_each_adapter_with_the_base_and_resumes(
 ):
     """``benchmarks/demo_transfer.py --quick`` on the tiny model: trains the demo's adapter, evaluates base and
     adapter on GSM8K problems, pairs them; run again, it reuses the adapter and both evaluations."""
-    import importlib.util
-    from pathlib import Path
-
-    from ..helpers import alternating_reward
+    from ..helpers import alternating_reward, load_benchmark
 
     monkeypatch.setattr(demo, "math_accuracy_reward", alternating_reward)  # the tiny model solves nothing
 
-    path = Path(__file__).resolve().parents[2] / "benchmarks" / "demo_transfer.py"
-    spec = importlib.util.spec_from_file_location("demo_transfer", path)
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = load_benchmark("demo_transfer")
     out = tmp_path / "transfer.json"
     argv = ["--model", tiny_model_dir, "--quick", "--num-problems", "3", "--workdir", str(tmp_path / "work")]
     argv += ["--out", str(out)]

@@ -4,12 +4,14 @@
 - :mod:`.decoding`: greedy decoding of the base with the teacher on the same prefix and token interventions
   (oracle, entropy-gated, random control);
 - :mod:`.calibration`: gated share of completion tokens against the entropy threshold τ;
+- :mod:`.forks`: what the gate picks on scored rollouts (token kinds, positions, tokens both signs of advantage share);
 - :mod:`.report`: :func:`run_analysis` end to end, with a table, JSON and PNG plots (``trl-reasonmaxxer analyze``).
 """
 
 from .calibration import calibration_report, tau_curve
 from .decoding import AdapterDisabled, guided_greedy, make_policy
 from .divergence import classify_rank, summarize_divergence, token_rank
+from .forks import fork_profile, token_kind
 from .report import AnalysisConfig, format_table, run_analysis, save_report
 
 
@@ -18,6 +20,7 @@ __all__ = [
     "AnalysisConfig",
     "calibration_report",
     "classify_rank",
+    "fork_profile",
     "format_table",
     "guided_greedy",
     "make_policy",
@@ -25,5 +28,6 @@ __all__ = [
     "save_report",
     "summarize_divergence",
     "tau_curve",
+    "token_kind",
     "token_rank",
 ]
