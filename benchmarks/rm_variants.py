@@ -5,7 +5,8 @@ trained at one fork setting on a seed's cached pool of a comparison (``trl-reaso
 splits, rollouts), scored on that comparison's validation set and paired per problem with the base model's piece
 (bootstrap 95% CI). ``recipe`` is the comparison's own training (reused when the sweep already trained it). Also
 reported, from each training's log: the mean change of log-probability of the fork tokens of positive and negative
-rollouts under training (``dlogp_pos``, ``dlogp_neg``) and the KL anchor.
+rollouts under training (``dlogp_pos``, ``dlogp_neg``), the KL anchor and, with ``neg_prob_floor``, the share of
+negative fork tokens the floor exempted (``floored``: does it act at all?).
 
     python benchmarks/rm_variants.py --config examples/recipes/evidence.yaml --output_dir runs/evidence \\
         --pieces_dir docs/results/pieces --fork_threshold 1.4 \\
@@ -99,7 +100,7 @@ def format_table(results: dict) -> str:
     lines = [
         f"{'variant':<40}{'validation':>11}{'vs base (95% CI)':>28}{'+/-':>8}"
         + (f"{'pool':>7}{'pool vs base (95% CI)':>28}" if fit else "")
-        + f"{'forks':>8}{'dlogp+':>9}{'dlogp-':>9}{'kl':>9}"
+        + f"{'forks':>8}{'dlogp+':>9}{'dlogp-':>9}{'kl':>9}{'floored':>9}"
     ]
 
     def show(value, spec):
@@ -114,7 +115,7 @@ def format_table(results: dict) -> str:
         lines.append(
             f"{name:<40}{r['validation']:>11.3f}{paired(p):>28}{p['better']:>4}/{p['worse']:<3}{pool}"
             f"{show(r['fork_fraction'], '.1%'):>8}{show(r['dlogp_pos'], '+.3f'):>9}{show(r['dlogp_neg'], '+.3f'):>9}"
-            f"{show(r['kl'], '.4f'):>9}"
+            f"{show(r['kl'], '.4f'):>9}{show(r.get('neg_floored'), '.2%'):>9}"
         )
     first = next(iter(results.values()))
     lines.append(f"trained on a pool of {first['pool_problems']} problems ({first['mixed_problems']} mixed)")

@@ -173,6 +173,17 @@ def test_neg_prob_floor_bounds_the_loss_and_spares_positive_advantages():
     assert torch.all(positive.grad < 0)  # a positive token below the floor is still pulled up
 
 
+def test_the_loss_reports_how_much_of_the_negative_forks_the_floor_exempts():
+    logps = torch.tensor([[math.log(0.5), math.log(0.01)], [math.log(0.01), math.log(0.01)]], dtype=torch.float64)
+    adv = torch.tensor([-1.0, 1.0], dtype=torch.float64)  # only row 0 is negative: 1 of its 2 forks is below
+    fork, anchor, w = torch.ones(2, 2, dtype=torch.bool), torch.zeros(2, 2, dtype=torch.bool), torch.ones(2)
+    args = ("adv_ce", logps, logps, adv, fork, anchor, w.double())
+    _, parts = losses.reasonmaxxer_loss(*args, beta=0.0, neg_prob_floor=0.05)
+    assert parts["fork/neg_floored"].item() == pytest.approx(0.5)
+    _, parts = losses.reasonmaxxer_loss(*args, beta=0.0)
+    assert "fork/neg_floored" not in parts  # no floor, nothing to report
+
+
 # ----------------------------------------------------------------------------------------------- adv_ratio
 
 

@@ -195,7 +195,8 @@ class ReasonMaxxerConfig(GRPOConfig):
             Clip range of `"adv_ratio"`.
         neg_prob_floor (`float` or `None`, *optional*, defaults to `None`):
             Bounds `"adv_ce"`: a negative-advantage fork token stops being pushed down once its probability is below
-            this floor. `None` is the paper's unbounded loss.
+            this floor. `None` is the paper's unbounded loss. The share of negative fork tokens it exempts is logged
+            as `fork/neg_floored`.
         dpo_beta (`float`, *optional*, defaults to `1.0`):
             Inverse temperature of `"fork_dpo"` (its margin is a per-token mean log-ratio, hence larger than DPO's
             0.1).

@@ -92,10 +92,15 @@ def adv_ce_per_sequence(
     """
     active = fork_mask
     if neg_prob_floor is not None:
-        below = (advantages[:, None] < 0) & (logps.detach() < math.log(neg_prob_floor))
-        active = fork_mask & ~below
+        active = fork_mask & ~below_floor(logps, advantages, neg_prob_floor)
     per_token = -advantages[:, None] * logps * active.to(logps.dtype)
     return per_token.sum(-1) / fork_mask.sum(-1).clamp(min=1).to(logps.dtype)
+
+
+def below_floor(logps: torch.Tensor, advantages: torch.Tensor, neg_prob_floor: float) -> torch.Tensor:
+    """Positions of negative-advantage sequences whose token probability is below ``neg_prob_floor``: where
+    ``adv_ce`` stops pushing down."""
+    return (advantages[:, None] < 0) & (logps.detach() < math.log(neg_prob_floor))
 
 
 def adv_ratio_per_sequence(
@@ -149,7 +154,8 @@ def reasonmaxxer_loss(
     accumulation it counts exactly once per epoch at ``1 / (2P · GA)``, the paper's per-rollout weight (one rollout
     per batch, ``L_i / GA``), whatever its prompt's pass rate. The ``fork_dpo`` term is one value per pair, each pair
     counting once (a mean over the ``P`` pairs); its KL anchor is per rollout, weighted like the others. ``kl`` may
-    be None when ``beta == 0``.
+    be None when ``beta == 0``. With ``adv_ce`` and ``neg_prob_floor`` the parts also hold ``fork/neg_floored``, the
+    share of the batch's negative-rollout fork tokens the floor exempts (does the floor act at all?).
     """
     if loss_type == "adv_ce":
         decision = adv_ce_per_sequence(logps, advantages, fork_mask, neg_prob_floor)
@@ -167,4 +173,10 @@ def reasonmaxxer_loss(
     anchor = masked_mean(kl, anchor_mask) if kl is not None else torch.zeros_like(weights)
     anchor_loss = (weights * anchor).sum() / rows
     loss = decision_loss + beta * anchor_loss
-    return loss, {"decision_loss": decision_loss.detach(), "kl": anchor_loss.detach()}
+    parts = {"decision_loss": decision_loss.detach(), "kl": anchor_loss.detach()}
+    if loss_type == "adv_ce" and neg_prob_floor is not None:
+        # does the floor act? the share of negative rollouts' fork tokens it currently exempts
+        negative = fork_mask & (advantages[:, None] < 0)
+        floored = below_floor(logps, advantages, neg_prob_floor) & negative
+        parts["fork/neg_floored"] = floored.sum() / negative.sum().clamp(min=1)
+    return loss, parts

@@ -114,3 +114,6 @@ def test_fork_profile_script_says_what_folder_it_needs(tmp_path):
     bench = load_benchmark("fork_profile")
     with pytest.raises(FileNotFoundError, match=r"holds no saved pool \(pool/\).*rollouts/<key>"):
         bench.scored_rollouts(str(tmp_path))
+    save_pool([{"prompt_index": 0, "completion_ids": [1, 2], "reward": 1.0}], str(tmp_path / "pool"))
+    with pytest.raises(ValueError, match=r"no scores that fit the pool's rollouts \(0 did not\)"):
+        bench.scored_rollouts(str(tmp_path))  # a pool not scored yet

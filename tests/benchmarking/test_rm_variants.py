@@ -61,21 +61,23 @@ def test_variants_on_the_tiny_model_touch_validation_only(tiny_model_dir, tmp_pa
     common = ["--quick", "--model_name_or_path", tiny_model_dir, "--dataset_name", str(data), "--output_dir", str(out)]
     common += ["--reward_func", "tests.helpers.alternating_reward", "--max_completion_length", "6", "--seeds", "0"]
     argv = [*common[:-2], "--fork_threshold", "1.0", "--out", str(tmp_path / "variants.json")]
-    argv += ["--variants", "recipe", "learning_rate=0.05,beta=0.0"]
+    argv += ["--variants", "recipe", "learning_rate=0.05,beta=0.0,neg_prob_floor=0.5"]
     with pytest.raises(ValueError, match=r"base model's validation records in .*base.json, which does not exist"):
         bench.main(argv)
     cli.main(["compare", *common, "--methods", "base"])
     report = bench.main(argv)
     results = report["variants"]
-    assert list(results) == ["recipe", "learning_rate=0.05,beta=0.0"]
+    assert list(results) == ["recipe", "learning_rate=0.05,beta=0.0,neg_prob_floor=0.5"]
     for r in results.values():
         assert r["paired"]["n"] == 2 and 0 <= r["validation"] <= 1  # the quick budget's 2 validation problems
         assert r["kl"] is not None and r["fork_fraction"] is not None
-    assert results["learning_rate=0.05,beta=0.0"]["overrides"] == {"learning_rate": 0.05, "beta": 0.0}
+    variant = results["learning_rate=0.05,beta=0.0,neg_prob_floor=0.5"]
+    assert variant["overrides"] == {"learning_rate": 0.05, "beta": 0.0, "neg_prob_floor": 0.5}
+    assert 0 <= variant["neg_floored"] <= 1 and results["recipe"]["neg_floored"] is None  # logged with a floor only
     assert json.loads((tmp_path / "variants.json").read_text())["variants"] == results
     assert (
         not list((out / "seed0").rglob("final_evaluation"))
-        and "learning_rate=0.05,beta=0.0" in capsys.readouterr().out
+        and "learning_rate=0.05,beta=0.0,neg_prob_floor=0.5" in capsys.readouterr().out
     )
     monkeypatch.setattr(compare._Runner, "train_reasonmaxxer", lambda *a, **k: pytest.fail("trained again"))
     assert bench.main(argv)["variants"] == results
@@ -85,7 +87,7 @@ def test_variants_on_the_tiny_model_touch_validation_only(tiny_model_dir, tmp_pa
         assert {k: v for k, v in r.items() if k != "fit"} == results[name]
         assert r["fit"]["paired"]["n"] == 4 and 0 <= r["fit"]["pass@1"] <= 1
         assert r["fit"]["paired"]["mean"] == pytest.approx(r["fit"]["pass@1"] - r["fit"]["base"])
-    assert fitted["recipe"]["fit"]["base"] == fitted["learning_rate=0.05,beta=0.0"]["fit"]["base"]
+    assert fitted["recipe"]["fit"]["base"] == fitted["learning_rate=0.05,beta=0.0,neg_prob_floor=0.5"]["fit"]["base"]
     assert (out / "base" / "fit_evaluation" / "pool").is_dir()
     assert len(list((out / "seed0").glob("reasonmaxxer-*/fit_evaluation/pool"))) == 2
     assert "pool vs base" in capsys.readouterr().out

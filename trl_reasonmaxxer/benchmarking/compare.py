@@ -917,8 +917,9 @@ def validate_variants(
     overrides, :func:`check_overrides`) trained at ``fork`` on ``seed``'s cached pool of the comparison in
     ``output_dir``, scored on its validation set and paired per problem with the base model's piece (which must
     exist). The test set is never touched. Each training is kept (``run.json``) and reused, as the sweep's are.
-    Returns ``{name: {"overrides", "validation", "paired", "fork_fraction", "dlogp_pos", "dlogp_neg", "kl"}}``
-    (the last three: means over the training's logged steps).
+    Returns ``{name: {"overrides", "validation", "paired", "fork_fraction", "dlogp_pos", "dlogp_neg", "kl",
+    "neg_floored"}}`` (the last four: means over the training's logged steps; ``neg_floored`` None without a
+    ``neg_prob_floor``).
 
     ``fit``: also the in-sample check, ``"fit": {"pass@1", "base", "paired"}``: the variant and the base model on
     the pool's own problems (the ones it trained on), with validation's protocol, paired per problem. A variant
@@ -981,7 +982,12 @@ def _pool_evaluation(runner: _Runner, adapter: str | None, folder: str, model_ke
 
 
 # what a variant's training logged, averaged over its steps: where its fork tokens' log-probs went, and its drift
-LOGGED_DIAGNOSTICS = {"dlogp_pos": "fork/dlogp_pos", "dlogp_neg": "fork/dlogp_neg", "kl": "kl"}
+LOGGED_DIAGNOSTICS = {
+    "dlogp_pos": "fork/dlogp_pos",
+    "dlogp_neg": "fork/dlogp_neg",
+    "kl": "kl",
+    "neg_floored": "fork/neg_floored",  # with neg_prob_floor: the share of negative fork tokens it exempted
+}
 
 
 def _mean_logged(log_history: Sequence[dict], metric: str) -> float | None:
