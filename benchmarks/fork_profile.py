@@ -4,7 +4,7 @@ how often the rollouts the loss pushes up and those it pushes down fork at the s
 Reads a rollout cache of ReasonMaxxer's offline phase (``<output_dir>/.../rollouts/<key>``: the saved ``pool/`` and
 its ``scores/``, the base model's entropy per completion token), decodes every scored rollout with the model's
 tokenizer and profiles its tokens with ``analysis.forks.fork_profile`` at the threshold τ. A rollout is positive when
-its reward is above its problem's mean (its advantage, the sign the loss gives its fork tokens). No model runs.
+its advantage is (the sign the loss gives its fork tokens). No model runs.
 
     python benchmarks/fork_profile.py --rollouts runs/evidence/seed0/reasonmaxxer/rollouts/<key> --tau 1.4 \\
         --out docs/results/fork_profile.json
@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import os
-from collections import defaultdict
 
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -29,6 +28,7 @@ from trl_reasonmaxxer.default_model import resolve_model
 from trl_reasonmaxxer.evaluation import save_results
 from trl_reasonmaxxer.offline import cached_scores
 from trl_reasonmaxxer.plotting import new_figure, save_figure
+from trl_reasonmaxxer.selection import group_advantages
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -62,24 +62,18 @@ def scored_rollouts(root: str) -> tuple[list[dict], dict]:
 
 
 def profile_inputs(rows: list[dict], scores: dict, decode) -> list[dict]:
-    """``fork_profile``'s rollouts: each scored row decoded token by token, positive when its reward is above the mean
-    of its problem's rollouts (all of them, scored or not)."""
-    rewards = defaultdict(list)
-    for row in rows:
-        rewards[row["prompt_index"]].append(row["reward"])
-    out = []
-    for i, (entropy, _) in sorted(scores.items()):
-        row = rows[i]
-        group = rewards[row["prompt_index"]]
-        out.append(
-            {
-                "problem": row["prompt_index"],
-                "tokens": [decode(t) for t in row["completion_ids"]],
-                "entropy": entropy,
-                "positive": row["reward"] > sum(group) / len(group),
-            }
-        )
-    return out
+    """``fork_profile``'s rollouts: each scored row decoded token by token, positive when its advantage among its
+    problem's rollouts (all of them, scored or not; ``selection.group_advantages``, the trainer's) is."""
+    advantages = group_advantages([r["prompt_index"] for r in rows], [r["reward"] for r in rows])
+    return [
+        {
+            "problem": rows[i]["prompt_index"],
+            "tokens": [decode(t) for t in rows[i]["completion_ids"]],
+            "entropy": entropy,
+            "positive": advantages[i] > 0,
+        }
+        for i, (entropy, _) in sorted(scores.items())
+    ]
 
 
 def share(value: float | None) -> str:

@@ -12,6 +12,7 @@ KINDS = ("number", "operator", "word", "format")
 _NUMBER = re.compile(r"[\d.,]*\d[\d.,]*")
 _OPERATOR = re.compile(r"(?!\*\*)[+\-*/=×÷^%<>()]+")  # not `**`: Markdown bold in these answers
 _WORD = re.compile(r"\w+")
+_SIDES = (("positive", True), ("negative", False))  # report names of the rollouts' advantage signs
 
 
 def token_kind(text: str) -> str:
@@ -86,12 +87,7 @@ def fork_profile(rollouts: Sequence[dict], tau: float, top: int = 15) -> dict:
             for name, k in kinds.items()
         },
         "position_deciles": [_share(n, total_forks) for n in deciles],
-        "forks_per_rollout": {
-            side: _share(sum(per_rollout[flag]), len(per_rollout[flag]))
-            for side, flag in (("positive", True), ("negative", False))
-        },
+        "forks_per_rollout": {side: _share(sum(per_rollout[flag]), len(per_rollout[flag])) for side, flag in _SIDES},
         "negative_forks_shared_with_positive": _share(sum(shared), len(shared)),
-        "top_forks": {
-            side: top_forks[flag].most_common(top) for side, flag in (("positive", True), ("negative", False))
-        },
+        "top_forks": {side: top_forks[flag].most_common(top) for side, flag in _SIDES},
     }
