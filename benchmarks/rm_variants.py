@@ -13,7 +13,9 @@ negative fork tokens the floor exempted (``floored``: does it act at all?).
         --variants recipe learning_rate=5e-5 neg_prob_floor=0.05 beta=1.0 loss_type=adv_ratio
 
 ``--extra_pool_problems N`` trains every variant on a larger pool (the comparison's plus N problems of its training
-split, disjoint from validation and test), ``--fit true`` adds the in-sample check on the comparison's pool.
+split, disjoint from validation and test), ``--fit true`` adds the in-sample check on the comparison's pool, and
+``--diagnosis_problems N`` scores every variant and the base on N more held-out training-split problems with the test
+protocol (samples and greedy): validation's 60 × 2 samples cannot resolve the ±0.05 greedy effects seen on test.
 
 Resumable: every variant's training is kept beside its adapter (``<output_dir>/seed<S>/reasonmaxxer-<label>/``) and
 reused. Writes ``--out`` (docs/results/rm_variants.json) at the end, and prints a table.
@@ -60,6 +62,10 @@ class VariantArguments:
             Train every variant on a larger pool: the comparison's plus this many more problems of its training
             split (disjoint from validation and test; their rollouts are sampled once and cached). Does a larger
             pool carry over to validation?
+        diagnosis_problems (`int`, *optional*, defaults to `0`):
+            Also score every variant and the base on this many more problems of the training split (from the end of
+            its permutation: disjoint from pool, extra pool, validation and test) with the test protocol, samples
+            and a greedy completion, paired per problem: a held-out set large enough for greedy effects.
     """
 
     variants: list[str] = field(default_factory=lambda: [RECIPE], metadata={"help": "recipe or key=value,..."})
@@ -69,6 +75,9 @@ class VariantArguments:
     out: str = field(default="docs/results/rm_variants.json", metadata={"help": "The JSON written."})
     fit: bool = field(default=False, metadata={"help": "Also score the pool's own problems (in-sample)."})
     extra_pool_problems: int = field(default=0, metadata={"help": "Problems added to the pool of every variant."})
+    diagnosis_problems: int = field(
+        default=0, metadata={"help": "Held-out training-split problems scored with samples and greedy."}
+    )
 
 
 def parse_variant(text: str) -> dict:
@@ -97,9 +106,11 @@ def fork_setting(args: VariantArguments) -> dict:
 
 def format_table(results: dict) -> str:
     fit = any("fit" in r for r in results.values())
+    diagnosis = any("diagnosis" in r for r in results.values())
     lines = [
         f"{'variant':<40}{'validation':>11}{'vs base (95% CI)':>28}{'+/-':>8}"
         + (f"{'pool':>7}{'pool vs base (95% CI)':>28}" if fit else "")
+        + (f"{'diag':>7}{'diag vs base':>28}{'greedy':>8}{'greedy vs base':>28}" if diagnosis else "")
         + f"{'forks':>8}{'dlogp+':>9}{'dlogp-':>9}{'kl':>9}{'floored':>9}"
     ]
 
@@ -112,6 +123,9 @@ def format_table(results: dict) -> str:
     for name, r in results.items():
         p = r["paired"]
         pool = f"{r['fit']['pass@1']:>7.3f}{paired(r['fit']['paired']):>28}" if fit else ""
+        if diagnosis:
+            d = r["diagnosis"]
+            pool += f"{d['pass@1']:>7.3f}{paired(d['paired']):>28}{d['greedy']:>8.3f}{paired(d['paired_greedy']):>28}"
         lines.append(
             f"{name:<40}{r['validation']:>11.3f}{paired(p):>28}{p['better']:>4}/{p['worse']:<3}{pool}"
             f"{show(r['fork_fraction'], '.1%'):>8}{show(r['dlogp_pos'], '+.3f'):>9}{show(r['dlogp_neg'], '+.3f'):>9}"
@@ -120,9 +134,15 @@ def format_table(results: dict) -> str:
     first = next(iter(results.values()))
     lines.append(f"trained on a pool of {first['pool_problems']} problems ({first['mixed_problems']} mixed)")
     if fit:
-        first = first["fit"]
         lines.append(
-            f"pool: the pool's {first['paired']['n']} problems (its mixed ones trained on), base {first['base']:.3f}"
+            f"pool: the pool's {first['fit']['paired']['n']} problems (its mixed ones trained on), "
+            f"base {first['fit']['base']:.3f}"
+        )
+    if diagnosis:
+        d = first["diagnosis"]
+        lines.append(
+            f"diag: {d['paired']['n']} held-out training-split problems × samples + greedy, "
+            f"base {d['base']:.3f} sampled, {d['base_greedy']:.3f} greedy"
         )
     return "\n".join(lines)
 
@@ -146,6 +166,7 @@ def main(argv=None) -> dict:
         pieces_dir=script_args.pieces_dir,
         fit=args.fit,
         extra_pool_problems=args.extra_pool_problems,
+        diagnosis_problems=args.diagnosis_problems,
     )
     report = {"commit": git_commit(), "seed": args.seed, "fork": fork_setting(args), "variants": results}
     save_results(report | {"budget": asdict(budget)}, args.out)

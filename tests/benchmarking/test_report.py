@@ -38,6 +38,22 @@ def test_split_indices_are_disjoint_sized_and_seeded():
         split_indices(5, {"pool": 4, "test": 0})
 
 
+def test_a_part_drawn_from_the_end_stays_put_whatever_the_front_draws():
+    sizes = {"pool": 8, "validation": 4}
+    plain = split_indices(20, sizes, seed=3)
+    parts = split_indices(20, sizes, seed=3, tail={"diagnosis": 5})
+    assert {k: parts[k] for k in sizes} == plain and len(parts["diagnosis"]) == 5
+    assert not set(parts["diagnosis"]) & {i for k in sizes for i in parts[k]}
+    larger = split_indices(20, sizes | {"extra_pool": 3}, seed=3, tail={"diagnosis": 5})
+    assert larger["diagnosis"] == parts["diagnosis"] and not set(larger["diagnosis"]) & set(larger["extra_pool"])
+    # the whole permutation: front and tail meet exactly
+    assert sorted(i for p in split_indices(6, {"a": 4}, seed=0, tail={"b": 2}).values() for i in p) == list(range(6))
+    with pytest.raises(ValueError, match="Cannot split 20 problems"):
+        split_indices(20, sizes, seed=3, tail={"diagnosis": 9})
+    with pytest.raises(ValueError, match="a name of its own"):
+        split_indices(20, sizes, seed=3, tail={"pool": 2})
+
+
 CURVE = [(0.0, 0.0), (10.0, 0.05), (20.0, 0.15), (30.0, 0.10), (40.0, 0.30)]
 
 

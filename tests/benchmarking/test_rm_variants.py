@@ -91,6 +91,16 @@ def test_variants_on_the_tiny_model_touch_validation_only(tiny_model_dir, tmp_pa
     assert (out / "base" / "fit_evaluation" / "pool").is_dir()
     assert len(list((out / "seed0").glob("reasonmaxxer-*/fit_evaluation/pool"))) == 2
     assert "pool vs base" in capsys.readouterr().out
+    # the diagnosis set: the data's 2 problems left over, samples and greedy, paired with the base, kept in chunks
+    diagnosed = bench.main([*argv, "--diagnosis_problems", "2"])["variants"]
+    for name, r in diagnosed.items():
+        assert {k: v for k, v in r.items() if k != "diagnosis"} == results[name]
+        d = r["diagnosis"]
+        assert d["paired"]["n"] == d["paired_greedy"]["n"] == 2 and 0 <= d["greedy"] <= 1
+        assert d["paired_greedy"]["mean"] == pytest.approx(d["greedy"] - d["base_greedy"])
+    assert (out / "base" / "fit_evaluation" / "diagnosis").is_dir()
+    assert len(list((out / "seed0").glob("reasonmaxxer-*/fit_evaluation/diagnosis"))) == 2
+    assert "greedy vs base" in capsys.readouterr().out
     # a larger pool: 2 more problems of the data, disjoint from the comparison's splits, in a folder of their own
     monkeypatch.undo()
     larger = bench.main([*argv, "--variants", "recipe", "--extra_pool_problems", "2"])["variants"]["recipe"]

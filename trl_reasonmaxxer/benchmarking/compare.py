@@ -59,7 +59,7 @@ OFFLINE_COST_JSON = "offline_cost.json"
 RUN_JSON = "run.json"  # one finished training (a setting of a fork sweep, a GRPO run), beside its adapter
 PROGRESS_JSON = "progress.json"  # a whole GRPO checkpoint's ledger and validation curve
 FINAL_EVALUATION = "final_evaluation"  # a final model's test and transfer chunks, beside its adapter
-FIT_EVALUATION = "fit_evaluation"  # a model's chunks on the pool's own problems (rm_variants' in-sample check)
+FIT_EVALUATION = "fit_evaluation"  # rm_variants' chunks: the pool's own problems (in-sample), the diagnosis set
 OFFLINE_PHASES = ("generation", "scoring")
 
 
@@ -209,12 +209,20 @@ class CompareConfig:
         return forks + [{"fork_fraction": f} for f in self.fork_fractions] or [{}]
 
 
-def load_splits(dataset_name: str, budget: CompareConfig, split_seed: int, extra_pool_problems: int = 0) -> dict:
+def load_splits(
+    dataset_name: str,
+    budget: CompareConfig,
+    split_seed: int,
+    extra_pool_problems: int = 0,
+    diagnosis_problems: int = 0,
+) -> dict:
     """``{"pool", "validation", "test"}`` datasets with ``prompt`` and ``solution`` columns, pairwise disjoint, and
     ``"transfer"`` (``budget.num_transfer_problems`` of the transfer task's test split) when asked for.
 
     ``extra_pool_problems``: also ``"extra_pool"``, that many more problems drawn after the others from the same
     permutation, so pool, validation and test stay exactly those of the comparison (a larger-pool variant).
+    ``diagnosis_problems``: also ``"diagnosis"``, that many problems from the end of that permutation (the same
+    ones whatever the extra pool), a larger held-out set than validation for diagnoses (:func:`validate_variants`).
 
     A packaged task: pool and validation come from its train split, test from its test split. A local dataset (a
     ``save_to_disk`` folder or a json/jsonl/parquet/csv file with ``prompt`` and ``solution`` columns, read by
@@ -232,6 +240,7 @@ def load_splits(dataset_name: str, budget: CompareConfig, split_seed: int, extra
 
     out = {}
     extra = {"extra_pool": extra_pool_problems} if extra_pool_problems else {}
+    tail = {"diagnosis": diagnosis_problems} if diagnosis_problems else {}
     if budget.num_transfer_problems:
         transfer = budget.transfer_dataset_name
         out["transfer"] = checked(
@@ -251,10 +260,11 @@ def load_splits(dataset_name: str, budget: CompareConfig, split_seed: int, extra
             "validation": budget.num_validation_problems,
             "test": budget.num_test_problems,
         } | extra
-        return {name: data.select(idx) for name, idx in split_indices(len(data), sizes, split_seed).items()} | out
+        parts = split_indices(len(data), sizes, split_seed, tail)
+        return {name: data.select(idx) for name, idx in parts.items()} | out
     train = load_task(dataset_name, "train", prompt_style=budget.prompt_style)
     sizes = {"pool": budget.num_pool_problems, "validation": budget.num_validation_problems} | extra
-    parts = split_indices(len(train), sizes, split_seed)
+    parts = split_indices(len(train), sizes, split_seed, tail)
     test = load_task(
         dataset_name, "test", num_problems=budget.num_test_problems, seed=split_seed, prompt_style=budget.prompt_style
     )
@@ -280,7 +290,7 @@ class _Runner:
 
     def evaluate(self, model, tokenizer, split: str, desc: str, ledger=None, resume: tuple | None = None) -> dict:
         """``evaluation.evaluate`` on ``split`` with the protocol of its kind: validation (and pool) samples only;
-        test and transfer samples and a greedy completion. Its records keep answers and correctness, not texts.
+        test, transfer (and diagnosis) samples and a greedy completion. Its records keep answers and correctness, not texts.
         ``resume``: ``(folder, model key)``, keep and reuse its chunks there (``evaluation.evaluate``'s
         ``resume_dir``)."""
         from ..evaluation import evaluate
@@ -312,7 +322,9 @@ class _Runner:
 
     def resume_args(self, split: str, folder: str, model_key) -> dict:
         return dict(
-            resume_dir=os.path.join(folder, FIT_EVALUATION if split == "pool" else FINAL_EVALUATION, split),
+            resume_dir=os.path.join(
+                folder, FIT_EVALUATION if split in ("pool", "diagnosis") else FINAL_EVALUATION, split
+            ),
             resume_key={"model": model_key, "split": split, "settings": self.settings},
         )
 
@@ -912,6 +924,7 @@ def validate_variants(
     pieces_dir: str | None = None,
     fit: bool = False,
     extra_pool_problems: int = 0,
+    diagnosis_problems: int = 0,
 ) -> dict:
     """Why does ReasonMaxxer gain or not, found on validation: each variant (``name → ReasonMaxxerConfig``
     overrides, :func:`check_overrides`) trained at ``fork`` on ``seed``'s cached pool of the comparison in
@@ -929,7 +942,14 @@ def validate_variants(
 
     ``extra_pool_problems``: every variant trains on a larger pool, the comparison's plus that many more problems of
     the same training split, disjoint from its validation and test sets (their rollouts are sampled and cached like
-    the pool's). Is the pool too small to carry over? The in-sample check stays on the comparison's pool."""
+    the pool's). Is the pool too small to carry over? The in-sample check stays on the comparison's pool.
+
+    ``diagnosis_problems``: also ``"diagnosis": {"pass@1", "greedy", "base", "base_greedy", "paired",
+    "paired_greedy"}``, each variant and the base on that many more problems of the training split (drawn from the end
+    of its permutation: disjoint from pool, validation, test and any extra pool), with the test protocol (samples
+    and a greedy completion), paired per problem. Validation is small (60 problems × 2 samples: ±0.05) and sampled
+    only, while the effects seen on test are largest in greedy accuracy; this set resolves them without touching
+    test. Kept in chunks like ``fit``'s."""
     from ..rewards import math_accuracy_reward
     from ..stats import paired_difference, per_problem_scores
 
@@ -944,9 +964,15 @@ def validate_variants(
             "not exist: run `trl-reasonmaxxer compare` with the same settings and `--methods base` first."
         )
     control = per_problem_scores(base["validation"], "pass@1")
+    base_folder = os.path.join(output_dir, "base")
     if fit:
-        fit_base = _pool_evaluation(runner, None, os.path.join(output_dir, "base"), "base", "base")
+        fit_base = _held_evaluation(runner, "pool", None, base_folder, "base", "base")
         fit_control = per_problem_scores(fit_base, "pass@1")
+    if diagnosis_problems:
+        runner.splits["diagnosis"] = load_splits(
+            dataset_name, budget, split_seed, diagnosis_problems=diagnosis_problems
+        )["diagnosis"]
+        diagnosis_base = _held_evaluation(runner, "diagnosis", None, base_folder, "base", "base")
     extra = None
     if extra_pool_problems:
         extra = load_splits(dataset_name, budget, split_seed, extra_pool_problems)["extra_pool"]
@@ -962,21 +988,36 @@ def validate_variants(
             "paired": paired_difference(per_problem_scores(run["validation"], "pass@1"), control, seed=0),
             "fork_fraction": run["pool"].get("fork/gated_fraction"),
         } | {key: _mean_logged(logs, metric) for key, metric in LOGGED_DIAGNOSTICS.items()}
+        folder = os.path.dirname(run["adapter"])
         if fit:
-            folder = os.path.dirname(run["adapter"])
-            own = _pool_evaluation(runner, run["adapter"], folder, adapter_key(folder), name)
+            own = _held_evaluation(runner, "pool", run["adapter"], folder, adapter_key(folder), name)
             out[name]["fit"] = {
                 "pass@1": own["summary"]["pass@1"],
                 "base": fit_base["summary"]["pass@1"],
                 "paired": paired_difference(per_problem_scores(own, "pass@1"), fit_control, seed=0),
             }
+        if diagnosis_problems:
+            own = _held_evaluation(runner, "diagnosis", run["adapter"], folder, adapter_key(folder), name)
+            out[name]["diagnosis"] = _diagnosis_row(own, diagnosis_base)
     return out
 
 
-def _pool_evaluation(runner: _Runner, adapter: str | None, folder: str, model_key, name: str) -> dict:
-    """The model (base, or with ``adapter``) on the pool's problems, kept in chunks under ``folder``."""
+def _diagnosis_row(own: dict, base: dict) -> dict:
+    """A variant's sampled and greedy accuracy on the diagnosis set, and its paired differences with the base's."""
+    from ..stats import paired_difference, per_problem_scores
+
+    row = {"pass@1": own["summary"]["pass@1"], "greedy": own["summary"]["greedy_accuracy"]}
+    row |= {"base": base["summary"]["pass@1"], "base_greedy": base["summary"]["greedy_accuracy"]}
+    for key, metric in (("paired", "pass@1"), ("paired_greedy", "greedy")):
+        row[key] = paired_difference(per_problem_scores(own, metric), per_problem_scores(base, metric), seed=0)
+    return row
+
+
+def _held_evaluation(runner: _Runner, split: str, adapter: str | None, folder: str, model_key, name: str) -> dict:
+    """The model (base, or with ``adapter``) on ``split`` (the pool, the diagnosis set), kept in chunks under
+    ``folder``."""
     model, tokenizer = runner.load(adapter)
-    result = runner.evaluate(model, tokenizer, "pool", f"{name} (pool)", resume=(folder, model_key))
+    result = runner.evaluate(model, tokenizer, split, f"{name} ({split})", resume=(folder, model_key))
     _free(model)
     return result
 

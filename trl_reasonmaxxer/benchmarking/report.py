@@ -18,14 +18,18 @@ from ..stats import average_seeds, describe, paired_difference, per_problem_scor
 from .ledger import COMPUTE_UNITS
 
 
-def split_indices(num_rows: int, sizes: dict[str, int], seed: int = 0) -> dict[str, list[int]]:
-    """Disjoint index lists of the requested ``sizes`` (name → count), drawn from a seeded permutation of
-    ``range(num_rows)``; each list is sorted."""
-    need = sum(sizes.values())
-    if any(n < 1 for n in sizes.values()) or need > num_rows:
+def split_indices(
+    num_rows: int, sizes: dict[str, int], seed: int = 0, tail: dict[str, int] | None = None
+) -> dict[str, list[int]]:
+    """Disjoint index lists of the requested ``sizes`` (name → count), drawn in order from the front of a seeded
+    permutation of ``range(num_rows)``, and of ``tail`` from its end (so a part drawn there stays the same whatever
+    is added at the front); each list is sorted."""
+    tail = tail or {}
+    parts = sizes | tail
+    if len(parts) < len(sizes) + len(tail) or any(n < 1 for n in parts.values()) or sum(parts.values()) > num_rows:
         raise ValueError(
-            f"Cannot split {num_rows} problems into {sizes}: every part needs at least 1 problem and together at "
-            f"most {num_rows}. Lower the sizes or use a larger dataset."
+            f"Cannot split {num_rows} problems into {sizes} and {tail} from the end: every part needs a name of its "
+            f"own, at least 1 problem, and together at most {num_rows}. Lower the sizes or use a larger dataset."
         )
     order = list(range(num_rows))
     random.Random(seed).shuffle(order)
@@ -33,6 +37,10 @@ def split_indices(num_rows: int, sizes: dict[str, int], seed: int = 0) -> dict[s
     for name, n in sizes.items():
         out[name] = sorted(order[start : start + n])
         start += n
+    end = num_rows
+    for name, n in tail.items():
+        out[name] = sorted(order[end - n : end])
+        end -= n
     return out
 
 
