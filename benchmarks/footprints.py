@@ -26,7 +26,7 @@ from dataclasses import asdict, fields
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from trl_reasonmaxxer.analysis import AdapterDisabled, AnalysisConfig, run_analysis
-from trl_reasonmaxxer.benchmarking.compare import CompareConfig, adapter_key, load_splits
+from trl_reasonmaxxer.benchmarking.compare import CompareConfig, adapter_folder, adapter_key, load_splits
 from trl_reasonmaxxer.benchmarking.pieces import PieceStore, git_commit
 from trl_reasonmaxxer.default_model import resolve_model
 from trl_reasonmaxxer.evaluation import cached_result, load_model_for_eval, save_results
@@ -42,22 +42,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--workdir", default="runs/footprints")
     parser.add_argument("--out", default="docs/results/footprints.json")
     return parser.parse_args(argv)
-
-
-def adapter_folder(piece: dict, runs_dir: str | None) -> str:
-    """The run folder holding the piece's ``adapter/``: under ``runs_dir`` (``seed<S>/<run>``), else as recorded."""
-    recorded = piece.get("adapter")
-    if not recorded:
-        raise ValueError(f"{piece['name']} records no adapter (a piece written before adapters were recorded).")
-    run = os.path.dirname(os.path.normpath(recorded))
-    candidates = [os.path.join(runs_dir, *run.split(os.sep)[-2:])] if runs_dir else []
-    for folder in [*candidates, run]:
-        if os.path.isfile(os.path.join(folder, "adapter", "adapter_config.json")):
-            return folder
-    raise FileNotFoundError(
-        f"The adapter of {piece['name']} is not in {' nor '.join(candidates + [run])}: pass --runs-dir, the "
-        "comparison's --output_dir on this machine (its seed<S>/<run>/adapter folders)."
-    )
 
 
 def footprint(report: dict) -> dict:

@@ -66,6 +66,9 @@ class VariantArguments:
             Also score every variant and the base on this many more problems of the training split (from the end of
             its permutation: disjoint from pool, extra pool, validation and test) with the test protocol, samples
             and a greedy completion, paired per problem: a held-out set large enough for greedy effects.
+        reference_pieces (`list[str]`, *optional*, defaults to `[]`):
+            Finished pieces of the comparison (`grpo_equal-seed0`, `reasonmaxxer_all-seed0`...) whose adapters are
+            scored on the diagnosis set too (needs `diagnosis_problems`): the yardstick for the variants.
     """
 
     variants: list[str] = field(default_factory=lambda: [RECIPE], metadata={"help": "recipe or key=value,..."})
@@ -77,6 +80,9 @@ class VariantArguments:
     extra_pool_problems: int = field(default=0, metadata={"help": "Problems added to the pool of every variant."})
     diagnosis_problems: int = field(
         default=0, metadata={"help": "Held-out training-split problems scored with samples and greedy."}
+    )
+    reference_pieces: list[str] = field(
+        default_factory=list, metadata={"help": "Finished pieces whose adapters are scored on the diagnosis set too."}
     )
 
 
@@ -120,12 +126,19 @@ def format_table(results: dict) -> str:
     def paired(p):
         return f"{p['mean']:+.3f} [{p['ci95'][0]:+.3f}, {p['ci95'][1]:+.3f}]"
 
+    def diag(r):
+        d = r["diagnosis"]
+        return f"{d['pass@1']:>7.3f}{paired(d['paired']):>28}{d['greedy']:>8.3f}{paired(d['paired_greedy']):>28}"
+
     for name, r in results.items():
+        if r.get("reference"):  # a finished piece's adapter: the diagnosis set only
+            blank_pool = f"{'-':>35}" if fit else ""
+            lines.append(f"{'piece ' + name:<40}{'-':>11}{'-':>28}{'':>8}{blank_pool}{diag(r)}")
+            continue
         p = r["paired"]
         pool = f"{r['fit']['pass@1']:>7.3f}{paired(r['fit']['paired']):>28}" if fit else ""
         if diagnosis:
-            d = r["diagnosis"]
-            pool += f"{d['pass@1']:>7.3f}{paired(d['paired']):>28}{d['greedy']:>8.3f}{paired(d['paired_greedy']):>28}"
+            pool += diag(r)
         lines.append(
             f"{name:<40}{r['validation']:>11.3f}{paired(p):>28}{p['better']:>4}/{p['worse']:<3}{pool}"
             f"{show(r['fork_fraction'], '.1%'):>8}{show(r['dlogp_pos'], '+.3f'):>9}{show(r['dlogp_neg'], '+.3f'):>9}"
@@ -167,6 +180,7 @@ def main(argv=None) -> dict:
         fit=args.fit,
         extra_pool_problems=args.extra_pool_problems,
         diagnosis_problems=args.diagnosis_problems,
+        reference_pieces=args.reference_pieces,
     )
     report = {"commit": git_commit(), "seed": args.seed, "fork": fork_setting(args), "variants": results}
     save_results(report | {"budget": asdict(budget)}, args.out)

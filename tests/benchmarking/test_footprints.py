@@ -48,7 +48,7 @@ def test_footprints_of_the_trained_pieces(tiny_model_dir, tmp_path, monkeypatch,
     argv = ["--pieces-dir", str(tmp_path / "pieces"), "--num-problems", "3", "--batch-size", "3"]
     argv += ["--workdir", str(tmp_path / "work"), "--out", str(tmp_path / "footprints.json")]
 
-    with pytest.raises(FileNotFoundError, match="pass --runs-dir"):
+    with pytest.raises(FileNotFoundError, match=r"pass the comparison's --output_dir .*footprints.py: --runs-dir"):
         bench.main(argv)
     results = bench.main([*argv, "--runs-dir", str(runs)])
     (name,) = results

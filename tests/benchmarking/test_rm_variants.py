@@ -109,3 +109,14 @@ def test_variants_on_the_tiny_model_touch_validation_only(tiny_model_dir, tmp_pa
     key = json.loads(next((out / "seed0").glob("reasonmaxxer-*-pool6/run.json")).read_text())["run_key"]
     taken = {i for ids in json.loads((out / "pieces" / "base.json").read_text())["splits"].values() for i in ids}
     assert len(taken) == 8 and len(set(key["extra_pool"])) == 2 and not taken & set(key["extra_pool"])
+    # a finished piece's adapter as the yardstick, on the same diagnosis set (its chunks beside its adapter)
+    with pytest.raises(ValueError, match="give diagnosis_problems too"):
+        bench.main([*argv, "--reference_pieces", "reasonmaxxer-seed0"])
+    with pytest.raises(ValueError, match=r"No such reference pieces: \[.*reasonmaxxer-seed0.json"):
+        bench.main([*argv, "--diagnosis_problems", "2", "--reference_pieces", "reasonmaxxer-seed0"])
+    cli.main(["compare", *common, "--methods", "reasonmaxxer"])
+    referenced = bench.main([*argv, "--diagnosis_problems", "2", "--reference_pieces", "reasonmaxxer-seed0"])
+    reference = referenced["variants"]["reasonmaxxer-seed0"]
+    assert reference["reference"] and reference["diagnosis"]["paired_greedy"]["n"] == 2
+    assert reference["diagnosis"]["base_greedy"] == diagnosed["recipe"]["diagnosis"]["base_greedy"]
+    assert "piece reasonmaxxer-seed0" in capsys.readouterr().out

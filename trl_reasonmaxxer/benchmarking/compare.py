@@ -740,6 +740,22 @@ def _finished_run(folder: str, key: dict) -> dict | None:
     return result
 
 
+def adapter_folder(piece: dict, runs_dir: str | None) -> str:
+    """The run folder holding the piece's ``adapter/``: under ``runs_dir`` (``seed<S>/<run>``), else as recorded."""
+    recorded = piece.get("adapter")
+    if not recorded:
+        raise ValueError(f"{piece['name']} records no adapter (a piece written before adapters were recorded).")
+    run = os.path.dirname(os.path.normpath(recorded))
+    candidates = [os.path.join(runs_dir, *run.split(os.sep)[-2:])] if runs_dir else []
+    for folder in [*candidates, run]:
+        if os.path.isfile(os.path.join(folder, "adapter", "adapter_config.json")):
+            return folder
+    raise FileNotFoundError(
+        f"The adapter of {piece['name']} is not in {' nor '.join(candidates + [run])}: pass the comparison's "
+        "--output_dir on this machine, which holds its seed<S>/<run>/adapter folders (footprints.py: --runs-dir)."
+    )
+
+
 def adapter_key(folder: str) -> str:
     """What identifies the adapter saved in ``folder/adapter``: a hash of its weights file (a retrained adapter, even
     with the same settings, never reuses the old one's evaluation chunks)."""
@@ -925,6 +941,7 @@ def validate_variants(
     fit: bool = False,
     extra_pool_problems: int = 0,
     diagnosis_problems: int = 0,
+    reference_pieces: Sequence[str] = (),
 ) -> dict:
     """Why does ReasonMaxxer gain or not, found on validation: each variant (``name → ReasonMaxxerConfig``
     overrides, :func:`check_overrides`) trained at ``fork`` on ``seed``'s cached pool of the comparison in
@@ -949,7 +966,11 @@ def validate_variants(
     of its permutation: disjoint from pool, validation, test and any extra pool), with the test protocol (samples
     and a greedy completion), paired per problem. Validation is small (60 problems × 2 samples: ±0.05) and sampled
     only, while the effects seen on test are largest in greedy accuracy; this set resolves them without touching
-    test. Kept in chunks like ``fit``'s."""
+    test. Kept in chunks like ``fit``'s.
+
+    ``reference_pieces``: finished pieces of the comparison (``grpo_equal-seed0``...) whose adapters are scored on
+    the diagnosis set too, as ``{"reference": True, "diagnosis": ...}`` rows: what a method that gains on test (or the
+    recipe's own final adapter) shows on this set, the yardstick for the variants."""
     from ..rewards import math_accuracy_reward
     from ..stats import paired_difference, per_problem_scores
 
@@ -957,6 +978,13 @@ def validate_variants(
     reward_fn = reward_fn or math_accuracy_reward
     eval_seed = seed if budget.eval_seed is None else budget.eval_seed
     runner, store = _setup(output_dir, model, dataset_name, budget, reward_fn, split_seed, eval_seed, pieces_dir)
+    if reference_pieces and not diagnosis_problems:
+        raise ValueError("Reference pieces are scored on the diagnosis set: give diagnosis_problems too.")
+    references = {name: store.load(name) for name in reference_pieces}
+    missing = [store.path(name) for name, piece in references.items() if piece is None]
+    if missing:
+        raise ValueError(f"No such reference pieces: {missing}. Give names of pieces that exist (`<method>-seed<S>`).")
+    folders = {name: adapter_folder(piece, output_dir) for name, piece in references.items()}
     base = store.load("base")
     if base is None:
         raise ValueError(
@@ -999,6 +1027,10 @@ def validate_variants(
         if diagnosis_problems:
             own = _held_evaluation(runner, "diagnosis", run["adapter"], folder, adapter_key(folder), name)
             out[name]["diagnosis"] = _diagnosis_row(own, diagnosis_base)
+    for name, folder in folders.items():
+        adapter = os.path.join(folder, "adapter")
+        own = _held_evaluation(runner, "diagnosis", adapter, folder, adapter_key(folder), name)
+        out[name] = {"reference": True, "diagnosis": _diagnosis_row(own, diagnosis_base)}
     return out
 
 
