@@ -290,7 +290,8 @@ class _Runner:
 
     def evaluate(self, model, tokenizer, split: str, desc: str, ledger=None, resume: tuple | None = None) -> dict:
         """``evaluation.evaluate`` on ``split`` with the protocol of its kind: validation (and pool) samples only;
-        test, transfer (and diagnosis) samples and a greedy completion. Its records keep answers and correctness, not texts.
+        test, transfer (and diagnosis) samples and a greedy completion. Its records keep answers and correctness, not
+        texts.
         ``resume``: ``(folder, model key)``, keep and reuse its chunks there (``evaluation.evaluate``'s
         ``resume_dir``)."""
         from ..evaluation import evaluate
