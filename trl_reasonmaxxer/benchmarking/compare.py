@@ -539,8 +539,8 @@ class _Runner:
     ) -> dict:
         """ReasonMaxxer with ``gate`` for one seed: one training per fork setting of ``forks``, all on the seed's one
         cached pool, each scored on validation (when ``with_validation`` or when there is a choice to make); the
-        best on validation (ties: the first) is evaluated on test and (``with_transfer``) transfer, once. Its ledger is that training's
-        plus the offline phase; ``sweep_compute`` adds the other settings' training."""
+        best on validation (ties: the first) is evaluated on test and (``with_transfer``) transfer, once. Its ledger
+        is that training's plus the offline phase; ``sweep_compute`` adds the other settings' training."""
         runs = [self.trained_reasonmaxxer(seed, gate, fork, with_validation or len(forks) > 1) for fork in forks]
         best = max(range(len(runs)), key=lambda i: runs[i]["validation"]["summary"]["pass@1"]) if len(runs) > 1 else 0
         chosen = runs[best]
