@@ -997,14 +997,13 @@ def validate_variants(
     if fit:
         fit_base = _held_evaluation(runner, "pool", None, base_folder, "base", "base")
         fit_control = per_problem_scores(fit_base, "pass@1")
+    more = {}
+    if extra_pool_problems or diagnosis_problems:  # both from one draw of the comparison's permutation
+        more = load_splits(dataset_name, budget, split_seed, extra_pool_problems, diagnosis_problems)
+    extra = more.get("extra_pool")
     if diagnosis_problems:
-        runner.splits["diagnosis"] = load_splits(
-            dataset_name, budget, split_seed, diagnosis_problems=diagnosis_problems
-        )["diagnosis"]
+        runner.splits["diagnosis"] = more["diagnosis"]
         diagnosis_base = _held_evaluation(runner, "diagnosis", None, base_folder, "base", "base")
-    extra = None
-    if extra_pool_problems:
-        extra = load_splits(dataset_name, budget, split_seed, extra_pool_problems)["extra_pool"]
     out = {}
     for name, overrides in variants.items():
         run = runner.trained_reasonmaxxer(seed, "entropy", fork, True, overrides, extra)
