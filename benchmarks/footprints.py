@@ -7,6 +7,10 @@ share of positions where the adapter's greedy token is the base's 2nd-5th choice
 (shifted), the base entropy there against elsewhere, and the piece's test accuracy beside them. The paper's RL models
 change 1-4% of positions, nearly all re-ranked. No interventions run (``analyze --policies base --run_teacher false``).
 
+Every pair of adapters is then compared along that same base decode (``change_agreement``): of one's changes, how many
+the other makes at the same position and, where both change, how often to the same token, each beside its chance
+level. Do two methods that move the same few uncertain positions move them the same way?
+
     python benchmarks/footprints.py --runs-dir runs/evidence               # every trained piece of docs/results/pieces
     python benchmarks/footprints.py --runs-dir runs/evidence --pieces reasonmaxxer-seed0 grpo_equal-seed0
 
@@ -25,7 +29,7 @@ from dataclasses import asdict, fields
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from trl_reasonmaxxer.analysis import AdapterDisabled, AnalysisConfig, run_analysis
+from trl_reasonmaxxer.analysis import AdapterDisabled, AnalysisConfig, change_agreement, run_analysis
 from trl_reasonmaxxer.benchmarking.compare import CompareConfig, adapter_folder, adapter_key, load_splits
 from trl_reasonmaxxer.benchmarking.pieces import PieceStore, git_commit
 from trl_reasonmaxxer.default_model import resolve_model
@@ -84,6 +88,18 @@ def analyse(piece: dict, folder: str, args) -> dict:
         "config": asdict(config),
         "wall_s": time.perf_counter() - start,
         "commit": git_commit(),
+        # each position's adapter-token base rank, for the pairwise agreement (kept in --workdir, not in --out)
+        "ranks": [r for record in report["records"] for r in record["base"]["teacher_rank"]],
+    }
+
+
+def agreements(results: dict) -> dict:
+    """``change_agreement`` of every pair of adapters, keyed ``"<a> | <b>"``."""
+    names = list(results)
+    return {
+        f"{a} | {b}": change_agreement(results[a]["ranks"], results[b]["ranks"])
+        for i, a in enumerate(names)
+        for b in names[i + 1 :]
     }
 
 
@@ -103,6 +119,23 @@ def format_table(results: dict) -> str:
     return "\n".join(lines)
 
 
+def format_agreement(pairs: dict) -> str:
+    def share(value):
+        return "-" if value is None else f"{value:.0%}"
+
+    lines = [
+        f"{'a | b':<56}{'a':>6}{'b':>6}{'both':>6}{'(chance)':>10}{'b|a':>6}{'a|b':>6}{'same':>6}{'same|both':>11}"
+        f"{'(chance)':>10}"
+    ]
+    for name, p in pairs.items():
+        chance_same = share(p["chance_same"])
+        lines.append(
+            f"{name:<56}{p['a']:>6}{p['b']:>6}{p['both']:>6}{p['chance_both']:>10.1f}{share(p['b_given_a']):>6}"
+            f"{share(p['a_given_b']):>6}{p['same_token']:>6}{share(p['same_given_both']):>11}{chance_same:>10}"
+        )
+    return "\n".join(lines)
+
+
 def main(argv=None) -> dict:
     args = parse_args(argv)
     pieces = PieceStore(args.pieces_dir).load_all()  # checked against each other, as the evidence is
@@ -115,11 +148,19 @@ def main(argv=None) -> dict:
     for name in names:
         piece = pieces[name]
         folder = adapter_folder(piece, args.runs_dir)
-        key = {"adapter": adapter_key(folder), "settings": piece["settings"], "num_problems": args.num_problems}
+        key = {
+            "adapter": adapter_key(folder),
+            "settings": piece["settings"],
+            "num_problems": args.num_problems,
+            "kept": ["ranks"],
+        }
         path = os.path.join(args.workdir, f"{name}.json")
         results[name] = cached_result(path, key, lambda piece=piece, folder=folder: analyse(piece, folder, args))
-        save_results({"commit": git_commit(), "footprints": results}, args.out)
+        figures = {n: {k: v for k, v in r.items() if k != "ranks"} for n, r in results.items()}
+        save_results({"commit": git_commit(), "footprints": figures, "agreement": agreements(results)}, args.out)
     print(format_table(results))
+    if len(results) > 1:
+        print(format_agreement(agreements(results)))
     print(f"wrote {args.out}")
     return results
 

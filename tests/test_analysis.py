@@ -20,6 +20,7 @@ from trl_reasonmaxxer.analysis import (
     AdapterDisabled,
     AnalysisConfig,
     calibration_report,
+    change_agreement,
     classify_rank,
     format_table,
     guided_greedy,
@@ -78,6 +79,29 @@ def test_summarize_divergence_without_disagreement_and_bad_input():
         summarize_divergence([1, 2], [0.1])
     with pytest.raises(ValueError, match="every completion is empty"):
         summarize_divergence([], [])
+
+
+def test_change_agreement_counts_positions_tokens_and_chance():
+    a = [1, 2, 3, 2, 1, 1, 4, 1]
+    b = [1, 2, 2, 1, 5, 1, 4, 1]
+    p = change_agreement(a, b)
+    # a changes 4 positions, b 4; both at positions 1, 2, 6; the same token (equal rank) at 1 and 6
+    assert (p["positions"], p["a"], p["b"], p["both"], p["same_token"]) == (8, 4, 4, 3, 2)
+    assert p["b_given_a"] == p["a_given_b"] == 0.75 and p["same_given_both"] == pytest.approx(2 / 3)
+    assert p["chance_both"] == 4 * 4 / 8
+    # over the 3 shared positions a picks ranks {2, 3, 4}, b {2, 2, 4}: (1·2 + 0·... + 1·1) / 9
+    assert p["chance_same"] == pytest.approx((1 * 2 + 1 * 1) / 9)
+    assert change_agreement([2, 3], [2, 3])["same_given_both"] == 1.0
+
+
+def test_change_agreement_without_shared_changes_and_bad_input():
+    p = change_agreement([1, 2, 1], [1, 1, 3])
+    assert p["both"] == 0 and p["same_given_both"] is None and p["chance_same"] is None
+    assert change_agreement([1, 1], [2, 1])["b_given_a"] is None
+    with pytest.raises(ValueError, match="along the same base decode"):
+        change_agreement([1, 2], [1])
+    with pytest.raises(ValueError, match="No positions"):
+        change_agreement([], [])
 
 
 def test_rank_histogram_tail_bucket():

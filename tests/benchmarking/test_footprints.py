@@ -43,6 +43,11 @@ def test_footprints_of_the_trained_pieces(tiny_model_dir, tmp_path, monkeypatch,
     store.save(
         "reasonmaxxer-seed0", {"method": "reasonmaxxer", "seed": 0, "test": {"summary": summary}, "adapter": recorded}
     )
+    # a second piece with the very same adapter: its changes must coincide with the first's, position and token
+    store.save(
+        "reasonmaxxer_all-seed0",
+        {"method": "reasonmaxxer_all", "seed": 0, "test": {"summary": summary}, "adapter": recorded},
+    )
     runs = tmp_path / "runs"
     _strong_adapter(tiny_model_dir, runs / "seed0" / "reasonmaxxer-entropy-threshold1.4" / "adapter")
     argv = ["--pieces-dir", str(tmp_path / "pieces"), "--num-problems", "3", "--batch-size", "3"]
@@ -51,15 +56,23 @@ def test_footprints_of_the_trained_pieces(tiny_model_dir, tmp_path, monkeypatch,
     with pytest.raises(FileNotFoundError, match=r"pass the comparison's --output_dir .*footprints.py: --runs-dir"):
         bench.main(argv)
     results = bench.main([*argv, "--runs-dir", str(runs)])
-    (name,) = results
+    assert list(results) == ["reasonmaxxer-seed0", "reasonmaxxer_all-seed0"]
+    name = "reasonmaxxer-seed0"
     r = results[name]
-    assert name == "reasonmaxxer-seed0" and (r["test_pass@1"], r["test_greedy"]) == (0.5, 0.75)
+    assert (r["test_pass@1"], r["test_greedy"]) == (0.5, 0.75)
+    assert len(r["ranks"]) == r["positions"] and results["reasonmaxxer_all-seed0"]["ranks"] == r["ranks"]
     assert 0 < r["positions"] <= 3 * 6 and r["num_problems"] == 3
     assert r["changed_percent"] == pytest.approx(r["reranked_percent"] + r["shifted_percent"])
     assert r["changed_percent"] > 0  # the strong random LoRA moves some greedy choices
     assert r["config"]["policies"] == ["base"] and r["config"]["max_completion_length"] == 6
-    assert json.loads((tmp_path / "footprints.json").read_text())["footprints"] == results
-    assert "reasonmaxxer-seed0" in capsys.readouterr().out
+    written = json.loads((tmp_path / "footprints.json").read_text())
+    assert written["footprints"][name] == {k: v for k, v in r.items() if k != "ranks"}  # the ranks stay in --workdir
+    changed = sum(rank > 1 for rank in r["ranks"])
+    pair = written["agreement"]["reasonmaxxer-seed0 | reasonmaxxer_all-seed0"]
+    assert pair["a"] == pair["b"] == pair["both"] == pair["same_token"] == changed
+    assert pair["b_given_a"] == pair["same_given_both"] == 1.0
+    out = capsys.readouterr().out
+    assert "reasonmaxxer-seed0 | reasonmaxxer_all-seed0" in out and "same|both" in out
 
     monkeypatch.setattr(bench, "run_analysis", lambda *a, **k: pytest.fail("analysed again"))
     assert bench.main([*argv, "--runs-dir", str(runs)]) == results  # kept: reused

@@ -70,3 +70,46 @@ def summarize_divergence(ranks: Sequence[int], entropies: Sequence[float], top_k
     summary["median_rank_changed"] = float(torch.tensor(changed).float().median()) if changed else None
     summary["rank_histogram"] = rank_histogram(ranks)
     return summary
+
+
+def change_agreement(ranks_a: Sequence[int], ranks_b: Sequence[int]) -> dict:
+    """Where two teachers depart from the same base greedy decode, do they depart at the same positions, to the
+    same token?
+
+    ``ranks_a`` and ``ranks_b`` hold each teacher's greedy token's base rank (:func:`token_rank`) at the same
+    positions, so two equal ranks above 1 are the same token. Returns the counts of positions ``a`` changes, ``b``
+    changes and ``both`` change, ``same_token`` of those; the shares ``b_given_a`` (of ``a``'s changes, where ``b``
+    changes too), ``a_given_b`` and ``same_given_both``; and two chance levels: ``chance_both``, the overlap if the
+    two changed independently at their own rates, and ``chance_same``, the chance that two changes at one position
+    pick the same token if each drew its rank from its own histogram over the shared positions. None where a
+    share divides by 0.
+    """
+    if len(ranks_a) != len(ranks_b):
+        raise ValueError(
+            f"Got {len(ranks_a)} and {len(ranks_b)} ranks: both teachers must be read along the same base decode "
+            "(same model, problems and token budget)."
+        )
+    if not ranks_a:
+        raise ValueError("No positions to compare.")
+    changed_a = sum(a > 1 for a in ranks_a)
+    changed_b = sum(b > 1 for b in ranks_b)
+    shared = [(a, b) for a, b in zip(ranks_a, ranks_b) if a > 1 and b > 1]
+    same = sum(a == b for a, b in shared)
+    hist_a, hist_b = Counter(a for a, _ in shared), Counter(b for _, b in shared)
+    chance_same = sum(hist_a[r] * hist_b[r] for r in hist_a) / len(shared) ** 2 if shared else None
+
+    def share(part, whole):
+        return part / whole if whole else None
+
+    return {
+        "positions": len(ranks_a),
+        "a": changed_a,
+        "b": changed_b,
+        "both": len(shared),
+        "same_token": same,
+        "b_given_a": share(len(shared), changed_a),
+        "a_given_b": share(len(shared), changed_b),
+        "same_given_both": share(same, len(shared)),
+        "chance_both": changed_a * changed_b / len(ranks_a),
+        "chance_same": chance_same,
+    }
