@@ -16,6 +16,8 @@ negative fork tokens the floor exempted (``floored``: does it act at all?).
 split, disjoint from validation and test), ``--fit true`` adds the in-sample check on the comparison's pool, and
 ``--diagnosis_problems N`` scores every variant and the base on N more held-out training-split problems with the test
 protocol (samples and greedy): validation's 60 × 2 samples cannot resolve the ±0.05 greedy effects seen on test.
+``--reference_pieces`` scores finished pieces' adapters there too, and pairs every other row with the first of them
+(``greedy vs ref``: a variant against GRPO's adapter on the same problems).
 
 Resumable: every variant's training is kept beside its adapter (``<output_dir>/seed<S>/reasonmaxxer-<label>/``) and
 reused. Writes ``--out`` (docs/results/rm_variants.json) at the end, and prints a table.
@@ -113,10 +115,15 @@ def fork_setting(args: VariantArguments) -> dict:
 def format_table(results: dict) -> str:
     fit = any("fit" in r for r in results.values())
     diagnosis = any("diagnosis" in r for r in results.values())
+    versus = next(
+        (r["diagnosis"]["vs_reference"]["name"] for r in results.values() if "vs_reference" in r.get("diagnosis", {})),
+        None,
+    )
     lines = [
         f"{'variant':<40}{'validation':>11}{'vs base (95% CI)':>28}{'+/-':>8}"
         + (f"{'pool':>7}{'pool vs base (95% CI)':>28}" if fit else "")
         + (f"{'diag':>7}{'diag vs base':>28}{'greedy':>8}{'greedy vs base':>28}" if diagnosis else "")
+        + (f"{'greedy vs ref':>28}" if versus else "")
         + f"{'forks':>8}{'dlogp+':>9}{'dlogp-':>9}{'kl':>9}{'floored':>9}"
     ]
 
@@ -128,7 +135,10 @@ def format_table(results: dict) -> str:
 
     def diag(r):
         d = r["diagnosis"]
-        return f"{d['pass@1']:>7.3f}{paired(d['paired']):>28}{d['greedy']:>8.3f}{paired(d['paired_greedy']):>28}"
+        line = f"{d['pass@1']:>7.3f}{paired(d['paired']):>28}{d['greedy']:>8.3f}{paired(d['paired_greedy']):>28}"
+        if versus:
+            line += f"{paired(d['vs_reference']['paired_greedy']) if 'vs_reference' in d else '-':>28}"
+        return line
 
     for name, r in results.items():
         if r.get("reference"):  # a finished piece's adapter: the diagnosis set only
@@ -157,6 +167,8 @@ def format_table(results: dict) -> str:
             f"diag: {d['paired']['n']} held-out training-split problems × samples + greedy, "
             f"base {d['base']:.3f} sampled, {d['base_greedy']:.3f} greedy"
         )
+    if versus:
+        lines.append(f"greedy vs ref: paired with the reference piece {versus} on the diagnosis set")
     return "\n".join(lines)
 
 

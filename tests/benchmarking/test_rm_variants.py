@@ -119,4 +119,13 @@ def test_variants_on_the_tiny_model_touch_validation_only(tiny_model_dir, tmp_pa
     reference = referenced["variants"]["reasonmaxxer-seed0"]
     assert reference["reference"] and reference["diagnosis"]["paired_greedy"]["n"] == 2
     assert reference["diagnosis"]["base_greedy"] == diagnosed["recipe"]["diagnosis"]["base_greedy"]
-    assert "piece reasonmaxxer-seed0" in capsys.readouterr().out
+    # every other row is paired with the first reference on the same problems; the reference is not paired with itself
+    assert "vs_reference" not in reference["diagnosis"]
+    for name, r in referenced["variants"].items():
+        if name != "reasonmaxxer-seed0":
+            versus = r["diagnosis"]["vs_reference"]
+            assert versus["name"] == "reasonmaxxer-seed0" and versus["paired_greedy"]["n"] == 2
+            gap = r["diagnosis"]["greedy"] - reference["diagnosis"]["greedy"]
+            assert versus["paired_greedy"]["mean"] == pytest.approx(gap)
+    printed = capsys.readouterr().out
+    assert "piece reasonmaxxer-seed0" in printed and "paired with the reference piece reasonmaxxer-seed0" in printed

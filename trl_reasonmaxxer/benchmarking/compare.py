@@ -971,7 +971,9 @@ def validate_variants(
 
     ``reference_pieces``: finished pieces of the comparison (``grpo_equal-seed0``...) whose adapters are scored on
     the diagnosis set too, as ``{"reference": True, "diagnosis": ...}`` rows: what a method that gains on test (or the
-    recipe's own final adapter) shows on this set, the yardstick for the variants."""
+    recipe's own final adapter) shows on this set, the yardstick for the variants. Every other row's diagnosis then
+    also holds ``"vs_reference": {"name", "paired", "paired_greedy"}``, its paired differences with the first
+    reference piece's on the same problems (a variant against GRPO, say)."""
     from ..rewards import math_accuracy_reward
     from ..stats import paired_difference, per_problem_scores
 
@@ -1004,7 +1006,7 @@ def validate_variants(
     if diagnosis_problems:
         runner.splits["diagnosis"] = more["diagnosis"]
         diagnosis_base = _held_evaluation(runner, "diagnosis", None, base_folder, "base", "base")
-    out = {}
+    out, evaluated = {}, {}  # evaluated: each row's diagnosis evaluation, for the pairing with the first reference
     for name, overrides in variants.items():
         run = runner.trained_reasonmaxxer(seed, "entropy", fork, True, overrides, extra)
         logs = run.get("log_history", [])
@@ -1027,22 +1029,35 @@ def validate_variants(
         if diagnosis_problems:
             own = _held_evaluation(runner, "diagnosis", run["adapter"], folder, adapter_key(folder), name)
             out[name]["diagnosis"] = _diagnosis_row(own, diagnosis_base)
+            evaluated[name] = own
     for name, folder in folders.items():
         adapter = os.path.join(folder, "adapter")
-        own = _held_evaluation(runner, "diagnosis", adapter, folder, adapter_key(folder), name)
-        out[name] = {"reference": True, "diagnosis": _diagnosis_row(own, diagnosis_base)}
+        evaluated[name] = _held_evaluation(runner, "diagnosis", adapter, folder, adapter_key(folder), name)
+        out[name] = {"reference": True, "diagnosis": _diagnosis_row(evaluated[name], diagnosis_base)}
+    if folders:
+        yardstick = next(iter(folders))
+        for name, own in evaluated.items():
+            if name != yardstick:
+                versus = _paired_both(own, evaluated[yardstick])
+                out[name]["diagnosis"]["vs_reference"] = {"name": yardstick} | versus
     return out
+
+
+def _paired_both(own: dict, other: dict) -> dict:
+    """``{"paired", "paired_greedy"}``: ``own`` − ``other`` per problem, sampled pass@1 and greedy accuracy."""
+    from ..stats import paired_difference, per_problem_scores
+
+    return {
+        key: paired_difference(per_problem_scores(own, metric), per_problem_scores(other, metric), seed=0)
+        for key, metric in (("paired", "pass@1"), ("paired_greedy", "greedy"))
+    }
 
 
 def _diagnosis_row(own: dict, base: dict) -> dict:
     """A variant's sampled and greedy accuracy on the diagnosis set, and its paired differences with the base's."""
-    from ..stats import paired_difference, per_problem_scores
-
     row = {"pass@1": own["summary"]["pass@1"], "greedy": own["summary"]["greedy_accuracy"]}
     row |= {"base": base["summary"]["pass@1"], "base_greedy": base["summary"]["greedy_accuracy"]}
-    for key, metric in (("paired", "pass@1"), ("paired_greedy", "greedy")):
-        row[key] = paired_difference(per_problem_scores(own, metric), per_problem_scores(base, metric), seed=0)
-    return row
+    return row | _paired_both(own, base)
 
 
 def _held_evaluation(runner: _Runner, split: str, adapter: str | None, folder: str, model_key, name: str) -> dict:
