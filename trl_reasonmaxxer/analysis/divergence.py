@@ -45,6 +45,10 @@ def _mean(values: Sequence[float]) -> float | None:
     return sum(values) / len(values) if values else None
 
 
+def _share(part: float, whole: float) -> float | None:
+    return part / whole if whole else None
+
+
 def summarize_divergence(ranks: Sequence[int], entropies: Sequence[float], top_k: int = 5) -> dict:
     """Statistics of per-position teacher ranks and base entropies (nats), flattened over all completions.
 
@@ -98,18 +102,15 @@ def change_agreement(ranks_a: Sequence[int], ranks_b: Sequence[int]) -> dict:
     hist_a, hist_b = Counter(a for a, _ in shared), Counter(b for _, b in shared)
     chance_same = sum(hist_a[r] * hist_b[r] for r in hist_a) / len(shared) ** 2 if shared else None
 
-    def share(part, whole):
-        return part / whole if whole else None
-
     return {
         "positions": len(ranks_a),
         "a": changed_a,
         "b": changed_b,
         "both": len(shared),
         "same_token": same,
-        "b_given_a": share(len(shared), changed_a),
-        "a_given_b": share(len(shared), changed_b),
-        "same_given_both": share(same, len(shared)),
+        "b_given_a": _share(len(shared), changed_a),
+        "a_given_b": _share(len(shared), changed_b),
+        "same_given_both": _share(same, len(shared)),
         "chance_both": changed_a * changed_b / len(ranks_a),
         "chance_same": chance_same,
     }

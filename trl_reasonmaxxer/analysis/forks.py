@@ -7,6 +7,8 @@ import re
 from collections import Counter, defaultdict
 from collections.abc import Sequence
 
+from .divergence import _share
+
 
 KINDS = ("number", "operator", "word", "format")
 _NUMBER = re.compile(r"[\d.,]*\d[\d.,]*")
@@ -26,10 +28,6 @@ def token_kind(text: str) -> str:
     if _WORD.search(text):
         return "word"
     return "format"
-
-
-def _share(part: float, whole: float) -> float | None:
-    return part / whole if whole else None
 
 
 def fork_profile(rollouts: Sequence[dict], tau: float, top: int = 15) -> dict:
