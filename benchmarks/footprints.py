@@ -144,7 +144,7 @@ def main(argv=None) -> dict:
     if unknown:
         trained = sorted(n for n, p in pieces.items() if p["method"] != "base")
         raise ValueError(f"No trained piece {unknown} in {args.pieces_dir}; it has: {', '.join(trained) or 'none'}.")
-    results = {}
+    results, pairs = {}, {}
     for name in names:
         piece = pieces[name]
         folder = adapter_folder(piece, args.runs_dir)
@@ -157,10 +157,11 @@ def main(argv=None) -> dict:
         path = os.path.join(args.workdir, f"{name}.json")
         results[name] = cached_result(path, key, lambda piece=piece, folder=folder: analyse(piece, folder, args))
         figures = {n: {k: v for k, v in r.items() if k != "ranks"} for n, r in results.items()}
-        save_results({"commit": git_commit(), "footprints": figures, "agreement": agreements(results)}, args.out)
+        pairs = agreements(results)
+        save_results({"commit": git_commit(), "footprints": figures, "agreement": pairs}, args.out)
     print(format_table(results))
-    if len(results) > 1:
-        print(format_agreement(agreements(results)))
+    if pairs:
+        print(format_agreement(pairs))
     print(f"wrote {args.out}")
     return results
 
