@@ -1,6 +1,7 @@
 """The comparison's arithmetic without a model: splits, the headline ratio on synthetic curves, seed pooling and the
 table."""
 
+import copy
 import math
 import os
 
@@ -17,6 +18,7 @@ from trl_reasonmaxxer.benchmarking.report import (
     headline_ratio,
     mean_curve,
     mean_ledger,
+    paired_rows,
     plot_paired,
     pooled_metric,
     split_indices,
@@ -253,7 +255,31 @@ def test_format_table_shows_methods_paired_differences_headline_and_missing_piec
     assert "; reasonmaxxer rollouts llama.cpp, evaluation llama.cpp" in table
 
 
-def test_plot_paired_draws_every_pair_with_its_ci(tmp_path):
+def test_plot_paired_draws_every_pair_sampled_and_greedy(tmp_path):
     evidence = build_evidence(synthetic.all_pieces(), num_resamples=200)
-    assert os.path.getsize(plot_paired(evidence, str(tmp_path / "paired.png"))) > 0
+    rows = paired_rows(evidence)
+    assert [row[0] for row in rows] == [
+        "grpo_3x-base (test)",
+        "grpo_equal-base (test)",
+        "reasonmaxxer-base (test)",
+        "reasonmaxxer-grpo_3x (test)",
+        "reasonmaxxer-grpo_equal (test)",
+        "reasonmaxxer-base (transfer)",
+    ]
+    _, evaluation, sampled, greedy = rows[2]
+    assert evaluation == "test" and sampled["mean"] == 0.25 and greedy["mean"] == 0.125  # both metrics, not one twice
+    assert rows[-1][1:] == (
+        "transfer",
+        evidence["transfer"]["reasonmaxxer-base"],
+        evidence["transfer_greedy"]["reasonmaxxer-base"],
+    )
+    # a pair with only a greedy difference keeps its row; one with neither has none
+    greedy_only = copy.deepcopy(evidence)
+    name = rows[0][0].removesuffix(" (test)")
+    greedy_only["paired"][name] = None
+    assert paired_rows(greedy_only)[0] == (rows[0][0], "test", None, rows[0][3])
+    greedy_only["paired_greedy"][name] = None
+    assert rows[0][0] not in [row[0] for row in paired_rows(greedy_only)]
+    assert os.path.getsize(plot_paired(greedy_only, str(tmp_path / "paired.png"))) > 0
+    assert paired_rows(build_evidence({})) == []
     assert os.path.getsize(plot_paired(build_evidence({}), str(tmp_path / "empty.png"))) > 0

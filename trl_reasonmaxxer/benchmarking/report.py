@@ -462,29 +462,46 @@ def _fork_label(fork: Mapping | None) -> str:
     return ", ".join(f"{k}={v:g}" for k, v in fork.items()) if fork else "the trainer's default gate"
 
 
+def paired_rows(evidence: dict) -> list[tuple[str, str, dict | None, dict | None]]:
+    """``(label, evaluation, sampled, greedy)`` for every pair with a difference in either metric, test pairs first:
+    the rows of :func:`plot_paired`."""
+    rows = []
+    for evaluation, sampled_key, greedy_key in (
+        ("test", "paired", "paired_greedy"),
+        ("transfer", "transfer", "transfer_greedy"),
+    ):
+        for name, sampled in evidence[sampled_key].items():
+            greedy = evidence[greedy_key].get(name)
+            if sampled or greedy:
+                rows.append((f"{name} ({evaluation})", evaluation, sampled, greedy))
+    return rows
+
+
 def plot_paired(evidence: dict, path: str) -> str:
-    """The paired differences (test and transfer pass@1) with their 95% CIs, one row each."""
+    """The paired differences with their 95% CIs, one row a pair: sampled pass@1 on the left, greedy on the right
+    (seed 0's clearest effects were in greedy accuracy)."""
     tasks = {
         "test": os.path.basename(str(evidence["task"])),
         "transfer": os.path.basename(str(evidence["transfer_task"])),
     }
-    rows = [
-        (f"{name} ({split})", d, color)
-        for key, split, color in (("paired", "test", "C0"), ("transfer", "transfer", "C1"))
-        for name, d in evidence[key].items()
-        if d
-    ]
-    fig, ax = new_figure(width=7.0, height=max(2.5, 1.2 + 0.4 * len(rows)))
-    for i, (_, d, color) in enumerate(rows):
-        lo, hi = d["ci95"]
-        err = [[max(d["mean"] - lo, 0.0)], [max(hi - d["mean"], 0.0)]]
-        ax.errorbar([d["mean"]], [i], xerr=err, fmt="o", capsize=4, color=color)
-    ax.set_yticks(range(len(rows)), [label for label, _, _ in rows])
-    ax.invert_yaxis()
-    ax.axvline(0.0, color="black", linewidth=0.8)
-    ax.set_xlabel("pass@1 difference per problem (95% paired bootstrap CI)")
-    title = f"Paired differences: test = {tasks['test']}" + (
+    rows = paired_rows(evidence)
+    fig, _ = new_figure(width=10.0, height=max(2.5, 1.2 + 0.4 * len(rows)))
+    fig.clear()
+    panels = fig.subplots(1, 2, sharex=True, sharey=True)
+    for ax, column, metric in zip(panels, (2, 3), ("sampled pass@1", "greedy accuracy")):
+        for i, row in enumerate(rows):
+            d = row[column]
+            if d is None:
+                continue
+            lo, hi = d["ci95"]
+            err = [[max(d["mean"] - lo, 0.0)], [max(hi - d["mean"], 0.0)]]
+            ax.errorbar([d["mean"]], [i], xerr=err, fmt="o", capsize=4, color="C0" if row[1] == "test" else "C1")
+        ax.axvline(0.0, color="black", linewidth=0.8)
+        ax.set_xlabel(f"{metric} difference")
+    panels[0].set_yticks(range(len(rows)), [row[0] for row in rows])
+    panels[0].invert_yaxis()
+    title = f"Paired differences, 95% bootstrap CIs: test = {tasks['test']}" + (
         f", transfer = {tasks['transfer']}" if evidence["transfer_task"] else ""
     )
-    ax.set_title(title if rows else "Paired differences: no pair has both pieces yet")
+    fig.suptitle(title if rows else "Paired differences: no pair has both pieces yet")
     return save_figure(fig, path)
