@@ -226,9 +226,33 @@ def test_build_evidence_pairs_seed_averaged_problems_and_lists_missing_pieces():
     assert any("hit the 320-token budget" in w for w in evidence["warnings"])
 
 
+def test_build_evidence_per_seed_pairs_each_piece_with_the_base():
+    evidence = build_evidence(synthetic.all_pieces(), num_resamples=2000)
+    per_seed = evidence["per_seed"]
+    assert sorted(per_seed) == [
+        "grpo_3x-seed0",  # seed 1's is the missing piece
+        "grpo_equal-seed0",
+        "grpo_equal-seed1",
+        "reasonmaxxer-seed0",
+        "reasonmaxxer-seed1",
+    ]
+    # by hand: seed 0 gains half a sample on p0 (pass@1 +0.125, greedy 0); seed 1 two halves and one greedy (+0.25)
+    s0, s1 = per_seed["reasonmaxxer-seed0"], per_seed["reasonmaxxer-seed1"]
+    assert (s0["paired"]["mean"], s0["paired_greedy"]["mean"]) == (0.125, 0.0)
+    assert (s1["paired"]["mean"], s1["paired_greedy"]["mean"]) == (0.375, 0.25)
+    assert s1["paired"]["seeds"] == {"reasonmaxxer": [1], "base": [None]}
+    # same problems in every seed: the seeds' mean difference is the pooled one
+    for key in ("paired", "paired_greedy", "transfer", "transfer_greedy"):
+        pooled = evidence[key]["reasonmaxxer-base"]["mean"]
+        assert abs((s0[key]["mean"] + s1[key]["mean"]) / 2 - pooled) < 1e-12
+    assert per_seed["grpo_3x-seed0"]["transfer"] is None  # no transfer evaluation in that piece
+    table = format_table(evidence)
+    assert "per seed, test greedy − base: " in table and "reasonmaxxer-seed1 +0.250 [" in table
+
+
 def test_build_evidence_without_pieces_keeps_the_schema():
     evidence = build_evidence({}, ["base", "reasonmaxxer-seed0"])
-    assert evidence["methods"] == {} and evidence["headline"] is None
+    assert evidence["methods"] == {} and evidence["headline"] is None and evidence["per_seed"] == {}
     assert evidence["missing"] == ["base", "reasonmaxxer-seed0"]
     assert all(evidence["paired"][k] is None for k in REQUIRED_PAIRS)
     assert all(evidence["transfer"][k] is None for k in REQUIRED_PAIRS)

@@ -294,6 +294,8 @@ def build_evidence(
       method − base, and reasonmaxxer − every GRPO method, per problem with seeds averaged per problem, then the
       paired bootstrap over problems (:func:`~trl_reasonmaxxer.stats.paired_difference`: ``mean``, ``ci95``...);
       None while a side has no piece. :data:`REQUIRED_PAIRS` are always listed.
+    - ``per_seed``: every trained piece (``reasonmaxxer-seed1``...) alone − base, under the same four keys: how much
+      the training seed moves the result, which the pooled intervals (over problems) leave out.
     - ``headline`` (token unit) and ``headline_by_unit``: :func:`headline_ratio` of ReasonMaxxer's mean validation
       gain over the base against the seed-averaged validation curve of the GRPO method with the most compute.
     - ``fork_choice`` (ReasonMaxxer's sweep and choice per seed), ``grpo_budget`` (GRPO's steps per seed),
@@ -328,6 +330,18 @@ def build_evidence(
         for name in REQUIRED_PAIRS:
             out[key].setdefault(name, None)
 
+    # each trained piece alone against the base: the spread over training seeds, which the pooled CIs (over
+    # problems, seeds averaged per problem) do not show
+    out["per_seed"] = {
+        name: {
+            key: _paired(
+                {p["method"]: [p], "base": by_method.get("base", [])}, p["method"], "base", *how, num_resamples
+            )
+            for key, *how in PAIRED_KEYS
+        }
+        for name, p in sorted(pieces.items())
+        if p["method"] != "base"
+    }
     rm, curved = by_method.get("reasonmaxxer", []), [m for m in grpo if by_method.get(m)]
     out["headline"], out["headline_by_unit"], out["validation"], out["curves"] = None, {}, None, {}
     if base:
@@ -443,6 +457,14 @@ def format_table(evidence: dict) -> str:
         if diffs:
             lines.append(f"paired differences, {title} (seeds averaged per problem; paired bootstrap over problems):")
             lines += [f"  {describe(d, name)}" for name, d in diffs.items()]
+    for key, title in (("paired", "test pass@1"), ("paired_greedy", "test greedy")):
+        cells = [
+            f"{name} {d['mean']:+.3f} [{d['ci95'][0]:+.3f}, {d['ci95'][1]:+.3f}]"
+            for name, diffs in e.get("per_seed", {}).items()
+            if (d := diffs[key])
+        ]
+        if cells:
+            lines.append(f"per seed, {title} − base: " + "; ".join(cells))
     for seed, fork in e["fork_choice"].items():
         candidates = fork["sweep"] or []
         sweep = ", ".join(f"{_fork_label(c['fork'])} {c['validation_pass@1']:.3f}" for c in candidates)
