@@ -500,8 +500,8 @@ def paired_rows(evidence: dict) -> list[tuple[str, str, dict | None, dict | None
 
 
 def plot_paired(evidence: dict, path: str) -> str:
-    """The paired differences with their 95% CIs, one row a pair: sampled pass@1 on the left, greedy on the right
-    (seed 0's clearest effects were in greedy accuracy)."""
+    """The paired differences with their 95% CIs, one row a pair: sampled pass@1 on the left, greedy accuracy on
+    the right, on one scale."""
     tasks = {
         "test": os.path.basename(str(evidence["task"])),
         "transfer": os.path.basename(str(evidence["transfer_task"])),
