@@ -106,9 +106,7 @@ def format_table(profile: dict) -> str:
 
 
 def plot(profile: dict, path: str) -> str:
-    fig, _ = new_figure(9.0, 3.5)
-    fig.clear()
-    left, right = fig.subplots(1, 2)
+    fig, (left, right) = new_figure(9.0, 3.5, ncols=2)
     x = range(len(KINDS))
     tokens = [profile["by_kind"][k]["tokens"] / profile["tokens"] for k in KINDS]
     forks = [profile["by_kind"][k]["share_of_forks"] or 0.0 for k in KINDS]

@@ -447,24 +447,25 @@ def format_table(evidence: dict) -> str:
     ]
     if engines:
         lines.append("engines: " + "; ".join(engines))
-    for key, title in (
-        ("paired", "test pass@1"),
-        ("paired_greedy", "test greedy"),
-        ("transfer", f"{transfer} pass@1"),
-        ("transfer_greedy", f"{transfer} greedy"),
-    ):
+    titles = {
+        "paired": "test pass@1",
+        "paired_greedy": "test greedy",
+        "transfer": f"{transfer} pass@1",
+        "transfer_greedy": f"{transfer} greedy",
+    }
+    for key, title in titles.items():
         diffs = {name: d for name, d in e[key].items() if d}
         if diffs:
             lines.append(f"paired differences, {title} (seeds averaged per problem; paired bootstrap over problems):")
             lines += [f"  {describe(d, name)}" for name, d in diffs.items()]
-    for key, title in (("paired", "test pass@1"), ("paired_greedy", "test greedy")):
+    for key in ("paired", "paired_greedy"):
         cells = [
             f"{name} {d['mean']:+.3f} [{d['ci95'][0]:+.3f}, {d['ci95'][1]:+.3f}]"
             for name, diffs in e.get("per_seed", {}).items()
             if (d := diffs[key])
         ]
         if cells:
-            lines.append(f"per seed, {title} − base: " + "; ".join(cells))
+            lines.append(f"per seed, {titles[key]} − base: " + "; ".join(cells))
     for seed, fork in e["fork_choice"].items():
         candidates = fork["sweep"] or []
         sweep = ", ".join(f"{_fork_label(c['fork'])} {c['validation_pass@1']:.3f}" for c in candidates)
@@ -507,9 +508,7 @@ def plot_paired(evidence: dict, path: str) -> str:
         "transfer": os.path.basename(str(evidence["transfer_task"])),
     }
     rows = paired_rows(evidence)
-    fig, _ = new_figure(width=10.0, height=max(2.5, 1.2 + 0.4 * len(rows)))
-    fig.clear()
-    panels = fig.subplots(1, 2, sharex=True, sharey=True)
+    fig, panels = new_figure(width=10.0, height=max(2.5, 1.2 + 0.4 * len(rows)), ncols=2, sharex=True, sharey=True)
     for ax, column, metric in zip(panels, (2, 3), ("sampled pass@1", "greedy accuracy")):
         for i, row in enumerate(rows):
             d = row[column]
