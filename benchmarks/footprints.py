@@ -24,13 +24,13 @@ from __future__ import annotations
 import argparse
 import os
 import time
-from dataclasses import asdict, fields
+from dataclasses import asdict
 
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from trl_reasonmaxxer.analysis import AdapterDisabled, AnalysisConfig, change_agreement, run_analysis
-from trl_reasonmaxxer.benchmarking.compare import CompareConfig, adapter_folder, adapter_key, load_splits
+from trl_reasonmaxxer.benchmarking.compare import adapter_folder, adapter_key, piece_test_split
 from trl_reasonmaxxer.benchmarking.pieces import PieceStore, git_commit
 from trl_reasonmaxxer.default_model import resolve_model
 from trl_reasonmaxxer.evaluation import cached_result, load_model_for_eval, save_results
@@ -65,9 +65,7 @@ def footprint(report: dict) -> dict:
 
 def analyse(piece: dict, folder: str, args) -> dict:
     """The divergence of the adapter in ``folder`` against the base model on the piece's first test problems."""
-    settings = piece["settings"]
-    budget = CompareConfig(**{f.name: settings[f.name] for f in fields(CompareConfig) if f.name in settings})
-    test = load_splits(settings["dataset_name"], budget, settings["split_seed"])["test"]
+    budget, test = piece_test_split(piece)
     test = test.select(range(min(args.num_problems, len(test))))
     config = AnalysisConfig(
         max_completion_length=budget.max_completion_length,
@@ -75,7 +73,9 @@ def analyse(piece: dict, folder: str, args) -> dict:
         policies=["base"],
         run_teacher=False,
     )
-    teacher, tokenizer = load_model_for_eval(resolve_model(settings["model"]), os.path.join(folder, "adapter"))
+    teacher, tokenizer = load_model_for_eval(
+        resolve_model(piece["settings"]["model"]), os.path.join(folder, "adapter")
+    )
     start = time.perf_counter()
     report = run_analysis(AdapterDisabled(teacher), teacher, tokenizer, test, config)
     summary = piece["test"]["summary"]

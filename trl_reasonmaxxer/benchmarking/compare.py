@@ -20,7 +20,7 @@ import os
 import shutil
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import TYPE_CHECKING
 
 from ..tasks import PROMPT_TEMPLATES
@@ -739,6 +739,13 @@ def _finished_run(folder: str, key: dict) -> dict | None:
         logger.warning("%s is not reused: %s. That training runs again.", path, reason)
         return None
     return result
+
+
+def piece_test_split(piece: dict) -> tuple[CompareConfig, object]:
+    """The budget a piece ran with and its held-out test split: the problems its ``test`` records cover."""
+    settings = piece["settings"]
+    budget = CompareConfig(**{f.name: settings[f.name] for f in fields(CompareConfig) if f.name in settings})
+    return budget, load_splits(settings["dataset_name"], budget, settings["split_seed"])["test"]
 
 
 def adapter_folder(piece: dict, runs_dir: str | None) -> str:

@@ -1,0 +1,196 @@
+"""The paper's interventions (its Fig. 2) on the evidence run's adapters: do the base model's uncertain positions
+carry the adapter's answer?
+
+For a trained piece, the held-out test problems where its greedy answer and the base's differ in correctness (both
+graded in the pieces, llama.cpp): the first ``--per-side`` the adapter *gained* (base wrong, adapter right) and the
+first ``--per-side`` it *lost* (base right, adapter wrong), in test order. On these, ``analyze`` decodes greedily
+(float32 transformers, base model plus adapter) with every policy: ``base``; ``random`` (a random token of the base's
+ranks 2..20 wherever the adapter's token differs from the base's); ``entropy`` (the adapter's token wherever the
+base's entropy exceeds τ); ``oracle`` (the adapter's token wherever it differs); and the adapter alone (``teacher``).
+
+Reported per policy: accuracy on the gained and the lost problems, and how often it *carries* the adapter's outcome,
+i.e. is right where the adapter is right and wrong where it is wrong, over the problems where the float32 base and
+adapter differ in correctness (the engines' rounding moves a few problems, so this set is re-checked, not assumed),
+with bootstrap 95% CIs. The paper's reading: random no better than the base, entropy-gated close to the oracle and
+the teacher. Choosing the problems where the two differ is what makes ~24 problems informative: where the base and
+the adapter agree, every policy mostly gives their answer. It says *how* the adapter changes answers, not how often:
+that is the test evaluation's.
+
+    python benchmarks/interventions.py --runs-dir runs/evidence --pieces grpo_equal-seed1 reasonmaxxer-seed2
+
+Resumable like ``footprints.py``: each adapter's report is kept in ``--workdir/<piece>.json`` with its key (a hash of
+the adapter's weights, the problems, the settings) and reused; ``--out`` is written after each adapter.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict
+
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from trl_reasonmaxxer.analysis import AdapterDisabled, AnalysisConfig, run_analysis
+from trl_reasonmaxxer.benchmarking.compare import adapter_folder, adapter_key, piece_test_split
+from trl_reasonmaxxer.benchmarking.pieces import PieceStore, git_commit
+from trl_reasonmaxxer.default_model import resolve_model
+from trl_reasonmaxxer.evaluation import cached_result, load_model_for_eval, save_results
+from trl_reasonmaxxer.stats import paired_difference
+
+
+POLICIES = ("base", "random", "entropy", "oracle", "teacher")
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--pieces-dir", default="docs/results/pieces")
+    parser.add_argument("--pieces", nargs="+", required=True, help="trained pieces whose adapters to analyse")
+    parser.add_argument("--runs-dir", default=None, help="the comparison's output_dir on this machine")
+    parser.add_argument("--per-side", type=int, default=12, help="gained and lost problems, each")
+    parser.add_argument("--tau", type=float, default=1.2, help="the entropy gate of the intervention (nats)")
+    parser.add_argument("--batch-size", type=int, default=12)
+    parser.add_argument("--workdir", default="runs/interventions")
+    parser.add_argument("--out", default="docs/results/interventions.json")
+    return parser.parse_args(argv)
+
+
+def disagreements(base: Sequence[Mapping], adapter: Sequence[Mapping], per_side: int) -> dict[str, list[str]]:
+    """The first ``per_side`` problem ids (in the adapter's order) whose greedy completion the adapter ``gained``
+    (base wrong, adapter right) and ``lost`` (base right, adapter wrong); records as the pieces' ``test`` holds."""
+    base_correct = {str(r["id"]): bool(r["greedy_correct"]) for r in base}
+    sides = {"gained": [], "lost": []}
+    for record in adapter:
+        pid = str(record["id"])
+        if pid not in base_correct:
+            raise ValueError(
+                f"Problem {pid} of the adapter's test records is not in the base's: pair pieces of one run."
+            )
+        own = bool(record["greedy_correct"])
+        if own != base_correct[pid]:
+            side = sides["gained" if own else "lost"]
+            if len(side) < per_side:
+                side.append(pid)
+    return sides
+
+
+def outcomes(correct: Mapping[str, Mapping[str, bool]], sides: Mapping[str, Sequence[str]]) -> dict:
+    """Per policy, from ``{problem id: {policy: correct}}``: accuracy on each side, and how often it carries the
+    teacher's outcome where the float32 base and teacher differ (a bootstrap 95% CI; ``None`` where they never do),
+    and the entropy-gated policy against the random control there."""
+    split = [pid for pid, c in correct.items() if c["base"] != c["teacher"]]
+
+    def carried(policy: str) -> dict[str, float]:
+        return {pid: float(correct[pid][policy] == correct[pid]["teacher"]) for pid in split}
+
+    def accuracy(policy: str, ids: Sequence[str]) -> float | None:
+        return sum(correct[pid][policy] for pid in ids) / len(ids) if ids else None
+
+    zero = dict.fromkeys(split, 0.0)
+    result = {"split_problems": len(split), "policies": {}, "entropy-random": None}
+    for policy in POLICIES:
+        result["policies"][policy] = {
+            "accuracy": {side: accuracy(policy, ids) for side, ids in sides.items()},
+            "carried": paired_difference(carried(policy), zero) if split else None,
+        }
+    if split:
+        result["entropy-random"] = paired_difference(carried("entropy"), carried("random"))
+    return result
+
+
+def analyse(piece: dict, base_piece: dict, folder: str, args) -> dict:
+    """The interventions of the adapter in ``folder`` on the problems it gained and lost against the base."""
+    sides = disagreements(base_piece["test"]["records"], piece["test"]["records"], args.per_side)
+    chosen = {pid for ids in sides.values() for pid in ids}
+    if not chosen:
+        raise ValueError(
+            f"{piece['name']} and the base agree on every test problem's greedy outcome: nothing to analyse."
+        )
+    budget, test = piece_test_split(piece)
+    test = test.filter(lambda row: str(row["id"]) in chosen)
+    config = AnalysisConfig(
+        max_completion_length=budget.max_completion_length, batch_size=args.batch_size, tau=args.tau
+    )
+    teacher, tokenizer = load_model_for_eval(
+        resolve_model(piece["settings"]["model"]), os.path.join(folder, "adapter")
+    )
+    report = run_analysis(AdapterDisabled(teacher), teacher, tokenizer, test, config)
+    return {
+        "method": piece["method"],
+        "seed": piece["seed"],
+        "sides": sides,
+        "correct": {
+            str(r["id"]): {policy: bool(r[policy]["correct"]) for policy in POLICIES} for r in report["records"]
+        },
+        "oracle_matches_teacher": report.get("oracle_matches_teacher"),
+        "interventions": report["interventions"],
+        "divergence_changed_percent": report["divergence"]["reranked"]["percent"]
+        + report["divergence"]["shifted"]["percent"],
+        "config": asdict(config),
+        "wall_s": report["wall_time_s"],
+        "commit": git_commit(),
+    }
+
+
+def format_table(results: Mapping[str, dict]) -> str:
+    lines = []
+    for name, r in results.items():
+        o = r["outcomes"]
+        sides = {side: len(ids) for side, ids in r["sides"].items()}
+        lines += [
+            f"{name}: {sides['gained']} gained, {sides['lost']} lost problems; the float32 base and adapter differ on "
+            f"{o['split_problems']}; oracle output = the adapter's on {100 * r['oracle_matches_teacher']:.0f}%",
+            f"{'policy':<10}{'gained acc':>12}{'lost acc':>10}{'carries the adapter outcome (95% CI)':>40}",
+        ]
+        for policy, p in o["policies"].items():
+            gained, lost = (_share(p["accuracy"][side]) for side in ("gained", "lost"))
+            lines.append(f"{policy:<10}{gained:>12}{lost:>10}{_interval(p['carried']):>40}")
+        lines += [f"entropy - random: {_interval(o['entropy-random'], '+')}", ""]
+    return "\n".join(lines)
+
+
+def _share(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}"
+
+
+def _interval(diff: Mapping | None, sign: str = "") -> str:
+    """``mean [lo, hi]`` of a paired difference; ``-`` where there was none (no problem to carry)."""
+    if diff is None:
+        return "-"
+    lo, hi = diff["ci95"]
+    return f"{diff['mean']:{sign}.2f} [{lo:{sign}.2f}, {hi:{sign}.2f}]"
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    pieces = PieceStore(args.pieces_dir).load_all()  # checked against each other, as the evidence is
+    if "base" not in pieces:
+        raise ValueError(f"No base piece in {args.pieces_dir}: the interventions pair each adapter with it.")
+    unknown = [n for n in args.pieces if n not in pieces or pieces[n]["method"] == "base"]
+    if unknown:
+        trained = sorted(n for n, p in pieces.items() if p["method"] != "base")
+        raise ValueError(f"No trained piece {unknown} in {args.pieces_dir}; it has: {', '.join(trained) or 'none'}.")
+    results = {}
+    for name in args.pieces:
+        piece = pieces[name]
+        folder = adapter_folder(piece, args.runs_dir)
+        key = {
+            "adapter": adapter_key(folder),
+            "settings": piece["settings"],
+            "per_side": args.per_side,
+            "tau": args.tau,
+        }
+        path = os.path.join(args.workdir, f"{name}.json")
+        kept = cached_result(
+            path, key, lambda piece=piece, folder=folder: analyse(piece, pieces["base"], folder, args)
+        )
+        results[name] = kept | {"outcomes": outcomes(kept["correct"], kept["sides"])}
+        save_results({"commit": git_commit(), "interventions": results}, args.out)
+    print(format_table(results))
+    print(f"wrote {args.out}")
+    return results
+
+
+if __name__ == "__main__":
+    main()
