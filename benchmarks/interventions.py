@@ -19,7 +19,8 @@ that is the test evaluation's.
     python benchmarks/interventions.py --runs-dir runs/evidence --pieces grpo_equal-seed1 reasonmaxxer-seed2
 
 Resumable like ``footprints.py``: each adapter's report is kept in ``--workdir/<piece>.json`` with its key (a hash of
-the adapter's weights, the problems, the settings) and reused; ``--out`` is written after each adapter.
+the adapter's weights, the problems, the settings) and reused; ``--out`` is written after each adapter, then a plot
+beside it (``.png``): per adapter, the share each policy carries, with its CI.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ from trl_reasonmaxxer.benchmarking.compare import adapter_folder, adapter_key, p
 from trl_reasonmaxxer.benchmarking.pieces import PieceStore, git_commit
 from trl_reasonmaxxer.default_model import resolve_model
 from trl_reasonmaxxer.evaluation import cached_result, load_model_for_eval, save_results
+from trl_reasonmaxxer.plotting import new_figure, save_figure
 from trl_reasonmaxxer.stats import paired_difference
 
 
@@ -150,6 +152,25 @@ def format_table(results: Mapping[str, dict]) -> str:
     return "\n".join(lines)
 
 
+def plot(results: Mapping[str, dict], path: str) -> str:
+    """One panel per adapter: the share of its changed problems on which each policy carries its outcome, with the
+    95% CI (the base carries none by construction, so it is left out)."""
+    fig, axes = new_figure(3.2 * len(results) + 0.6, 3.4, ncols=len(results), sharey=True)
+    axes = axes if len(results) > 1 else [axes]
+    policies = POLICIES[1:]
+    for ax, (name, r) in zip(axes, results.items()):
+        carried = [r["outcomes"]["policies"][p]["carried"] for p in policies]
+        means = [c["mean"] if c else 0.0 for c in carried]
+        errors = [[m - c["ci95"][0] if c else 0.0 for m, c in zip(means, carried)]]
+        errors.append([c["ci95"][1] - m if c else 0.0 for m, c in zip(means, carried)])
+        ax.bar(range(len(policies)), means, yerr=errors, capsize=3, color=["#999999", "#1f77b4", "#2ca02c", "#444444"])
+        ax.set_xticks(range(len(policies)), policies)
+        ax.set_ylim(0, 1.05)
+        ax.set_title(f"{name} ({r['outcomes']['split_problems']} problems)", fontsize=9)
+    axes[0].set_ylabel("carries the adapter's outcome")
+    return save_figure(fig, path)
+
+
 def _share(value: float | None) -> str:
     return "-" if value is None else f"{value:.2f}"
 
@@ -188,7 +209,8 @@ def main(argv=None) -> dict:
         results[name] = kept | {"outcomes": outcomes(kept["correct"], kept["sides"])}
         save_results({"commit": git_commit(), "interventions": results}, args.out)
     print(format_table(results))
-    print(f"wrote {args.out}")
+    image = plot(results, os.path.splitext(args.out)[0] + ".png")
+    print(f"wrote {args.out} and {image}")
     return results
 
 

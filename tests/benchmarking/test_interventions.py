@@ -27,7 +27,7 @@ def test_gained_and_lost_problems_in_the_adapters_order():
         bench.disagreements(base, [*adapter, {"id": "z", "greedy_correct": True}], per_side=1)
 
 
-def test_carrying_the_teachers_outcome():
+def test_carrying_the_teachers_outcome(tmp_path):
     bench = load_benchmark("interventions")
 
     def row(base, random, entropy, oracle, teacher):
@@ -55,9 +55,13 @@ def test_carrying_the_teachers_outcome():
     none = bench.outcomes({"l2": correct["l2"]}, {"gained": [], "lost": ["l2"]})
     assert none["split_problems"] == 0 and none["entropy-random"] is None
     assert none["policies"]["entropy"] == {"accuracy": {"gained": None, "lost": 1.0}, "carried": None}
-    assert "entropy - random: -" in bench.format_table(
-        {"x": {"outcomes": none, "sides": {"gained": [], "lost": ["l2"]}, "oracle_matches_teacher": 1.0}}
-    )
+    results = {
+        "x": {"outcomes": o, "sides": sides, "oracle_matches_teacher": 1.0},
+        "y": {"outcomes": none, "sides": {"gained": [], "lost": ["l2"]}, "oracle_matches_teacher": 1.0},
+    }
+    table = bench.format_table(results)
+    assert "entropy - random: +0.67" in table and "entropy - random: -" in table
+    assert bench.plot(results, str(tmp_path / "x.png")) and (tmp_path / "x.png").stat().st_size > 0
 
 
 def test_interventions_of_a_trained_piece(tiny_model_dir, tmp_path, monkeypatch, capsys):
@@ -91,6 +95,7 @@ def test_interventions_of_a_trained_piece(tiny_model_dir, tmp_path, monkeypatch,
     written = json.loads((tmp_path / "interventions.json").read_text())
     assert written["interventions"]["grpo_equal-seed0"]["sides"] == r["sides"]
     assert "gained acc" in capsys.readouterr().out
+    assert (tmp_path / "interventions.png").stat().st_size > 0
 
     monkeypatch.setattr(bench, "run_analysis", lambda *a, **k: pytest.fail("analysed again"))
     assert bench.main(argv)["grpo_equal-seed0"] == r  # kept: reused
