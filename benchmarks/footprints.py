@@ -25,15 +25,16 @@ import argparse
 import os
 import time
 from dataclasses import asdict
+from functools import partial
 
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from trl_reasonmaxxer.analysis import AdapterDisabled, AnalysisConfig, change_agreement, run_analysis
-from trl_reasonmaxxer.benchmarking.compare import adapter_folder, adapter_key, piece_test_split
-from trl_reasonmaxxer.benchmarking.pieces import PieceStore, git_commit
+from trl_reasonmaxxer.benchmarking.compare import kept_adapter_results, piece_test_split
+from trl_reasonmaxxer.benchmarking.pieces import PieceStore, git_commit, trained_pieces
 from trl_reasonmaxxer.default_model import resolve_model
-from trl_reasonmaxxer.evaluation import cached_result, load_model_for_eval, save_results
+from trl_reasonmaxxer.evaluation import load_model_for_eval, save_results
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -139,23 +140,12 @@ def format_agreement(pairs: dict) -> str:
 def main(argv=None) -> dict:
     args = parse_args(argv)
     pieces = PieceStore(args.pieces_dir).load_all()  # checked against each other, as the evidence is
-    names = args.pieces or sorted(n for n, p in pieces.items() if p["method"] != "base")
-    unknown = [n for n in names if n not in pieces or pieces[n]["method"] == "base"]
-    if unknown:
-        trained = sorted(n for n, p in pieces.items() if p["method"] != "base")
-        raise ValueError(f"No trained piece {unknown} in {args.pieces_dir}; it has: {', '.join(trained) or 'none'}.")
+    names = trained_pieces(pieces, args.pieces, args.pieces_dir)
     results, pairs = {}, {}
-    for name in names:
-        piece = pieces[name]
-        folder = adapter_folder(piece, args.runs_dir)
-        key = {
-            "adapter": adapter_key(folder),
-            "settings": piece["settings"],
-            "num_problems": args.num_problems,
-            "kept": ["ranks"],
-        }
-        path = os.path.join(args.workdir, f"{name}.json")
-        results[name] = cached_result(path, key, lambda piece=piece, folder=folder: analyse(piece, folder, args))
+    key = {"num_problems": args.num_problems, "kept": ["ranks"]}
+    make = partial(analyse, args=args)
+    for name, result in kept_adapter_results(pieces, names, args.runs_dir, args.workdir, key, make):
+        results[name] = result
         figures = {n: {k: v for k, v in r.items() if k != "ranks"} for n, r in results.items()}
         pairs = agreements(results)
         save_results({"commit": git_commit(), "footprints": figures, "agreement": pairs}, args.out)

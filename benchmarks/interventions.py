@@ -29,15 +29,16 @@ import argparse
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict
+from functools import partial
 
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from trl_reasonmaxxer.analysis import AdapterDisabled, AnalysisConfig, run_analysis
-from trl_reasonmaxxer.benchmarking.compare import adapter_folder, adapter_key, piece_test_split
-from trl_reasonmaxxer.benchmarking.pieces import PieceStore, git_commit
+from trl_reasonmaxxer.benchmarking.compare import kept_adapter_results, piece_test_split
+from trl_reasonmaxxer.benchmarking.pieces import PieceStore, git_commit, trained_pieces
 from trl_reasonmaxxer.default_model import resolve_model
-from trl_reasonmaxxer.evaluation import cached_result, load_model_for_eval, save_results
+from trl_reasonmaxxer.evaluation import load_model_for_eval, save_results
 from trl_reasonmaxxer.plotting import new_figure, save_figure
 from trl_reasonmaxxer.stats import paired_difference
 
@@ -101,7 +102,7 @@ def outcomes(correct: Mapping[str, Mapping[str, bool]], sides: Mapping[str, Sequ
     return result
 
 
-def analyse(piece: dict, base_piece: dict, folder: str, args) -> dict:
+def analyse(piece: dict, folder: str, args, base_piece: dict) -> dict:
     """The interventions of the adapter in ``folder`` on the problems it gained and lost against the base."""
     sides = disagreements(base_piece["test"]["records"], piece["test"]["records"], args.per_side)
     chosen = {pid for ids in sides.values() for pid in ids}
@@ -188,24 +189,11 @@ def main(argv=None) -> dict:
     pieces = PieceStore(args.pieces_dir).load_all()  # checked against each other, as the evidence is
     if "base" not in pieces:
         raise ValueError(f"No base piece in {args.pieces_dir}: the interventions pair each adapter with it.")
-    unknown = [n for n in args.pieces if n not in pieces or pieces[n]["method"] == "base"]
-    if unknown:
-        trained = sorted(n for n, p in pieces.items() if p["method"] != "base")
-        raise ValueError(f"No trained piece {unknown} in {args.pieces_dir}; it has: {', '.join(trained) or 'none'}.")
     results = {}
-    for name in args.pieces:
-        piece = pieces[name]
-        folder = adapter_folder(piece, args.runs_dir)
-        key = {
-            "adapter": adapter_key(folder),
-            "settings": piece["settings"],
-            "per_side": args.per_side,
-            "tau": args.tau,
-        }
-        path = os.path.join(args.workdir, f"{name}.json")
-        kept = cached_result(
-            path, key, lambda piece=piece, folder=folder: analyse(piece, pieces["base"], folder, args)
-        )
+    names = trained_pieces(pieces, args.pieces, args.pieces_dir)
+    key = {"per_side": args.per_side, "tau": args.tau}
+    make = partial(analyse, args=args, base_piece=pieces["base"])
+    for name, kept in kept_adapter_results(pieces, names, args.runs_dir, args.workdir, key, make):
         results[name] = kept | {"outcomes": outcomes(kept["correct"], kept["sides"])}
         save_results({"commit": git_commit(), "interventions": results}, args.out)
     print(format_table(results))

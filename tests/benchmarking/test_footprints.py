@@ -28,14 +28,22 @@ def _strong_adapter(model_dir, folder):
     peft.save_pretrained(str(folder))
 
 
+def tiny_piece_store(model_dir, tmp_path, num_test_problems: int, max_completion_length: int):
+    """``(settings, store)``: an empty pieces folder for a comparison of the tiny model on a local dataset."""
+    data = _write_data(tmp_path / "data.jsonl", 6 + num_test_problems)
+    budget = CompareConfig(
+        num_pool_problems=3,
+        num_validation_problems=2,
+        num_test_problems=num_test_problems,
+        max_completion_length=max_completion_length,
+    )
+    settings = piece_settings(model_dir, str(data), 0, "r", budget, 0, "ids")
+    return settings, PieceStore(str(tmp_path / "pieces"), settings)
+
+
 def test_footprints_of_the_trained_pieces(tiny_model_dir, tmp_path, monkeypatch, capsys, caplog):
     bench = load_benchmark("footprints")
-    data = _write_data(tmp_path / "data.jsonl", 10)
-    budget = CompareConfig(
-        num_pool_problems=3, num_validation_problems=2, num_test_problems=4, max_completion_length=6
-    )
-    settings = piece_settings(tiny_model_dir, str(data), 0, "r", budget, 0, "ids")
-    store = PieceStore(str(tmp_path / "pieces"), settings)
+    _, store = tiny_piece_store(tiny_model_dir, tmp_path, num_test_problems=4, max_completion_length=6)
     store.save("base", {"method": "base", "seed": None, "test": {"summary": {"pass@1": 0.25}}})
     summary = {"pass@1": 0.5, "greedy_accuracy": 0.75}
     # recorded on another machine: found under --runs-dir by its seed<S>/<run> folders

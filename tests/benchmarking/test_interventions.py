@@ -5,12 +5,10 @@ import json
 
 import pytest
 
-from trl_reasonmaxxer.benchmarking.compare import CompareConfig, piece_test_split
-from trl_reasonmaxxer.benchmarking.pieces import PieceStore, piece_settings
+from trl_reasonmaxxer.benchmarking.compare import piece_test_split
 
 from ..helpers import load_benchmark
-from .test_compare import _write_data
-from .test_footprints import _strong_adapter
+from .test_footprints import _strong_adapter, tiny_piece_store
 
 
 def _records(correct: dict) -> list[dict]:
@@ -66,12 +64,7 @@ def test_carrying_the_teachers_outcome(tmp_path):
 
 def test_interventions_of_a_trained_piece(tiny_model_dir, tmp_path, monkeypatch, capsys):
     bench = load_benchmark("interventions")
-    data = _write_data(tmp_path / "data.jsonl", 12)
-    budget = CompareConfig(
-        num_pool_problems=3, num_validation_problems=2, num_test_problems=6, max_completion_length=5
-    )
-    settings = piece_settings(tiny_model_dir, str(data), 0, "r", budget, 0, "ids")
-    store = PieceStore(str(tmp_path / "pieces"), settings)
+    settings, store = tiny_piece_store(tiny_model_dir, tmp_path, num_test_problems=6, max_completion_length=5)
     ids = [str(i) for i in piece_test_split({"settings": settings})[1]["id"]]
     base = _records({pid: i % 2 == 0 for i, pid in enumerate(ids)})
     adapter = _records({pid: i % 3 == 0 for i, pid in enumerate(ids)})

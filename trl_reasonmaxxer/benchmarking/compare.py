@@ -776,6 +776,26 @@ def adapter_key(folder: str) -> str:
     return file_digest(os.path.join(adapter, weights[0]))
 
 
+def kept_adapter_results(
+    pieces: Mapping[str, dict],
+    names: Sequence[str],
+    runs_dir: str | None,
+    workdir: str,
+    key: Mapping,
+    make: Callable[[dict, str], dict],
+):
+    """``(name, make(piece, run folder))`` for each named piece, its result kept in ``workdir/<name>.json`` under its
+    adapter's weights, its settings and ``key``, and reused while they match (analyses of finished adapters)."""
+    from ..evaluation import cached_result
+
+    for name in names:
+        piece = pieces[name]
+        folder = adapter_folder(piece, runs_dir)
+        kept = {"adapter": adapter_key(folder), "settings": piece["settings"], **key}
+        path = os.path.join(workdir, f"{name}.json")
+        yield name, cached_result(path, kept, lambda piece=piece, folder=folder: make(piece, folder))
+
+
 def _checkpoint_step(name: str) -> int | None:
     step = name.removeprefix("checkpoint-")
     return int(step) if name.startswith("checkpoint-") and step.isdigit() else None

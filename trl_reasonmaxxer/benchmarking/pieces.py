@@ -195,6 +195,16 @@ class PieceStore:
         return pieces
 
 
+def trained_pieces(pieces: Mapping[str, dict], names: Sequence[str] | None, where: str) -> list[str]:
+    """``names`` (default: every trained piece of ``pieces``, sorted) once each is a trained piece there; else a
+    ValueError naming those that are not and the trained pieces ``where`` holds."""
+    trained = sorted(n for n, p in pieces.items() if p["method"] != "base")
+    unknown = [n for n in names if n not in trained] if names else []
+    if unknown:
+        raise ValueError(f"No trained piece {unknown} in {where}; it has: {', '.join(trained) or 'none'}.")
+    return list(names) if names else trained
+
+
 def _read_json(path: str):
     try:
         with open(path) as f:
