@@ -12,7 +12,8 @@ Reported per policy: accuracy on the gained and the lost problems, and how often
 i.e. is right where the adapter is right and wrong where it is wrong, over the problems where the float32 base and
 adapter differ in correctness (the engines' rounding moves a few problems, so this set is re-checked, not assumed),
 with bootstrap 95% CIs. The paper's reading: random no better than the base, entropy-gated close to the oracle and
-the teacher. Choosing the problems where the two differ is what makes ~24 problems informative: where the base and
+the teacher. A policy that breaks answers "carries" the adapter's losses too, so the random control is read on the
+gained problems. Choosing the problems where the two differ is what makes ~24 problems informative: where the base and
 the adapter agree, every policy mostly gives their answer. It says *how* the adapter changes answers, not how often:
 that is the test evaluation's.
 
