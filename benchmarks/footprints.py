@@ -56,7 +56,7 @@ def footprint(report: dict) -> dict:
         "positions": d["positions"],
         "reranked_percent": d["reranked"]["percent"],
         "shifted_percent": d["shifted"]["percent"],
-        "changed_percent": d["reranked"]["percent"] + d["shifted"]["percent"],
+        "changed_percent": d["changed_percent"],
         "entropy_ratio": d["entropy_ratio"],
         "mean_rank_reranked": d["mean_rank_reranked"],
         "base_greedy_pass@1": report["interventions"]["base"]["pass@1"],

@@ -129,8 +129,7 @@ def analyse(piece: dict, folder: str, args, base_piece: dict) -> dict:
         },
         "oracle_matches_teacher": report.get("oracle_matches_teacher"),
         "interventions": report["interventions"],
-        "divergence_changed_percent": report["divergence"]["reranked"]["percent"]
-        + report["divergence"]["shifted"]["percent"],
+        "divergence_changed_percent": report["divergence"]["changed_percent"],
         "config": asdict(config),
         "wall_s": report["wall_time_s"],
         "commit": git_commit(),

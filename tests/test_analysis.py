@@ -68,6 +68,7 @@ def test_summarize_divergence_counts_ratio_and_mean_rank():
     assert s["entropy_ratio"] == pytest.approx(2.0 / (1.6 / 6))
     assert s["mean_rank_reranked"] == pytest.approx(3.0)  # ranks 2, 3, 4
     assert s["mean_rank_changed"] == pytest.approx(4.0)  # ranks 2, 3, 7, 4
+    assert s["changed_percent"] == pytest.approx(40.0)  # reranked + shifted
     assert s["median_rank_changed"] in (3.0, 4.0)
     assert s["rank_histogram"]["1"] == 6 and s["rank_histogram"]["7"] == 1 and sum(s["rank_histogram"].values()) == 10
 
@@ -75,6 +76,7 @@ def test_summarize_divergence_counts_ratio_and_mean_rank():
 def test_summarize_divergence_without_disagreement_and_bad_input():
     s = summarize_divergence([1, 1, 1], [0.1, 0.2, 0.3])
     assert s["reranked"]["count"] == 0 and s["entropy_ratio"] is None and s["mean_rank_reranked"] is None
+    assert s["changed_percent"] == 0.0
     with pytest.raises(ValueError, match="one of each per position"):
         summarize_divergence([1, 2], [0.1])
     with pytest.raises(ValueError, match="every completion is empty"):

@@ -55,7 +55,7 @@ def summarize_divergence(ranks: Sequence[int], entropies: Sequence[float], top_k
     Returns, for each class, its ``count`` and ``percent`` of positions and the ``mean_entropy`` of the base there;
     ``entropy_ratio`` = mean base entropy at reranked / at unshifted positions (None when either is empty); the
     teacher token's mean base rank over ``reranked`` positions (the paper's Table 2 column, ranks 2..top_k) and over
-    all ``changed`` (reranked + shifted) positions; and the rank histogram.
+    all ``changed`` (reranked + shifted) positions, whose share is ``changed_percent``; and the rank histogram.
     """
     if len(ranks) != len(entropies):
         raise ValueError(f"Got {len(ranks)} ranks but {len(entropies)} entropies; pass one of each per position.")
@@ -70,6 +70,7 @@ def summarize_divergence(ranks: Sequence[int], entropies: Sequence[float], top_k
     summary["entropy_ratio"] = reranked / unshifted if reranked is not None and unshifted else None
     summary["mean_rank_reranked"] = _mean([r for r, c in zip(ranks, labels) if c == RERANKED])
     changed = [r for r in ranks if r > 1]
+    summary["changed_percent"] = 100.0 * len(changed) / len(ranks)
     summary["mean_rank_changed"] = _mean(changed)
     summary["median_rank_changed"] = float(torch.tensor(changed).float().median()) if changed else None
     summary["rank_histogram"] = rank_histogram(ranks)
