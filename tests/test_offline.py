@@ -251,6 +251,20 @@ def test_interrupted_offline_phase_resumes_and_cache_is_reused(tiny_model_dir, t
     assert second.train_dataset.to_list() == resumed.train_dataset.to_list()
 
 
+def test_runs_with_their_own_output_dir_share_a_pool_through_rollout_cache_dir(tiny_model_dir, tmp_path, monkeypatch):
+    shared = tmp_path / "pool"
+    first = make_trainer(tiny_model_dir, tmp_path / "beta0.1", rollout_cache_dir=str(shared))
+    pool = first.build_rollout_dataset()
+    assert Path(first.rollout_cache_dir).parent == shared and not (tmp_path / "beta0.1" / "rollouts").exists()
+    generate = CallCounter(offline.generate_completions)
+    monkeypatch.setattr(offline, "generate_completions", generate)
+    second = make_trainer(tiny_model_dir, tmp_path / "beta0.5", rollout_cache_dir=str(shared), beta=0.5)
+    assert pool_key(second.build_rollout_dataset()) == pool_key(pool)
+    assert generate.calls == 0 and second.rollout_cache_dir == first.rollout_cache_dir
+    make_trainer(tiny_model_dir, tmp_path / "alone").build_rollout_dataset()  # its own output_dir/rollouts
+    assert generate.calls > 0 and (tmp_path / "alone" / "rollouts").is_dir()
+
+
 def test_cache_reuse_with_another_chunk_size_keeps_every_prompt(tiny_model_dir, tmp_path):
     """Changing ``rollout_chunk_size`` between runs must not mix up which cached rows belong to which prompt."""
     first = make_trainer(tiny_model_dir, tmp_path, rollout_chunk_size=1).build_rollout_dataset()

@@ -413,6 +413,69 @@ def test_fork_choice_seed_makes_the_other_seeds_train_its_choice_only(tmp_path, 
     assert transfers == [("entropy", True), ("entropy", True), ("random", False)]
 
 
+def test_a_reasonmaxxer_training_cut_short_resumes_from_its_last_checkpoint(
+    tiny_model_dir, tmp_path, monkeypatch, capsys
+):
+    """ReasonMaxxer's training checkpoints into its own run folder (the seed's rollouts stay shared): stopped during
+    step 3 of 4 with a checkpoint every 2 steps, it resumes at step 2 from the cached pool and ends with the weights,
+    losses and token count of a run that was never stopped; the finished run keeps its adapter and run.json only."""
+    import torch
+    from safetensors.torch import load_file
+
+    from tests.helpers import alternating_reward
+    from trl_reasonmaxxer.benchmarking import compare
+    from trl_reasonmaxxer.trainer import ReasonMaxxerTrainer
+
+    monkeypatch.setattr(compare, "REASONMAXXER_SAVE_STEPS", 2)
+    data = _write_data(tmp_path / "data.jsonl", 8)
+    budget = CompareConfig(
+        num_pool_problems=4,
+        num_validation_problems=2,
+        num_test_problems=2,
+        num_generations=4,
+        max_completion_length=5,
+        learning_rate=1e-2,
+    )
+    splits = compare.load_splits(str(data), budget, 0)
+    stop = {"at": 2}
+    real = ReasonMaxxerTrainer.training_step
+
+    def stopping(self, *args, **kwargs):
+        if self.state.global_step == stop["at"]:
+            raise OSError("stopped")
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(ReasonMaxxerTrainer, "training_step", stopping)
+    overrides = {"gradient_accumulation_steps": 2}  # 8 pairs: 4 steps
+
+    def train(out):
+        runner = compare._Runner(tiny_model_dir, splits, budget, alternating_reward, str(tmp_path / out), 0, {"k": 1})
+        return runner.trained_reasonmaxxer(0, "entropy", {}, False, overrides)
+
+    with pytest.raises(OSError, match="stopped"):
+        train("cut")
+    folder = tmp_path / "cut" / "seed0" / "reasonmaxxer-entropy-gradient_accumulation_steps2"
+    assert sorted(p.name for p in folder.glob("checkpoint-*")) == ["checkpoint-2"]
+    progress = json.loads((folder / "checkpoint-2" / "progress.json").read_text())
+    assert progress["step"] == 2 and set(progress["ledger"]["seconds"]) == {"training"}
+    assert list((tmp_path / "cut" / "seed0" / "reasonmaxxer" / "rollouts").glob("*/offline_cost.json"))
+    stop["at"] = None
+    resumed = train("cut")
+    assert "reasonmaxxer entropy-gradient_accumulation_steps2, seed 0: resuming at step 2" in capsys.readouterr().out
+    whole = train("whole")
+    assert resumed["ledger"]["resumed_from_step"] == 2 and "resumed_from_step" not in whole["ledger"]
+    # the cached pool's offline cost and the steps before the checkpoint (from its progress) are each counted once
+    assert resumed["ledger"]["token_totals"] == whole["ledger"]["token_totals"]
+    before = progress["ledger"]["tokens"]["training"]["forwarded"]
+    assert 0 < before < resumed["ledger"]["tokens"]["training"]["forwarded"]
+    losses = [[h["loss"] for h in r["log_history"] if "loss" in h] for r in (resumed, whole)]
+    assert len(losses[0]) == 4 and losses[0] == pytest.approx(losses[1], abs=1e-5)
+    weights = [load_file(os.path.join(r["adapter"], "adapter_model.safetensors")) for r in (resumed, whole)]
+    assert weights[0].keys() == weights[1].keys()
+    assert all(torch.allclose(weights[0][k], weights[1][k], atol=1e-6) for k in weights[0])
+    assert not list(folder.glob("checkpoint-*")) and (folder / "run.json").exists()
+
+
 def test_a_grpo_run_cut_short_resumes_from_its_last_checkpoint(tiny_model_dir, tmp_path, monkeypatch, capsys):
     """GRPO saves a checkpoint with its ledger and curve every `grpo_eval_every` steps: a run stopped at step 3
     resumes at step 2 and ends with the weights, curve and token count of a run that was never stopped; the finished

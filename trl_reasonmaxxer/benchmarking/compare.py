@@ -57,7 +57,12 @@ EVIDENCE_TABLE = "evidence_table.txt"
 # what filling one rollout cache has cost so far (in the cache's folder): charged to every run that reuses it
 OFFLINE_COST_JSON = "offline_cost.json"
 RUN_JSON = "run.json"  # one finished training (a setting of a fork sweep, a GRPO run), beside its adapter
-PROGRESS_JSON = "progress.json"  # a whole GRPO checkpoint's ledger and validation curve
+PROGRESS_JSON = "progress.json"  # a whole checkpoint's run key, ledger (and GRPO's validation curve)
+# ReasonMaxxer's training saves a checkpoint every this many steps (~7 min at the evidence recipe's size on 2 cores),
+# so a training cut short by the end of a sitting resumes near where it stopped
+REASONMAXXER_SAVE_STEPS = 5
+# two checkpoints kept: a run stopped between saving one and writing its progress resumes from the one before
+CHECKPOINTS = {"save_strategy": "steps", "save_total_limit": 2}
 FINAL_EVALUATION = "final_evaluation"  # a final model's test and transfer chunks, beside its adapter
 FIT_EVALUATION = "fit_evaluation"  # rm_variants' chunks: the pool's own problems (in-sample), the diagnosis set
 OFFLINE_PHASES = ("generation", "scoring")
@@ -465,16 +470,13 @@ class _Runner:
         grpo_engine = b.use_llama_cpp if b.grpo_use_llama_cpp is None else b.grpo_use_llama_cpp
         rollout_func = grpo_rollout_func(model, grpo_engine, b.llama_cpp_model_path)
         curve = [{"step": 0, "compute": dict.fromkeys(COMPUTE_UNITS, 0.0), "pass@1": base_val, "gain": 0.0}]
-        checkpoint = _last_checkpoint(folder, key)
+        checkpoint = _resume(folder, key, ledger, f"{key['method']}, seed {key['seed']}")
         if checkpoint is not None:
-            ledger.charge(checkpoint["ledger"])
             curve = checkpoint["curve"]
-            ledger.extra["resumed_from_step"] = checkpoint["step"]
-            print(f"{key['method']}, seed {key['seed']}: resuming at step {checkpoint['step']}", flush=True)
 
         class ValidationCurve(TrainerCallback):
             """Evaluates on the validation set every ``grpo_eval_every`` steps and at the end (charged to
-            evaluation, so it is not GRPO's cost); each checkpoint gets the ledger and curve so far."""
+            evaluation, so it is not GRPO's cost)."""
 
             def on_step_end(self, args, state, control, model=None, **kwargs):
                 if state.global_step % b.grpo_eval_every and state.global_step != state.max_steps:
@@ -486,19 +488,13 @@ class _Runner:
                     {"step": state.global_step, "compute": compute, "pass@1": score, "gain": score - base_val}
                 )
 
-            def on_save(self, args, state, control, **kwargs):
-                progress = {"run_key": key, "step": state.global_step, "ledger": ledger.part(PHASES), "curve": curve}
-                _save_json(progress, os.path.join(folder, f"checkpoint-{state.global_step}"), PROGRESS_JSON)
-
         args = GRPOConfig(
             output_dir=folder,
             max_steps=key["max_steps"],
             per_device_train_batch_size=b.num_generations * b.grpo_prompts_per_step,
             gradient_accumulation_steps=1,
             num_generations=b.num_generations,
-            **self.common_args(key["seed"])
-            # two kept: a run stopped between saving a checkpoint and writing its progress resumes from the one before
-            | dict(save_strategy="steps", save_steps=b.grpo_eval_every, save_total_limit=2),
+            **self.common_args(key["seed"]) | CHECKPOINTS | {"save_steps": b.grpo_eval_every},
         )
         trainer = GRPOTrainer(
             model=model,
@@ -507,7 +503,7 @@ class _Runner:
             train_dataset=self.splits["pool"],
             processing_class=tokenizer,
             peft_config=default_lora_config(model),
-            callbacks=[ValidationCurve()],
+            callbacks=[ValidationCurve(), _progress_saver(folder, key, ledger, PHASES, lambda: {"curve": curve})],
             rollout_func=rollout_func,
         )
         ledger.wrap(trainer, "_generate", "generation", count_generated=lambda out: sum(map(len, out[1])))
@@ -589,20 +585,28 @@ class _Runner:
         seed, gate, fork setting, ``overrides``, ``extra_pool`` and comparison settings finished it (a sweep cut
         short resumes at the setting it was training), else trained now and recorded there."""
         overrides = check_overrides(overrides or {})
-        label = _run_label(gate, fork, overrides, self.pool_size(extra_pool))
-        key = {"seed": seed, "gate": gate, "fork": fork, "with_validation": with_validation, "settings": self.settings}
-        if overrides:  # absent otherwise, so the records of runs without overrides keep their key
-            key["overrides"] = overrides
-        if extra_pool is not None:
-            key["extra_pool"] = list(extra_pool["id"])
-        folder = os.path.join(self.output_dir, f"seed{seed}", f"reasonmaxxer-{label}")
+        label, folder, key = self.reasonmaxxer_run(seed, gate, fork, with_validation, overrides, extra_pool)
         done = _finished_run(folder, key)
         if done is not None:
             print(f"reasonmaxxer {label}, seed {seed}: trained earlier, loaded from {folder}", flush=True)
             return done
         out = self.train_reasonmaxxer(seed, gate, fork, with_validation, overrides, extra_pool)
         _save_json({"run_key": key, "result": out}, folder, RUN_JSON)
+        _remove_checkpoints(folder, "the finished run's adapter and run.json replace them")
         return out
+
+    def reasonmaxxer_run(
+        self, seed: int, gate: str, fork: dict, with_validation: bool, overrides: dict, extra_pool: Dataset | None
+    ) -> tuple[str, str, dict]:
+        """A ReasonMaxxer training's label, folder (``seed<N>/reasonmaxxer-<label>``: its checkpoints, adapter and
+        ``run.json``) and key (what its record and checkpoints must have been made with to be reused)."""
+        label = _run_label(gate, fork, overrides, self.pool_size(extra_pool))
+        key = {"seed": seed, "gate": gate, "fork": fork, "with_validation": with_validation, "settings": self.settings}
+        if overrides:  # absent otherwise, so the records of runs without overrides keep their key
+            key["overrides"] = overrides
+        if extra_pool is not None:
+            key["extra_pool"] = list(extra_pool["id"])
+        return label, os.path.join(self.output_dir, f"seed{seed}", f"reasonmaxxer-{label}"), key
 
     def train_reasonmaxxer(
         self,
@@ -613,10 +617,11 @@ class _Runner:
         overrides: dict | None = None,
         extra_pool: Dataset | None = None,
     ) -> dict:
-        """One ReasonMaxxer training (offline phase, possibly from the seed's cache, then training), its adapter
-        saved under ``seed<N>/reasonmaxxer-<gate>[-<fork setting>][-<overrides>][-pool<N>]``; ``overrides`` are
-        ``ReasonMaxxerConfig`` fields that do not change the pool (checked by :meth:`trained_reasonmaxxer`).
-        ``extra_pool``: problems added to the pool (its rollouts are cached under their own key)."""
+        """One ReasonMaxxer training (offline phase, possibly from the seed's cache, then training), its checkpoints
+        and adapter saved under ``seed<N>/reasonmaxxer-<gate>[-<fork setting>][-<overrides>][-pool<N>]``, resumed
+        from the last checkpoint there that this run's key made; ``overrides`` are ``ReasonMaxxerConfig`` fields that
+        do not change the pool (checked by :meth:`trained_reasonmaxxer`). ``extra_pool``: problems added to the pool
+        (its rollouts are cached under their own key)."""
         from datasets import concatenate_datasets
 
         from ..config import ReasonMaxxerConfig
@@ -624,7 +629,7 @@ class _Runner:
 
         b = self.budget
         overrides = overrides or {}
-        label = _run_label(gate, fork, overrides, self.pool_size(extra_pool))
+        label, folder, key = self.reasonmaxxer_run(seed, gate, fork, with_validation, overrides, extra_pool)
         pool, max_problems = self.splits["pool"], b.max_problems
         if extra_pool is not None:
             pool = concatenate_datasets([pool, extra_pool])
@@ -632,16 +637,17 @@ class _Runner:
             max_problems = None if max_problems is None else max_problems + len(extra_pool)
         model, tokenizer = self.load()
         ledger = self.new_ledger(f"reasonmaxxer/{label}", model)
-        # one output_dir per seed for every gate and fork setting: they share the seed's cached rollouts and scores
+        # every gate and fork setting of a seed shares its cached rollouts and scores; each run has its own checkpoints
         args = ReasonMaxxerConfig(
-            output_dir=os.path.join(self.output_dir, f"seed{seed}", "reasonmaxxer"),
+            output_dir=folder,
+            rollout_cache_dir=os.path.join(self.output_dir, f"seed{seed}", "reasonmaxxer", "rollouts"),
             num_generations=b.num_generations,
             max_problems=max_problems,
             fork_gate=gate,
             use_llama_cpp=b.use_llama_cpp,
             llama_cpp_model_path=b.llama_cpp_model_path,
             **fork,
-            **(self.common_args(seed) | overrides),
+            **(self.common_args(seed) | overrides | CHECKPOINTS | {"save_steps": REASONMAXXER_SAVE_STEPS}),
         )
         trainer = ReasonMaxxerTrainer(
             model=model,
@@ -649,11 +655,14 @@ class _Runner:
             args=args,
             train_dataset=pool,
             processing_class=tokenizer,
+            callbacks=[_progress_saver(folder, key, ledger, ("training",))],
         )
         with ledger.phase("scoring"):
             earlier = _track_offline_cost(trainer, ledger)
             trainer.prepare_training_data()
         ledger.charge(earlier)
+        # the offline phase is charged from its cache above; a checkpoint brings the training before it
+        checkpoint = _resume(folder, key, ledger, f"reasonmaxxer {label}, seed {seed}")
         if ledger.totals()["generated"] == 0:
             ledger.extra["offline_cost_unknown"] = True
             logger.warning(
@@ -663,13 +672,13 @@ class _Runner:
                 OFFLINE_COST_JSON,
             )
         with ledger.phase("training"):
-            trainer.train()
+            trainer.train(resume_from_checkpoint=None if checkpoint is None else checkpoint["path"])
         out = {"fork": fork, "label": label, "pool": trainer.pool_stats, "log_history": trainer.state.log_history}
         out["engines"] = {"rollouts": trainer.rollout_engine_name}
         if with_validation:
             out["validation"] = self.evaluate(trainer.model, tokenizer, "validation", f"ReasonMaxxer {label}", ledger)
         ledger.finish_memory()
-        out["adapter"] = os.path.join(self.output_dir, f"seed{seed}", f"reasonmaxxer-{label}", "adapter")
+        out["adapter"] = os.path.join(folder, "adapter")
         trainer.save_model(out["adapter"])
         out["training_compute"] = {u: ledger.compute(u, ("training",)) for u in COMPUTE_UNITS}
         out["ledger"] = ledger.to_dict()
@@ -686,6 +695,7 @@ def _run_label(gate: str, fork: dict, overrides: dict | None = None, pool_proble
 # ReasonMaxxerConfig fields a variant may not override: they make (or find) the seed's pool, or are the run's own
 POOL_FIELDS = (
     "output_dir",
+    "rollout_cache_dir",
     "num_generations",
     "max_problems",
     "max_completion_length",
@@ -802,8 +812,8 @@ def _checkpoint_step(name: str) -> int | None:
 
 
 def _last_checkpoint(folder: str, key: dict) -> dict | None:
-    """The last checkpoint in ``folder`` whose ``progress.json`` this ``key`` (seed, method, steps, settings) wrote:
-    ``{"path", "step", "ledger", "curve"}``. The others (another key's, or saved without their progress by a run
+    """The last checkpoint in ``folder`` whose ``progress.json`` this ``key`` (a run's seed, method, settings) wrote:
+    its progress (``step``, ``ledger``, GRPO's ``curve``) and ``path``. The others (another key's, or saved without their progress by a run
     that stopped there) are removed, so the trainer's rotation of checkpoints never keeps them over new ones."""
     if not os.path.isdir(folder):
         return None
@@ -828,6 +838,29 @@ def _last_checkpoint(folder: str, key: dict) -> dict | None:
         logger.warning("Removing %s: it was not written whole by a run with these settings.", path)
         shutil.rmtree(path, ignore_errors=True)
     return best
+
+
+def _resume(folder: str, key: dict, ledger, name: str) -> dict | None:
+    """:func:`_last_checkpoint`, its ledger part charged to ``ledger`` (the steps before it are paid once)."""
+    checkpoint = _last_checkpoint(folder, key)
+    if checkpoint is not None:
+        ledger.charge(checkpoint["ledger"])
+        ledger.extra["resumed_from_step"] = checkpoint["step"]
+        print(f"{name}: resuming at step {checkpoint['step']}", flush=True)
+    return checkpoint
+
+
+def _progress_saver(folder: str, key: dict, ledger, phases: Sequence[str], extra: Callable[[], dict] = dict):
+    """A callback writing ``progress.json`` into each checkpoint the trainer saves in ``folder``: ``key``, the step,
+    ``ledger``'s ``phases`` so far and ``extra()``, which is what :func:`_last_checkpoint` trusts and resumes from."""
+    from transformers import TrainerCallback
+
+    class ProgressSaver(TrainerCallback):
+        def on_save(self, args, state, control, **kwargs):
+            progress = {"run_key": key, "step": state.global_step, "ledger": ledger.part(phases), **extra()}
+            _save_json(progress, os.path.join(folder, f"checkpoint-{state.global_step}"), PROGRESS_JSON)
+
+    return ProgressSaver()
 
 
 def _remove_checkpoints(folder: str, why: str) -> None:
