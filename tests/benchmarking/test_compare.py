@@ -413,6 +413,31 @@ def test_fork_choice_seed_makes_the_other_seeds_train_its_choice_only(tmp_path, 
     assert transfers == [("entropy", True), ("entropy", True), ("random", False)]
 
 
+def _tiny_comparison(tmp_path, **budget):
+    """A budget for the tiny model (4 pool problems × 4 completions of ≤ 5 tokens, 2 validation, 2 test) and its
+    splits of 10 problems."""
+    from trl_reasonmaxxer.benchmarking import compare
+
+    data = _write_data(tmp_path / "data.jsonl", 10)
+    sizes = dict(num_pool_problems=4, num_validation_problems=2, num_test_problems=2, num_generations=4)
+    budget = CompareConfig(**sizes, max_completion_length=5, learning_rate=1e-2, **budget)
+    return budget, compare.load_splits(str(data), budget, 0)
+
+
+def _stop_at(monkeypatch, cls, method: str, step: int) -> dict:
+    """Make ``cls.method`` raise OSError("stopped") once the trainer reaches ``step`` (a run cut short); set the
+    returned ``{"at": step}`` to None to let it run on."""
+    stop, real = {"at": step}, getattr(cls, method)
+
+    def stopping(self, *args, **kwargs):
+        if self.state.global_step == stop["at"]:
+            raise OSError("stopped")
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(cls, method, stopping)
+    return stop
+
+
 def test_a_reasonmaxxer_training_cut_short_resumes_from_its_last_checkpoint(
     tiny_model_dir, tmp_path, monkeypatch, capsys
 ):
@@ -427,25 +452,8 @@ def test_a_reasonmaxxer_training_cut_short_resumes_from_its_last_checkpoint(
     from trl_reasonmaxxer.trainer import ReasonMaxxerTrainer
 
     monkeypatch.setattr(compare, "REASONMAXXER_SAVE_STEPS", 2)
-    data = _write_data(tmp_path / "data.jsonl", 8)
-    budget = CompareConfig(
-        num_pool_problems=4,
-        num_validation_problems=2,
-        num_test_problems=2,
-        num_generations=4,
-        max_completion_length=5,
-        learning_rate=1e-2,
-    )
-    splits = compare.load_splits(str(data), budget, 0)
-    stop = {"at": 2}
-    real = ReasonMaxxerTrainer.training_step
-
-    def stopping(self, *args, **kwargs):
-        if self.state.global_step == stop["at"]:
-            raise OSError("stopped")
-        return real(self, *args, **kwargs)
-
-    monkeypatch.setattr(ReasonMaxxerTrainer, "training_step", stopping)
+    budget, splits = _tiny_comparison(tmp_path)
+    stop = _stop_at(monkeypatch, ReasonMaxxerTrainer, "training_step", 2)
     overrides = {"gradient_accumulation_steps": 2}  # 8 pairs: 4 steps
 
     def train(out):
@@ -487,30 +495,11 @@ def test_a_grpo_run_cut_short_resumes_from_its_last_checkpoint(tiny_model_dir, t
     from tests.helpers import alternating_reward
     from trl_reasonmaxxer.benchmarking import compare
 
-    data = _write_data(tmp_path / "data.jsonl", 10)
-    budget = CompareConfig(
-        num_pool_problems=4,
-        num_validation_problems=2,
-        num_test_problems=2,
-        num_generations=4,
-        max_completion_length=5,
-        num_samples=1,
-        num_validation_samples=1,
-        grpo_max_steps=4,
-        grpo_eval_every=2,
-        learning_rate=1e-2,
+    budget, splits = _tiny_comparison(
+        tmp_path, num_samples=1, num_validation_samples=1, grpo_max_steps=4, grpo_eval_every=2
     )
-    splits = compare.load_splits(str(data), budget, 0)
     base = {"validation": {"summary": {"pass@1": 0.5}}}
-    stop = {"at": 3}
-    real = GRPOTrainer._generate_and_score_completions
-
-    def stopping(self, inputs):
-        if self.state.global_step == stop["at"]:
-            raise OSError("stopped")
-        return real(self, inputs)
-
-    monkeypatch.setattr(GRPOTrainer, "_generate_and_score_completions", stopping)
+    stop = _stop_at(monkeypatch, GRPOTrainer, "_generate_and_score_completions", 3)
 
     def runner(out):
         return compare._Runner(tiny_model_dir, splits, budget, alternating_reward, str(tmp_path / out), 0, {"k": 1})
