@@ -2,7 +2,13 @@
 
 import pytest
 
-from trl_reasonmaxxer.stats import average_seeds, describe, paired_difference, per_problem_scores
+from trl_reasonmaxxer.stats import (
+    average_seeds,
+    describe,
+    paired_difference,
+    per_problem_scores,
+    truncated_problems,
+)
 
 
 def result(records):
@@ -22,6 +28,18 @@ def test_per_problem_scores_reads_samples_and_greedy():
         per_problem_scores(result([{"id": "a", "correct": [True]}]), "greedy")
     with pytest.raises(ValueError, match="metric must be"):
         per_problem_scores(r, "maj@4")
+
+
+def test_truncated_problems_are_those_with_any_sample_at_the_budget():
+    r = result(
+        [
+            {"id": 1, "correct": [True, False], "truncated": [False, True]},
+            {"id": 2, "correct": [False, False], "truncated": [False, False]},
+        ]
+    )
+    assert truncated_problems(r) == {"1"}
+    with pytest.raises(ValueError, match="records no truncation per sample"):
+        truncated_problems(result([{"id": "a", "greedy_correct": True}]))
 
 
 def test_average_seeds_is_per_problem_and_refuses_other_problem_sets():

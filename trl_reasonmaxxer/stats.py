@@ -34,6 +34,14 @@ def per_problem_scores(result: Mapping, metric: str = "pass@1") -> dict[str, flo
     return scores
 
 
+def truncated_problems(result: Mapping) -> set[str]:
+    """Ids of the problems on which any of an ``evaluation.evaluate`` result's samples hit the token budget: where a
+    model that answers in fewer tokens can gain without reasoning better."""
+    if not any("truncated" in record for record in result["records"]):
+        raise ValueError("This evaluation records no truncation per sample (evaluate(..., num_samples>0)).")
+    return {str(record["id"]) for record in result["records"] if any(record.get("truncated") or ())}
+
+
 def average_seeds(runs: Sequence[Mapping[str, float]]) -> dict[str, float]:
     """Per-problem mean over the runs (seeds) of one method; every run must cover the same problems."""
     if not runs:

@@ -2,7 +2,8 @@
 be checked by hand.
 
 Test problems p0..p3 and transfer problems t0..t3; a score is the number of correct completions out of 2 samples
-(pass@1 = score / 2), greedy is correct when both samples are.
+(pass@1 = score / 2), greedy is correct when both samples are. An evaluation with truncation (the base's test) has
+the second sample of its first problem truncated.
 """
 
 from trl_reasonmaxxer.benchmarking.pieces import PIECE_SCHEMA
@@ -37,8 +38,14 @@ SETTINGS |= {"num_pool_problems": 8, "num_validation_problems": 4}
 
 def evaluation(ids, scores, truncation=0.0) -> dict:
     records = [
-        {"id": i, "num_correct": s, "correct": [k < s for k in range(2)], "greedy_correct": s == 2}
-        for i, s in zip(ids, scores)
+        {
+            "id": i,
+            "num_correct": s,
+            "correct": [k < s for k in range(2)],
+            "greedy_correct": s == 2,
+            "truncated": [False, truncation > 0 and n == 0],
+        }
+        for n, (i, s) in enumerate(zip(ids, scores))
     ]
     summary = {
         "num_problems": len(ids),

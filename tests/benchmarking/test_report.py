@@ -250,6 +250,27 @@ def test_build_evidence_per_seed_pairs_each_piece_with_the_base():
     assert "per seed, test greedy − base: " in table and "reasonmaxxer-seed1 +0.250 [" in table
 
 
+def test_build_evidence_splits_each_gain_by_whether_the_base_ran_out_of_tokens():
+    evidence = build_evidence(synthetic.all_pieces(), num_resamples=2000)
+    split = evidence["by_base_truncation"]
+    # the base truncated a sample of p0 only (test); nothing on the transfer task
+    assert split["n"] == {"test": {"truncated": 1, "finished": 3}, "transfer": {"truncated": 0, "finished": 4}}
+    # ReasonMaxxer (seeds averaged) − base: p0 +0.75 where the base was cut off; p1 0, p2 0, p3 +0.25 elsewhere
+    assert split["truncated"]["paired"]["reasonmaxxer-base"]["mean"] == pytest.approx(0.75)
+    finished = split["finished"]["paired"]["reasonmaxxer-base"]
+    assert finished["mean"] == pytest.approx(0.25 / 3) and finished["n"] == 3
+    assert split["truncated"]["paired_greedy"]["reasonmaxxer-base"]["mean"] == pytest.approx(0.5)
+    assert set(split["finished"]["paired"]) == {"reasonmaxxer-base", "grpo_equal-base", "grpo_3x-base"}
+    # no problem on the truncated side of the transfer task; its finished side is the whole pooled difference
+    assert split["truncated"]["transfer"]["reasonmaxxer-base"] is None
+    assert split["finished"]["transfer"]["reasonmaxxer-base"] == evidence["transfer"]["reasonmaxxer-base"]
+    table = format_table(evidence)
+    assert (
+        "test pass@1 − base, where a base sample hit the token budget (1 problems) and where none did (3): " in table
+    )
+    assert "reasonmaxxer truncated +0.750 [" in table and "reasonmaxxer finished +0.083 [" in table
+
+
 def test_build_evidence_without_pieces_keeps_the_schema():
     evidence = build_evidence({}, ["base", "reasonmaxxer-seed0"])
     assert evidence["methods"] == {} and evidence["headline"] is None and evidence["per_seed"] == {}

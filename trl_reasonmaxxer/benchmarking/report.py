@@ -14,7 +14,7 @@ from collections.abc import Mapping, Sequence
 
 from ..evaluation import mean_and_stderr
 from ..plotting import new_figure, save_figure
-from ..stats import average_seeds, describe, paired_difference, per_problem_scores
+from ..stats import average_seeds, describe, paired_difference, per_problem_scores, truncated_problems
 from .ledger import COMPUTE_UNITS
 
 
@@ -267,13 +267,24 @@ def _method_row(method: str, pieces: list[dict]) -> dict:
     return row
 
 
-def _paired(by_method: dict[str, list[dict]], a: str, b: str, split: str, metric: str, num_resamples: int):
-    """``a − b`` per problem on ``split`` (seeds averaged per problem), with its paired bootstrap CI; None when a side
-    has no piece with that evaluation."""
+def _paired(
+    by_method: dict[str, list[dict]],
+    a: str,
+    b: str,
+    split: str,
+    metric: str,
+    num_resamples: int,
+    only: set[str] | None = None,
+):
+    """``a − b`` per problem on ``split`` (seeds averaged per problem; only the problems of ``only`` when given), with
+    its paired bootstrap CI; None when a side has no piece with that evaluation or no problem is kept."""
     sides = [by_method.get(a, []), by_method.get(b, [])]
     if not all(pieces and all(split in p for p in pieces) for pieces in sides):
         return None
     treatment, control = (average_seeds([per_problem_scores(p[split], metric) for p in ps]) for ps in sides)
+    treatment = {pid: score for pid, score in treatment.items() if only is None or pid in only}
+    if not treatment:
+        return None
     diff = paired_difference(treatment, control, num_resamples=num_resamples, seed=0)
     return diff | {"seeds": {m: [p["seed"] for p in ps] for m, ps in zip((a, b), sides)}}
 
@@ -296,6 +307,9 @@ def build_evidence(
       None while a side has no piece. :data:`REQUIRED_PAIRS` are always listed.
     - ``per_seed``: every trained piece (``reasonmaxxer-seed1``...) alone − base, under the same four keys: how much
       the training seed moves the result, which the pooled intervals (over problems) leave out.
+    - ``by_base_truncation``: every method − base under the four keys, on the problems where one of the base's
+      samples hit the token budget (``truncated``) and on the others (``finished``), with ``n`` of each per split: a
+      gain made only where the base ran out of tokens is a length effect, not better reasoning.
     - ``headline`` (token unit) and ``headline_by_unit``: :func:`headline_ratio` of ReasonMaxxer's mean validation
       gain over the base against the seed-averaged validation curve of the GRPO method with the most compute.
     - ``fork_choice`` (ReasonMaxxer's sweep and choice per seed), ``grpo_budget`` (GRPO's steps per seed),
@@ -342,6 +356,7 @@ def build_evidence(
         for name, p in sorted(pieces.items())
         if p["method"] != "base"
     }
+    out["by_base_truncation"] = _by_base_truncation(by_method, pairs, num_resamples)
     rm, curved = by_method.get("reasonmaxxer", []), [m for m in grpo if by_method.get(m)]
     out["headline"], out["headline_by_unit"], out["validation"], out["curves"] = None, {}, None, {}
     if base:
@@ -388,6 +403,34 @@ def build_evidence(
     ledgers = [p["ledger"] for p in pieces.values() if p.get("ledger")]
     out["device"] = ledgers[0].get("device") if ledgers else None
     out["settings"] = settings
+    return out
+
+
+def _by_base_truncation(by_method: dict[str, list[dict]], pairs, num_resamples: int) -> dict:
+    """The method − base pairs split by whether the base truncated a sample of the problem (``build_evidence``)."""
+    base = (by_method.get("base") or [None])[0]
+    # pieces evaluated without samples record no truncation per problem: nothing to split
+    splits = [
+        s for s in ("test", "transfer") if base and s in base and any("truncated" in r for r in base[s]["records"])
+    ]
+    subsets = {}
+    for split in splits:
+        truncated = truncated_problems(base[split])
+        subsets[split] = {
+            "truncated": truncated,
+            "finished": {str(r["id"]) for r in base[split]["records"]} - truncated,
+        }
+    out = {"n": {split: {side: len(ids) for side, ids in sides.items()} for split, sides in subsets.items()}}
+    for side in ("truncated", "finished"):
+        out[side] = {
+            key: {
+                f"{a}-base": _paired(by_method, a, "base", split, metric, num_resamples, subsets[split][side])
+                for a, b in pairs
+                if b == "base"
+            }
+            for key, split, metric in PAIRED_KEYS
+            if split in subsets
+        }
     return out
 
 
@@ -466,6 +509,21 @@ def format_table(evidence: dict) -> str:
         ]
         if cells:
             lines.append(f"per seed, {titles[key]} − base: " + "; ".join(cells))
+    split_of = {key: split for key, split, _ in PAIRED_KEYS}
+    by_cut = e.get("by_base_truncation", {})
+    for key, title in titles.items():
+        cells = [
+            f"{name.removesuffix('-base')} {side} {d['mean']:+.3f} [{d['ci95'][0]:+.3f}, {d['ci95'][1]:+.3f}]"
+            for side in ("truncated", "finished")
+            for name, d in by_cut.get(side, {}).get(key, {}).items()
+            if d
+        ]
+        if cells:
+            n = by_cut["n"][split_of[key]]
+            lines.append(
+                f"{title} − base, where a base sample hit the token budget ({n['truncated']} problems) and where "
+                f"none did ({n['finished']}): " + "; ".join(cells)
+            )
     for seed, fork in e["fork_choice"].items():
         candidates = fork["sweep"] or []
         sweep = ", ".join(f"{_fork_label(c['fork'])} {c['validation_pass@1']:.3f}" for c in candidates)
