@@ -251,14 +251,14 @@ def test_interrupted_offline_phase_resumes_and_cache_is_reused(tiny_model_dir, t
     assert second.train_dataset.to_list() == resumed.train_dataset.to_list()
 
 
-def test_runs_with_their_own_output_dir_share_a_pool_through_rollout_cache_dir(tiny_model_dir, tmp_path, monkeypatch):
+def test_runs_with_their_own_output_dir_share_a_pool_through_rollout_cache_root(tiny_model_dir, tmp_path, monkeypatch):
     shared = tmp_path / "pool"
-    first = make_trainer(tiny_model_dir, tmp_path / "beta0.1", rollout_cache_dir=str(shared))
+    first = make_trainer(tiny_model_dir, tmp_path / "beta0.1", rollout_cache_root=str(shared))
     pool = first.build_rollout_dataset()
     assert Path(first.rollout_cache_dir).parent == shared and not (tmp_path / "beta0.1" / "rollouts").exists()
     generate = CallCounter(offline.generate_completions)
     monkeypatch.setattr(offline, "generate_completions", generate)
-    second = make_trainer(tiny_model_dir, tmp_path / "beta0.5", rollout_cache_dir=str(shared), beta=0.5)
+    second = make_trainer(tiny_model_dir, tmp_path / "beta0.5", rollout_cache_root=str(shared), beta=0.5)
     assert pool_key(second.build_rollout_dataset()) == pool_key(pool)
     assert generate.calls == 0 and second.rollout_cache_dir == first.rollout_cache_dir
     make_trainer(tiny_model_dir, tmp_path / "alone").build_rollout_dataset()  # its own output_dir/rollouts

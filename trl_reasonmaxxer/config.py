@@ -119,11 +119,12 @@ class ReasonMaxxerConfig(GRPOConfig):
             Cache rollouts and scores under `output_dir/rollouts/<fingerprint>` and reuse them on the next run with
             the same model, prompts and generation settings. With several processes each one generates and scores its
             share of the chunks, and the pool does not depend on the number of processes.
-        rollout_cache_dir (`str` or `None`, *optional*, defaults to `None`):
-            Folder of the rollout caches (`<rollout_cache_dir>/<fingerprint>`); `None`: `output_dir/rollouts`. Runs
-            with their own `output_dir` (their own checkpoints) share one offline phase by pointing here, e.g. a
-            sweep of `fork_threshold` or `beta` on one pool. Chunks are written whole, so two runs at once never
-            corrupt it, but each would sample what the other has not saved yet: run them one after the other.
+        rollout_cache_root (`str` or `None`, *optional*, defaults to `None`):
+            Folder of the rollout caches (`<rollout_cache_root>/<fingerprint>`: the trainer's `rollout_cache_dir`);
+            `None`: `output_dir/rollouts`. Runs with their own `output_dir` (their own checkpoints) share one offline
+            phase by pointing here, e.g. a sweep of `fork_threshold` or `beta` on one pool. Chunks are written whole,
+            so two runs at once never corrupt it, but each would sample what the other has not saved yet: run them
+            one after the other.
 
         > Parameters that control vLLM rollouts (GRPOConfig's names)
 
@@ -290,7 +291,7 @@ class ReasonMaxxerConfig(GRPOConfig):
     )
     scoring_batch_size: int = field(default=4, metadata={"help": "Sequences per scoring forward."})
     rollout_cache: bool = field(default=True, metadata={"help": "Cache and reuse rollouts under output_dir."})
-    rollout_cache_dir: str | None = field(
+    rollout_cache_root: str | None = field(
         default=None,
         metadata={"help": "Folder of the rollout caches; default output_dir/rollouts. Share it to share a pool."},
     )

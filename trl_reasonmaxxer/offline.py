@@ -241,7 +241,7 @@ class OfflinePhase:
 
     @property
     def cache_dir(self) -> str:
-        """Where this model/prompts/sampling combination caches its rollouts: ``<rollout_cache_dir>/<key>``
+        """Where this model/prompts/sampling combination caches its rollouts: ``<rollout_cache_root>/<key>``
         (``output_dir/rollouts/<key>`` by default)."""
         a = self.args
         # a pool passed in is identified by its own fingerprint: only its scores get cached
@@ -264,7 +264,7 @@ class OfflinePhase:
             self.chunk_size,
             *backend,
         )
-        return os.path.join(a.rollout_cache_dir or os.path.join(a.output_dir, "rollouts"), key)
+        return os.path.join(a.rollout_cache_root or os.path.join(a.output_dir, "rollouts"), key)
 
     def chunk_cache(self) -> ChunkCache:
         return ChunkCache(self.cache_dir if self.args.rollout_cache else None)

@@ -220,7 +220,7 @@ class ReasonMaxxerTrainer(_BaseTrainer):
     # ---------------------------------------------------------------- offline phase (offline.py)
     @property
     def rollout_cache_dir(self) -> str:
-        """Where this model/prompts/sampling combination caches its rollouts (``<rollout_cache_dir>/<key>``)."""
+        """Where this model/prompts/sampling combination caches its rollouts (``<rollout_cache_root>/<key>``)."""
         return self.offline.cache_dir
 
     @property

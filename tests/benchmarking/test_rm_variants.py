@@ -27,8 +27,8 @@ def test_variants_are_parsed_and_checked():
         compare.check_overrides({"lr": 1e-4})
     with pytest.raises(ValueError, match=r"cannot override \['fork_threshold', 'num_generations'\]"):
         compare.check_overrides({"num_generations": 4, "fork_threshold": 1.0, "beta": 0.5})
-    with pytest.raises(ValueError, match=r"cannot override \['rollout_cache_dir'\]"):  # the seed's shared pool
-        compare.check_overrides({"rollout_cache_dir": "elsewhere"})
+    with pytest.raises(ValueError, match=r"cannot override \['rollout_cache_root'\]"):  # the seed's shared pool
+        compare.check_overrides({"rollout_cache_root": "elsewhere"})
     assert compare.check_overrides({"beta": 0.5}) == {"beta": 0.5}
 
 

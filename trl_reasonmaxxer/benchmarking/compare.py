@@ -640,7 +640,7 @@ class _Runner:
         # every gate and fork setting of a seed shares its cached rollouts and scores; each run has its own checkpoints
         args = ReasonMaxxerConfig(
             output_dir=folder,
-            rollout_cache_dir=os.path.join(self.output_dir, f"seed{seed}", "reasonmaxxer", "rollouts"),
+            rollout_cache_root=os.path.join(self.output_dir, f"seed{seed}", "reasonmaxxer", "rollouts"),
             num_generations=b.num_generations,
             max_problems=max_problems,
             fork_gate=gate,
@@ -695,7 +695,7 @@ def _run_label(gate: str, fork: dict, overrides: dict | None = None, pool_proble
 # ReasonMaxxerConfig fields a variant may not override: they make (or find) the seed's pool, or are the run's own
 POOL_FIELDS = (
     "output_dir",
-    "rollout_cache_dir",
+    "rollout_cache_root",
     "num_generations",
     "max_problems",
     "max_completion_length",

@@ -409,13 +409,14 @@ def build_evidence(
 def _by_base_truncation(by_method: dict[str, list[dict]], pairs, num_resamples: int) -> dict:
     """The method − base pairs split by whether the base truncated a sample of the problem (``build_evidence``)."""
     base = (by_method.get("base") or [None])[0]
-    # pieces evaluated without samples record no truncation per problem: nothing to split
-    splits = [
-        s for s in ("test", "transfer") if base and s in base and any("truncated" in r for r in base[s]["records"])
-    ]
     subsets = {}
-    for split in splits:
-        truncated = truncated_problems(base[split])
+    for split in ("test", "transfer") if base else ():
+        if split not in base:
+            continue
+        try:
+            truncated = truncated_problems(base[split])
+        except ValueError:  # evaluated without samples: no truncation per problem, nothing to split
+            continue
         subsets[split] = {
             "truncated": truncated,
             "finished": {str(r["id"]) for r in base[split]["records"]} - truncated,
