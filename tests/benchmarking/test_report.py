@@ -204,6 +204,9 @@ def test_build_evidence_pairs_seed_averaged_problems_and_lists_missing_pieces():
     assert paired["grpo_equal-base"]["mean"] == pytest.approx(0.0625)
     assert paired["grpo_3x-base"]["mean"] == pytest.approx(0.25) and paired["grpo_3x-base"]["seeds"]["grpo_3x"] == [0]
     assert paired["reasonmaxxer-grpo_equal"]["mean"] == pytest.approx(0.1875)
+    # grpo_3x has seed 0 only, so ReasonMaxxer is held to its seed 0 there: p1 .5 - 1 (seed 1's +.25 on p0, p3 left out)
+    assert paired["reasonmaxxer-grpo_3x"]["mean"] == pytest.approx(-0.125)
+    assert paired["reasonmaxxer-grpo_3x"]["seeds"] == {"reasonmaxxer": [0], "grpo_3x": [0]}
     scores = {"p0": 0.75, "p1": 0.5, "p2": 1.0, "p3": 0.25}
     by_hand = paired_difference(scores, {"p0": 0.0, "p1": 0.5, "p2": 1.0, "p3": 0.0}, num_resamples=2000, seed=0)
     assert paired["reasonmaxxer-base"]["ci95"] == by_hand["ci95"]
@@ -269,6 +272,26 @@ def test_build_evidence_splits_each_gain_by_whether_the_base_ran_out_of_tokens()
         "test pass@1 − base, where a base sample hit the token budget (1 problems) and where none did (3): " in table
     )
     assert "reasonmaxxer truncated +0.750 [" in table and "reasonmaxxer finished +0.083 [" in table
+
+
+def test_build_evidence_pairs_the_entropy_gate_with_each_ablation_on_their_shared_seeds():
+    pieces = synthetic.all_pieces()
+    random_gate = copy.deepcopy(pieces["reasonmaxxer-seed1"])
+    del random_gate["transfer"], random_gate["validation"]  # the ablation is evaluated on test only
+    random_gate |= {
+        "method": "reasonmaxxer_random",
+        "test": synthetic.evaluation([f"p{i}" for i in range(4)], [1, 1, 2, 1]),
+    }
+    evidence = build_evidence(pieces | {"reasonmaxxer_random-seed1": random_gate}, num_resamples=2000)
+    # seed 1 alone: pass@1 (1, .5, 1, .5) - (.5, .5, 1, .5); greedy (1, 0, 1, 0) - (0, 0, 1, 0); pooling
+    # ReasonMaxxer's seed 0 in would give 0.0 and 0.125
+    gate = evidence["paired"]["reasonmaxxer-reasonmaxxer_random"]
+    assert gate["mean"] == pytest.approx(0.125) and gate["n"] == 4
+    assert gate["seeds"] == {"reasonmaxxer": [1], "reasonmaxxer_random": [1]}
+    assert evidence["paired_greedy"]["reasonmaxxer-reasonmaxxer_random"]["mean"] == pytest.approx(0.25)
+    assert evidence["paired"]["reasonmaxxer_random-base"]["mean"] == pytest.approx(0.25)
+    assert evidence["transfer"]["reasonmaxxer-reasonmaxxer_random"] is None
+    assert "  reasonmaxxer-reasonmaxxer_random: +0.125, 95% CI" in format_table(evidence)
 
 
 def test_build_evidence_without_pieces_keeps_the_schema():

@@ -277,8 +277,13 @@ def _paired(
     only: set[str] | None = None,
 ):
     """``a − b`` per problem on ``split`` (seeds averaged per problem; only the problems of ``only`` when given), with
-    its paired bootstrap CI; None when a side has no piece with that evaluation or no problem is kept."""
+    its paired bootstrap CI; None when a side has no piece with that evaluation or no problem is kept. Two trained
+    methods are compared on the seeds both have: a training seed moves a result as much as a method does
+    (``per_seed``), so one side's extra seeds would pass for a difference between the methods."""
     sides = [by_method.get(a, []), by_method.get(b, [])]
+    if "base" not in (a, b):
+        shared = {p["seed"] for p in sides[0]} & {p["seed"] for p in sides[1]}
+        sides = [[p for p in pieces if p["seed"] in shared] for pieces in sides]
     if not all(pieces and all(split in p for p in pieces) for pieces in sides):
         return None
     treatment, control = (average_seeds([per_problem_scores(p[split], metric) for p in ps]) for ps in sides)
@@ -302,8 +307,9 @@ def build_evidence(
     - ``methods``: per method, test pass@1 and greedy (seeds averaged per problem, then mean ± stderr over
       problems), the same on the transfer task, and the mean compute over seeds in tokens and seconds.
     - ``paired`` (test pass@1), ``paired_greedy``, ``transfer`` (transfer pass@1), ``transfer_greedy``: every
-      method − base, and reasonmaxxer − every GRPO method, per problem with seeds averaged per problem, then the
-      paired bootstrap over problems (:func:`~trl_reasonmaxxer.stats.paired_difference`: ``mean``, ``ci95``...);
+      method − base, and reasonmaxxer − every GRPO method and every gate ablation (``reasonmaxxer_random``...: the
+      entropy gate against the other gates, on the seeds both have), per problem with seeds averaged per problem,
+      then the paired bootstrap over problems (:func:`~trl_reasonmaxxer.stats.paired_difference`: ``mean``, ``ci95``...);
       None while a side has no piece. :data:`REQUIRED_PAIRS` are always listed.
     - ``per_seed``: every trained piece (``reasonmaxxer-seed1``...) alone − base, under the same four keys: how much
       the training seed moves the result, which the pooled intervals (over problems) leave out.
@@ -325,7 +331,8 @@ def build_evidence(
     settings = next((p["settings"] for p in pieces.values() if p["method"] != "base"), base and base["settings"]) or {}
     methods = {m: _method_row(m, by_method[m]) for m in order if by_method.get(m)}
     grpo = [m for m in order if m.startswith("grpo")]
-    pairs = [(m, "base") for m in order if m != "base"] + [("reasonmaxxer", g) for g in grpo]
+    ablations = [m for m in order if m.startswith("reasonmaxxer_")]
+    pairs = [(m, "base") for m in order if m != "base"] + [("reasonmaxxer", m) for m in grpo + ablations]
     out: dict = {
         "task": settings.get("dataset_name"),
         "model": settings.get("model"),
