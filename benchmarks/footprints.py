@@ -139,7 +139,9 @@ def format_agreement(pairs: dict) -> str:
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
-    pieces = PieceStore(args.pieces_dir).load_all()  # checked against each other, as the evidence is
+    store = PieceStore(args.pieces_dir)
+    store.check_report_path(args.out)
+    pieces = store.load_all()  # checked against each other, as the evidence is
     names = trained_pieces(pieces, args.pieces, args.pieces_dir)
     results, pairs = {}, {}
     key = {"num_problems": args.num_problems, "kept": ["ranks"]}

@@ -186,7 +186,9 @@ def _interval(diff: Mapping | None, sign: str = "") -> str:
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
-    pieces = PieceStore(args.pieces_dir).load_all()  # checked against each other, as the evidence is
+    store = PieceStore(args.pieces_dir)
+    store.check_report_path(args.out)
+    pieces = store.load_all()  # checked against each other, as the evidence is
     if "base" not in pieces:
         raise ValueError(f"No base piece in {args.pieces_dir}: the interventions pair each adapter with it.")
     results = {}

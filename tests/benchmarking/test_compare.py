@@ -131,7 +131,7 @@ def test_a_piece_made_with_other_settings_is_refused_before_any_work(fake_runs, 
         run(seeds=[1], budget=CompareConfig(grpo_compute_multiples=[1, 3]))
     assert calls == []
     (tmp_path / "pieces" / "grpo_equal-seed0.json").write_text(json.dumps({"schema": "something else"}))
-    with pytest.raises(ValueError, match="is not a comparison piece of schema"):
+    with pytest.raises(ValueError, match="is not a comparison piece of schema.*move other files .* out of it"):
         run(seeds=[0])
 
 

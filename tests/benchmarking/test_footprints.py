@@ -63,6 +63,10 @@ def test_footprints_of_the_trained_pieces(tiny_model_dir, tmp_path, monkeypatch,
 
     with pytest.raises(FileNotFoundError, match=r"pass the comparison's --output_dir .*footprints.py: --runs-dir"):
         bench.main(argv)
+    inside = [*argv, "--runs-dir", str(runs), "--out", str(tmp_path / "pieces" / "footprints.json")]
+    with pytest.raises(ValueError, match=r"--out .*footprints.json is in the pieces folder .*write it elsewhere"):
+        bench.main(inside)  # before any work: every later compare run would stop on it
+    assert not (tmp_path / "pieces" / "footprints.json").exists()
     results = bench.main([*argv, "--runs-dir", str(runs)])
     assert list(results) == ["reasonmaxxer-seed0", "reasonmaxxer_all-seed0"]
     name = "reasonmaxxer-seed0"

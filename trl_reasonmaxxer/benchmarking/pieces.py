@@ -136,7 +136,11 @@ def check_piece(
     else a ValueError that says why, naming the settings that differ."""
     if not isinstance(piece, dict) or piece.get("schema") != PIECE_SCHEMA:
         found = piece.get("schema") if isinstance(piece, dict) else type(piece).__name__
-        raise ValueError(f"{where} is not a comparison piece of schema {PIECE_SCHEMA!r} (found {found!r}).")
+        raise ValueError(
+            f"{where} is not a comparison piece of schema {PIECE_SCHEMA!r} (found {found!r}). Every .json file in "
+            "the pieces folder is read as a piece: move other files (a report, say) out of it, or delete a damaged "
+            "piece to run it again."
+        )
     for key in ("method", "settings", "test"):
         if key not in piece:
             raise ValueError(f"{where} lacks {key!r}: it is damaged; delete it to run that piece again.")
@@ -159,6 +163,15 @@ class PieceStore:
 
     def path(self, name: str) -> str:
         return os.path.join(self.folder, f"{name}.json")
+
+    def check_report_path(self, path: str, flag: str = "--out") -> None:
+        """Refuse to write a report (``path``, given by ``flag``) into the folder before any work: every later run
+        would read it as a piece and stop."""
+        if os.path.abspath(os.path.dirname(path) or ".") == os.path.abspath(self.folder):
+            raise ValueError(
+                f"{flag} {path} is in the pieces folder {self.folder}, where every .json file is read as a "
+                f"comparison piece: write it elsewhere (default: docs/results/)."
+            )
 
     def load(self, name: str) -> dict | None:
         """The piece ``name``, checked against this run's settings; None when it does not exist."""
