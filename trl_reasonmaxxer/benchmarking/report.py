@@ -309,7 +309,8 @@ def build_evidence(
     - ``paired`` (test pass@1), ``paired_greedy``, ``transfer`` (transfer pass@1), ``transfer_greedy``: every
       method − base, and reasonmaxxer − every GRPO method and every gate ablation (``reasonmaxxer_random``...: the
       entropy gate against the other gates, on the seeds both have), per problem with seeds averaged per problem,
-      then the paired bootstrap over problems (:func:`~trl_reasonmaxxer.stats.paired_difference`: ``mean``, ``ci95``...);
+      then the paired bootstrap over problems (:func:`~trl_reasonmaxxer.stats.paired_difference`: ``mean``,
+      ``ci95``...);
       None while a side has no piece. :data:`REQUIRED_PAIRS` are always listed.
     - ``per_seed``: every trained piece (``reasonmaxxer-seed1``...) alone − base, under the same four keys: how much
       the training seed moves the result, which the pooled intervals (over problems) leave out.
