@@ -207,6 +207,10 @@ def test_build_evidence_pairs_seed_averaged_problems_and_lists_missing_pieces():
     # grpo_3x has seed 0 only, so ReasonMaxxer is held to its seed 0 there: p1 .5 - 1 (seed 1's +.25 on p0, p3 left out)
     assert paired["reasonmaxxer-grpo_3x"]["mean"] == pytest.approx(-0.125)
     assert paired["reasonmaxxer-grpo_3x"]["seeds"] == {"reasonmaxxer": [0], "grpo_3x": [0]}
+    # what 3x buys GRPO, on seed 0 (the only one grpo_3x has): p0 .5 - 0, p1 1 - .5
+    assert paired["grpo_3x-grpo_equal"]["mean"] == pytest.approx(0.25)
+    assert paired["grpo_3x-grpo_equal"]["seeds"] == {"grpo_3x": [0], "grpo_equal": [0]}
+    assert "grpo_equal-grpo_3x" not in paired and "grpo_equal-grpo_equal" not in paired
     scores = {"p0": 0.75, "p1": 0.5, "p2": 1.0, "p3": 0.25}
     by_hand = paired_difference(scores, {"p0": 0.0, "p1": 0.5, "p2": 1.0, "p3": 0.0}, num_resamples=2000, seed=0)
     assert paired["reasonmaxxer-base"]["ci95"] == by_hand["ci95"]
@@ -332,6 +336,7 @@ def test_plot_paired_draws_every_pair_sampled_and_greedy(tmp_path):
         "reasonmaxxer-base (test)",
         "reasonmaxxer-grpo_3x (test)",
         "reasonmaxxer-grpo_equal (test)",
+        "grpo_3x-grpo_equal (test)",
         "reasonmaxxer-base (transfer)",
     ]
     _, evaluation, sampled, greedy = rows[2]

@@ -307,8 +307,9 @@ def build_evidence(
     - ``methods``: per method, test pass@1 and greedy (seeds averaged per problem, then mean ± stderr over
       problems), the same on the transfer task, and the mean compute over seeds in tokens and seconds.
     - ``paired`` (test pass@1), ``paired_greedy``, ``transfer`` (transfer pass@1), ``transfer_greedy``: every
-      method − base, and reasonmaxxer − every GRPO method and every gate ablation (``reasonmaxxer_random``...: the
-      entropy gate against the other gates, on the seeds both have), per problem with seeds averaged per problem,
+      method − base, reasonmaxxer − every GRPO method and every gate ablation (``reasonmaxxer_random``...: the
+      entropy gate against the other gates), and every larger GRPO budget − ``grpo_equal`` (``grpo_3x-grpo_equal``:
+      what more compute buys GRPO); two trained methods on the seeds both have; per problem with seeds averaged per problem,
       then the paired bootstrap over problems (:func:`~trl_reasonmaxxer.stats.paired_difference`: ``mean``,
       ``ci95``...);
       None while a side has no piece. :data:`REQUIRED_PAIRS` are always listed.
@@ -334,6 +335,8 @@ def build_evidence(
     grpo = [m for m in order if m.startswith("grpo")]
     ablations = [m for m in order if m.startswith("reasonmaxxer_")]
     pairs = [(m, "base") for m in order if m != "base"] + [("reasonmaxxer", m) for m in grpo + ablations]
+    # what more compute buys GRPO: each larger budget against the equal one
+    pairs += [(m, "grpo_equal") for m in grpo if "grpo_equal" in grpo and m != "grpo_equal"]
     out: dict = {
         "task": settings.get("dataset_name"),
         "model": settings.get("model"),
