@@ -309,10 +309,9 @@ def build_evidence(
     - ``paired`` (test pass@1), ``paired_greedy``, ``transfer`` (transfer pass@1), ``transfer_greedy``: every
       method − base, reasonmaxxer − every GRPO method and every gate ablation (``reasonmaxxer_random``...: the
       entropy gate against the other gates), and every larger GRPO budget − ``grpo_equal`` (``grpo_3x-grpo_equal``:
-      what more compute buys GRPO); two trained methods on the seeds both have; per problem with seeds averaged per problem,
-      then the paired bootstrap over problems (:func:`~trl_reasonmaxxer.stats.paired_difference`: ``mean``,
-      ``ci95``...);
-      None while a side has no piece. :data:`REQUIRED_PAIRS` are always listed.
+      what more compute buys GRPO); two trained methods on the seeds both have; per problem with seeds averaged per
+      problem, then the paired bootstrap over problems (:func:`~trl_reasonmaxxer.stats.paired_difference`:
+      ``mean``, ``ci95``...); None while a side has no piece. :data:`REQUIRED_PAIRS` are always listed.
     - ``per_seed``: every trained piece (``reasonmaxxer-seed1``...) alone − base, under the same four keys: how much
       the training seed moves the result, which the pooled intervals (over problems) leave out.
     - ``by_base_truncation``: every method − base under the four keys, on the problems where one of the base's
